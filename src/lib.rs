@@ -1,0 +1,11 @@
+//! trainyard: training-as-a-service for small CNNs.
+//!
+//! The crate is layered so that each layer can be used and tested without the ones above
+//! it: [`spec`] (what to train), [`data`] (datasets and preprocessing), [`engine`] (the
+//! Candle training engine: models, optimizers, the training loop, checkpoints, inference)
+//! and [`cli`] (the `trainyard` command).
+
+pub mod cli;
+pub mod data;
+pub mod engine;
+pub mod spec;

@@ -1,0 +1,488 @@
+//! The experiment spec: what a client asks trainyard to train.
+//!
+//! A spec is JSON, versioned (`"version": 1`), and deliberately explicit: every default a
+//! framework would fill in silently (init scheme, loss formulation, validation split,
+//! shuffling) is a field, so two specs that look the same train the same. Presets are full
+//! specs; a spec that names one (`"model": {"preset": "keras-cnn"}`) is the preset with the
+//! spec's other fields merged over it (JSON merge patch), so any field can be overridden.
+//!
+//! Parsing ([`parse`]) and validation ([`validate::validate`]) are separate: parsing
+//! reports type errors with the JSON path at fault, validation infers shapes through the
+//! layer list and reports every problem it finds, each naming its field.
+
+pub mod presets;
+pub mod validate;
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::{Summary, validate};
+
+/// The only spec version this build understands.
+pub const SPEC_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    pub version: u32,
+    pub dataset: DatasetSpec,
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub loss: Loss,
+    pub optimizer: OptimizerSpec,
+    pub epochs: u32,
+    pub batch_size: u32,
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub device: DeviceSpec,
+    /// Keep a checkpoint for every epoch (the service keeps only the best and the last
+    /// otherwise; the `train` command always writes every epoch).
+    #[serde(default)]
+    pub keep_all_checkpoints: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    Mnist,
+    FashionMnist,
+}
+
+impl DatasetName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "mnist",
+            DatasetName::FashionMnist => "fashion-mnist",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    pub name: DatasetName,
+    /// Use only the first N training samples (before the validation split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_limit: Option<usize>,
+    /// Resize every image to `[h, w]` with PIL's antialiased bilinear filter on u8 pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<[u32; 2]>,
+    /// `(x / 255 - mean) / std`; absent: plain `x / 255`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalize>,
+    #[serde(default)]
+    pub validation: Validation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// Where per-epoch validation metrics come from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Validation {
+    /// The last `split` fraction of the training set, taken before any shuffling (Keras's
+    /// `validation_split`).
+    Split { split: f64 },
+    /// `"test"` evaluates on the test set each epoch (as the PyTorch article does); `"none"`
+    /// keeps the whole training set and reports no validation metrics.
+    Named(ValidationName),
+}
+
+impl Default for Validation {
+    fn default() -> Self {
+        Validation::Named(ValidationName::None)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationName {
+    Test,
+    None,
+}
+
+impl Validation {
+    /// Fraction of the training set held out, if any.
+    pub fn split(&self) -> Option<f64> {
+        match self {
+            Validation::Split { split } => Some(*split),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The preset this model came from (informational once resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(default)]
+    pub init: InitScheme,
+    pub layers: Vec<LayerSpec>,
+}
+
+/// How weights are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitScheme {
+    /// glorot_uniform kernels, zero biases.
+    Keras,
+    /// PyTorch's defaults: kaiming_uniform(a = sqrt(5)) weights, U(+-1/sqrt(fan_in)) biases.
+    #[default]
+    Torch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    Sigmoid,
+    Tanh,
+    Softmax,
+    LogSoftmax,
+    #[default]
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    #[default]
+    Valid,
+    Same,
+}
+
+/// A size given as `3` or `[3, 3]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size2 {
+    Square(usize),
+    Rect([usize; 2]),
+}
+
+impl Size2 {
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Size2::Square(s) => (s, s),
+            Size2::Rect([h, w]) => (h, w),
+        }
+    }
+}
+
+fn one() -> Size2 {
+    Size2::Square(1)
+}
+
+/// One layer. Internally tagged by `"type"`; each kind's fields are a struct of their own
+/// so that a type error inside a layer can be reported with its exact path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LayerSpec {
+    Conv2d(Conv2d),
+    MaxPool2d(Pool2d),
+    AvgPool2d(Pool2d),
+    Flatten,
+    Dense(Dense),
+    Dropout(Dropout),
+    BatchNorm(BatchNorm),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv2d {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub filters: usize,
+    pub kernel: Size2,
+    #[serde(default = "one")]
+    pub stride: Size2,
+    #[serde(default)]
+    pub padding: Padding,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool2d {
+    pub size: Size2,
+    /// Defaults to `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<Size2>,
+}
+
+impl Pool2d {
+    pub fn stride_hw(&self) -> (usize, usize) {
+        self.stride.unwrap_or(self.size).hw()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dense {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub units: usize,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dropout {
+    pub rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchNorm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// PyTorch's convention: running = (1 - momentum) * running + momentum * batch.
+    #[serde(default = "bn_momentum")]
+    pub momentum: f64,
+    #[serde(default = "bn_eps")]
+    pub eps: f64,
+}
+
+fn bn_momentum() -> f64 {
+    0.1
+}
+fn bn_eps() -> f64 {
+    1e-5
+}
+
+impl LayerSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LayerSpec::Conv2d(_) => "conv2d",
+            LayerSpec::MaxPool2d(_) => "max_pool2d",
+            LayerSpec::AvgPool2d(_) => "avg_pool2d",
+            LayerSpec::Flatten => "flatten",
+            LayerSpec::Dense(_) => "dense",
+            LayerSpec::Dropout(_) => "dropout",
+            LayerSpec::BatchNorm(_) => "batch_norm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Cross-entropy, formulated from the last layer's activation: on logits (none), on
+    /// probabilities (softmax: computed from its logits, as Keras does), or on
+    /// log-probabilities (log_softmax: PyTorch's CrossEntropyLoss applied to them).
+    #[default]
+    CrossEntropy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    Sgd {
+        learning_rate: f64,
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    Adam {
+        #[serde(default = "adam_lr")]
+        learning_rate: f64,
+        #[serde(default = "adam_betas")]
+        betas: [f64; 2],
+        #[serde(default = "adam_eps")]
+        eps: f64,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    Adamw {
+        #[serde(default = "adam_lr")]
+        learning_rate: f64,
+        #[serde(default = "adam_betas")]
+        betas: [f64; 2],
+        #[serde(default = "adam_eps")]
+        eps: f64,
+        #[serde(default = "adamw_wd")]
+        weight_decay: f64,
+    },
+}
+
+fn adam_lr() -> f64 {
+    1e-3
+}
+fn adam_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn adam_eps() -> f64 {
+    1e-8
+}
+fn adamw_wd() -> f64 {
+    1e-2
+}
+
+/// `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(0) => f.write_str("cuda"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One problem in a spec: the field at fault (a JSON path such as `model.layers[3]`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// Every problem found in a spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<FieldError>);
+
+impl std::fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+impl SpecErrors {
+    pub fn one(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        SpecErrors(vec![FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }])
+    }
+}
+
+/// Parses a spec from JSON text: resolves a named preset, then deserialises, reporting
+/// the JSON path of the first type error. Does not validate shapes or limits.
+pub fn parse(text: &str) -> Result<ExperimentSpec, SpecErrors> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| SpecErrors::one("", format!("invalid JSON: {e}")))?;
+    from_value(value)
+}
+
+/// Like [`parse`], from an already parsed JSON value.
+pub fn from_value(value: serde_json::Value) -> Result<ExperimentSpec, SpecErrors> {
+    let value = presets::resolve(value)?;
+    match deserialize_at::<ExperimentSpec>("", value.clone()) {
+        Ok(spec) => Ok(spec),
+        Err(e) => Err(locate_layer_error(&value).unwrap_or(e)),
+    }
+}
+
+fn deserialize_at<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: serde_json::Value,
+) -> Result<T, SpecErrors> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (prefix, path.as_str()) {
+            (p, ".") => p.to_string(),
+            ("", p) => p.to_string(),
+            (pre, p) => format!("{pre}.{p}"),
+        };
+        SpecErrors::one(field, e.into_inner().to_string())
+    })
+}
+
+/// serde cannot follow the path into an internally tagged enum, so a layer's type error
+/// would only name the layer: deserialise each layer's fields on their own to find it.
+fn locate_layer_error(value: &serde_json::Value) -> Option<SpecErrors> {
+    let layers = value.get("model")?.get("layers")?.as_array()?;
+    for (i, layer) in layers.iter().enumerate() {
+        let mut fields = layer.as_object()?.clone();
+        let kind = fields.remove("type")?;
+        let at = format!("model.layers[{i}]");
+        let rest = serde_json::Value::Object(fields);
+        let r = match kind.as_str()? {
+            "conv2d" => deserialize_at::<Conv2d>(&at, rest).err(),
+            "max_pool2d" | "avg_pool2d" => deserialize_at::<Pool2d>(&at, rest).err(),
+            "dense" => deserialize_at::<Dense>(&at, rest).err(),
+            "dropout" => deserialize_at::<Dropout>(&at, rest).err(),
+            "batch_norm" => deserialize_at::<BatchNorm>(&at, rest).err(),
+            _ => None,
+        };
+        if r.is_some() {
+            return r;
+        }
+    }
+    None
+}
+
+/// Parses and validates: the one call a caller needs before training.
+pub fn parse_and_validate(text: &str) -> Result<(ExperimentSpec, Summary), SpecErrors> {
+    let spec = parse(text)?;
+    let summary = validate(&spec)?;
+    Ok((spec, summary))
+}
