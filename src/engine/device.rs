@@ -1,0 +1,37 @@
+//! Choosing the device a spec asks for.
+
+use candle_core::Device;
+
+use super::EngineError;
+use crate::spec::DeviceSpec;
+
+/// `auto` picks CUDA device 0 when this build has CUDA and a GPU is present, else the CPU.
+pub fn select(spec: DeviceSpec) -> Result<Device, EngineError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => {
+            Device::new_cuda(0).or(Ok(Device::Cpu))
+        }
+        DeviceSpec::Auto => Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(EngineError::Device(
+                    "this build of trainyard has no CUDA support (build it with --features cuda)"
+                        .into(),
+                ));
+            }
+            Device::new_cuda(n).map_err(|e| EngineError::Device(format!("cuda:{n}: {e}")))
+        }
+    }
+}
+
+/// Candle asks for the thread count on every CPU matmul and, unless `RAYON_NUM_THREADS`
+/// is set, reads /proc/cpuinfo each time (a measurable share of a small model's step).
+/// Call once at start-up, before any other thread exists.
+pub fn configure_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: called from `main` before any thread is spawned.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+}

@@ -1,0 +1,499 @@
+//! A model built from a validated spec.
+//!
+//! Tensors are NCHW with PyTorch's layouts (conv `[out, in, kh, kw]`, dense `[out, in]`,
+//! flatten in channel-major order), so the state dict we save loads into the equivalent
+//! `nn.Module` unchanged. Weights are created on the host from our seeded [`Rng`] with the
+//! framework's init (Candle's own inits are neither Keras's nor PyTorch's), in layer order:
+//! weight, then bias.
+
+use candle_core::{D, DType, Device, Result, Tensor, Var};
+
+use super::ops;
+use super::rng::Rng;
+use crate::spec::{
+    Activation, BatchNorm, Conv2d, Dense, ExperimentSpec, InitScheme, LayerSpec, Padding, Summary,
+};
+
+enum Layer {
+    Conv {
+        w: Var,
+        b: Var,
+        stride: (usize, usize),
+        /// top, bottom, left, right
+        pad: [usize; 4],
+        act: Activation,
+    },
+    MaxPool {
+        size: (usize, usize),
+        stride: (usize, usize),
+    },
+    AvgPool {
+        size: (usize, usize),
+        stride: (usize, usize),
+    },
+    Flatten,
+    Dense {
+        w: Var,
+        b: Var,
+        act: Activation,
+    },
+    Dropout {
+        rate: f64,
+    },
+    BatchNorm {
+        gamma: Var,
+        beta: Var,
+        running_mean: Var,
+        running_var: Var,
+        batches: u64,
+        momentum: f64,
+        eps: f64,
+    },
+}
+
+/// The output of a forward pass.
+pub struct Forward {
+    /// What the last layer produced (after its activation): `[batch, classes]`.
+    pub output: Tensor,
+    /// Per-sample cross-entropy is `-log_softmax(loss_input)[label]`: the pre-softmax logits
+    /// for a softmax output (as Keras computes it), the output itself otherwise (for a
+    /// log_softmax output that is PyTorch's CrossEntropyLoss applied to log-probabilities).
+    pub loss_input: Tensor,
+    pub last_activation: Activation,
+}
+
+pub struct Model {
+    layers: Vec<Layer>,
+    /// Trainable parameters in state-dict order.
+    params: Vec<(String, Var)>,
+    /// Layer names, parallel to `layers` (empty for layers without state).
+    names: Vec<String>,
+    device: Device,
+    dtype: DType,
+}
+
+fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Relu => ops::relu(x),
+        Activation::Sigmoid => candle_nn::ops::sigmoid(x),
+        Activation::Tanh => x.tanh(),
+        Activation::Softmax => candle_nn::ops::softmax_last_dim(x),
+        Activation::LogSoftmax => candle_nn::ops::log_softmax(x, D::Minus1),
+        Activation::None => Ok(x.clone()),
+    }
+}
+
+fn uniform(rng: &mut Rng, n: usize, bound: f64) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
+}
+
+/// (weight, bias) values for a layer with `fan_in`/`fan_out` (receptive field included).
+fn init_values(
+    scheme: InitScheme,
+    rng: &mut Rng,
+    n_w: usize,
+    n_b: usize,
+    fan_in: usize,
+    fan_out: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    match scheme {
+        InitScheme::Keras => {
+            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+            (uniform(rng, n_w, limit), vec![0.0; n_b])
+        }
+        InitScheme::Torch => {
+            // kaiming_uniform(a = sqrt(5)): gain sqrt(2 / (1 + 5)) * sqrt(3 / fan_in).
+            let gain = (2.0f64 / 6.0).sqrt();
+            let w_bound = gain * (3.0 / fan_in as f64).sqrt();
+            let w = uniform(rng, n_w, w_bound);
+            let b = uniform(rng, n_b, 1.0 / (fan_in as f64).sqrt());
+            (w, b)
+        }
+    }
+}
+
+impl Model {
+    /// Builds the model of a validated spec with freshly initialised f32 weights.
+    pub fn new(spec: &ExperimentSpec, summary: &Summary, device: &Device) -> Result<Self> {
+        Self::with_dtype(spec, summary, device, DType::F32)
+    }
+
+    /// Like [`Model::new`] in another float type (f64 for numeric gradient checks).
+    pub fn with_dtype(
+        spec: &ExperimentSpec,
+        summary: &Summary,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut rng = Rng::derive(spec.seed, "init", 0);
+        let mut layers = Vec::new();
+        let mut params = Vec::new();
+        let mut names = Vec::new();
+        let mut shape: Vec<usize> = summary.input.to_vec();
+        let scheme = spec.model.init;
+        for (layer, info) in spec.model.layers.iter().zip(&summary.layers) {
+            let name = info.name.clone().unwrap_or_default();
+            let var = |v: Vec<f32>, dims: &[usize]| {
+                Var::from_tensor(&Tensor::from_vec(v, dims, device)?.to_dtype(dtype)?)
+            };
+            let l = match layer {
+                LayerSpec::Conv2d(Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                    activation,
+                    ..
+                }) => {
+                    let (kh, kw) = kernel.hw();
+                    let (sh, sw) = stride.hw();
+                    let c = shape[0];
+                    let rf = kh * kw;
+                    let (w, b) = init_values(
+                        scheme,
+                        &mut rng,
+                        filters * c * rf,
+                        *filters,
+                        c * rf,
+                        filters * rf,
+                    );
+                    let pad = match padding {
+                        Padding::Valid => [0; 4],
+                        Padding::Same => {
+                            let (t, bo) = ops::same_padding(shape[1], kh, sh);
+                            let (l, r) = ops::same_padding(shape[2], kw, sw);
+                            [t, bo, l, r]
+                        }
+                    };
+                    let w = var(w, &[*filters, c, kh, kw])?;
+                    let b = var(b, &[*filters])?;
+                    params.push((format!("{name}.weight"), w.clone()));
+                    params.push((format!("{name}.bias"), b.clone()));
+                    Layer::Conv {
+                        w,
+                        b,
+                        stride: (sh, sw),
+                        pad,
+                        act: *activation,
+                    }
+                }
+                LayerSpec::MaxPool2d(p) => Layer::MaxPool {
+                    size: p.size.hw(),
+                    stride: p.stride_hw(),
+                },
+                LayerSpec::AvgPool2d(p) => Layer::AvgPool {
+                    size: p.size.hw(),
+                    stride: p.stride_hw(),
+                },
+                LayerSpec::Flatten => Layer::Flatten,
+                LayerSpec::Dense(Dense {
+                    units, activation, ..
+                }) => {
+                    let n_in = shape[0];
+                    let (w, b) = init_values(scheme, &mut rng, units * n_in, *units, n_in, *units);
+                    let w = var(w, &[*units, n_in])?;
+                    let b = var(b, &[*units])?;
+                    params.push((format!("{name}.weight"), w.clone()));
+                    params.push((format!("{name}.bias"), b.clone()));
+                    Layer::Dense {
+                        w,
+                        b,
+                        act: *activation,
+                    }
+                }
+                LayerSpec::Dropout(d) => Layer::Dropout { rate: d.rate },
+                LayerSpec::BatchNorm(BatchNorm { momentum, eps, .. }) => {
+                    let c = shape[0];
+                    let gamma = var(vec![1.0; c], &[c])?;
+                    let beta = var(vec![0.0; c], &[c])?;
+                    params.push((format!("{name}.weight"), gamma.clone()));
+                    params.push((format!("{name}.bias"), beta.clone()));
+                    Layer::BatchNorm {
+                        gamma,
+                        beta,
+                        running_mean: var(vec![0.0; c], &[c])?,
+                        running_var: var(vec![1.0; c], &[c])?,
+                        batches: 0,
+                        momentum: *momentum,
+                        eps: *eps,
+                    }
+                }
+            };
+            layers.push(l);
+            names.push(name);
+            shape = info.output.clone();
+        }
+        Ok(Model {
+            layers,
+            params,
+            names,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Trainable parameters with their state-dict names, in order.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// Runs the model. `train` selects batch statistics for batch norm (and updates the
+    /// running ones) and applies dropout with masks from `rng`.
+    pub fn forward(
+        &mut self,
+        x: &Tensor,
+        train: bool,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Forward> {
+        let mut x = x.clone();
+        let mut pre = x.clone();
+        let mut last = Activation::None;
+        for layer in self.layers.iter_mut() {
+            last = Activation::None;
+            x = match layer {
+                Layer::Conv {
+                    w,
+                    b,
+                    stride,
+                    pad,
+                    act,
+                } => {
+                    let (input, p) = if pad.iter().all(|&p| p == pad[0]) {
+                        (x, pad[0])
+                    } else {
+                        let padded = x.pad_with_zeros(2, pad[0], pad[1])?;
+                        (padded.pad_with_zeros(3, pad[2], pad[3])?, 0)
+                    };
+                    let w = w.as_tensor();
+                    let y = if stride.0 == stride.1 {
+                        input.conv2d(w, p, stride.0, 1, 1)?
+                    } else {
+                        // Candle's conv2d takes one stride for both axes: convolve densely,
+                        // then keep every stride-th row and column.
+                        let full = input.conv2d(w, p, 1, 1, 1)?;
+                        let (_, _, fh, fw) = full.dims4()?;
+                        let rows = ops::strided(&full, 2, 0, stride.0, (fh - 1) / stride.0 + 1)?;
+                        ops::strided(&rows, 3, 0, stride.1, (fw - 1) / stride.1 + 1)?
+                    };
+                    let y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+                    pre = y.clone();
+                    last = *act;
+                    activate(&y, *act)?
+                }
+                Layer::MaxPool { size, stride } => ops::max_pool2d(&x, *size, *stride)?,
+                Layer::AvgPool { size, stride } => ops::avg_pool2d(&x, *size, *stride)?,
+                Layer::Flatten => x.flatten_from(1)?,
+                Layer::Dense { w, b, act } => {
+                    let y = x.matmul(&w.t()?)?.broadcast_add(b.as_tensor())?;
+                    pre = y.clone();
+                    last = *act;
+                    activate(&y, *act)?
+                }
+                Layer::Dropout { rate } => match (train, rng.as_deref_mut()) {
+                    (true, Some(rng)) if *rate > 0.0 => {
+                        let keep = 1.0 - *rate;
+                        let scale = (1.0 / keep) as f32;
+                        let mask: Vec<f32> = (0..x.elem_count())
+                            .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
+                            .collect();
+                        let mask =
+                            Tensor::from_vec(mask, x.shape(), &self.device)?.to_dtype(x.dtype())?;
+                        x.mul(&mask)?
+                    }
+                    _ => x,
+                },
+                Layer::BatchNorm {
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    batches,
+                    momentum,
+                    eps,
+                } => batch_norm(
+                    &x,
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    batches,
+                    *momentum,
+                    *eps,
+                    train,
+                )?,
+            };
+        }
+        let loss_input = if last == Activation::Softmax {
+            pre
+        } else {
+            x.clone()
+        };
+        Ok(Forward {
+            output: x,
+            loss_input,
+            last_activation: last,
+        })
+    }
+
+    /// The full state dict (parameters and batch-norm buffers), PyTorch names and layouts,
+    /// copied to the CPU.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (layer, name) in self.layers.iter().zip(&self.names) {
+            match layer {
+                Layer::Conv { w, b, .. } | Layer::Dense { w, b, .. } => {
+                    out.push((
+                        format!("{name}.weight"),
+                        w.as_tensor().to_device(&Device::Cpu)?,
+                    ));
+                    out.push((
+                        format!("{name}.bias"),
+                        b.as_tensor().to_device(&Device::Cpu)?,
+                    ));
+                }
+                Layer::BatchNorm {
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    batches,
+                    ..
+                } => {
+                    for (k, v) in [
+                        ("weight", gamma),
+                        ("bias", beta),
+                        ("running_mean", running_mean),
+                        ("running_var", running_var),
+                    ] {
+                        out.push((
+                            format!("{name}.{k}"),
+                            v.as_tensor().to_device(&Device::Cpu)?,
+                        ));
+                    }
+                    out.push((
+                        format!("{name}.num_batches_tracked"),
+                        Tensor::new(*batches as i64, &Device::Cpu)?,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads a state dict saved by [`Model::state_dict`] (or by PyTorch for the equivalent
+    /// module). Every tensor must be present with the right shape; extra tensors are an error.
+    pub fn load_state_dict(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let expected = self.state_dict()?;
+        for (k, v) in &expected {
+            let t = tensors
+                .get(k)
+                .ok_or_else(|| candle_core::Error::Msg(format!("weights are missing {k}")))?;
+            if t.dims() != v.dims() {
+                candle_core::bail!(
+                    "{k} has shape {:?}, the model needs {:?}",
+                    t.dims(),
+                    v.dims()
+                );
+            }
+        }
+        if let Some(extra) = tensors
+            .keys()
+            .find(|k| !expected.iter().any(|(e, _)| e == *k))
+        {
+            candle_core::bail!("weights have a tensor {extra} that the model does not use");
+        }
+        let get = |k: String| -> Result<Tensor> {
+            tensors[&k].to_dtype(self.dtype)?.to_device(&self.device)
+        };
+        for (layer, name) in self.layers.iter_mut().zip(&self.names) {
+            match layer {
+                Layer::Conv { w, b, .. } | Layer::Dense { w, b, .. } => {
+                    w.set(&get(format!("{name}.weight"))?)?;
+                    b.set(&get(format!("{name}.bias"))?)?;
+                }
+                Layer::BatchNorm {
+                    gamma,
+                    beta,
+                    running_mean,
+                    running_var,
+                    batches,
+                    ..
+                } => {
+                    gamma.set(&get(format!("{name}.weight"))?)?;
+                    beta.set(&get(format!("{name}.bias"))?)?;
+                    running_mean.set(&get(format!("{name}.running_mean"))?)?;
+                    running_var.set(&get(format!("{name}.running_var"))?)?;
+                    let n = tensors[&format!("{name}.num_batches_tracked")]
+                        .to_dtype(DType::I64)?
+                        .to_scalar::<i64>()?;
+                    *batches = n.max(0) as u64;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn batch_norm(
+    x: &Tensor,
+    gamma: &Var,
+    beta: &Var,
+    running_mean: &Var,
+    running_var: &Var,
+    batches: &mut u64,
+    momentum: f64,
+    eps: f64,
+    train: bool,
+) -> Result<Tensor> {
+    // Per-channel statistics over every axis but 1.
+    let (xs, bshape) = match x.rank() {
+        4 => {
+            let (b, c, h, w) = x.dims4()?;
+            (
+                x.transpose(0, 1)?.reshape((c, b * h * w))?,
+                vec![1, c, 1, 1],
+            )
+        }
+        _ => {
+            let (b, c) = x.dims2()?;
+            (x.t()?.reshape((c, b))?, vec![1, c])
+        }
+    };
+    let n = xs.dim(1)?;
+    let (mean, var) = if train {
+        let mean = xs.mean(1)?;
+        let var = xs.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.mean(1)?;
+        let m = momentum;
+        let unbiased = if n > 1 {
+            n as f64 / (n as f64 - 1.0)
+        } else {
+            1.0
+        };
+        running_mean.set(&((running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?)?;
+        running_var
+            .set(&((running_var.as_tensor() * (1.0 - m))? + (var.detach() * (m * unbiased))?)?)?;
+        *batches += 1;
+        (mean, var)
+    } else {
+        (
+            running_mean.as_tensor().clone(),
+            running_var.as_tensor().clone(),
+        )
+    };
+    let inv = (var + eps)?.sqrt()?.recip()?;
+    let scale = (inv * gamma.as_tensor())?.reshape(bshape.clone())?;
+    let shift = beta.reshape(bshape.clone())?;
+    x.broadcast_sub(&mean.reshape(bshape)?)?
+        .broadcast_mul(&scale)?
+        .broadcast_add(&shift)
+}

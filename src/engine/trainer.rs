@@ -1,0 +1,320 @@
+//! The training loop.
+//!
+//! Plain synchronous code: the server runs it on a blocking thread of its own, never on
+//! the async runtime. It reports through an [`Observer`]: a progress call per batch, a
+//! checkpoint per epoch (the caller decides where it goes: files for `trainyard train`,
+//! PostgreSQL for the service), and a cancellation check between batches.
+//!
+//! Reproducibility: on the CPU the same spec and seed give identical metrics. All
+//! randomness comes from seed-derived streams (init, each epoch's shuffle and dropout), so
+//! a run resumed from epoch k's checkpoint continues exactly as the uninterrupted one.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use super::EngineError;
+use super::checkpoint::Checkpoint;
+use super::metrics::EpochMetrics;
+use super::model::{Forward, Model};
+use super::optim::Optimizer;
+use super::rng::Rng;
+use crate::data::prepare::{Prepared, Samples};
+use crate::spec::{Activation, ExperimentSpec, Summary};
+
+/// Batch size used for evaluation (it does not change the figures).
+const EVAL_BATCH: usize = 1000;
+
+/// Progress within an epoch.
+#[derive(Debug, Clone)]
+pub struct BatchProgress {
+    pub epoch: u32,
+    pub epochs: u32,
+    /// Batches done in this epoch (1-based after the batch).
+    pub batch: usize,
+    pub batches: usize,
+    /// Loss of the batch just trained.
+    pub loss: f64,
+}
+
+/// What the loop tells its caller, and asks it.
+pub trait Observer {
+    fn on_batch(&mut self, _progress: &BatchProgress) {}
+    /// Called after each epoch with its checkpoint (metrics in `history.last()`). An error
+    /// stops training and is returned from [`Trainer::run`].
+    fn on_epoch(&mut self, _checkpoint: &Checkpoint) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Checked before every batch; `true` stops the run (the partial epoch is dropped).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed { epochs: u32 },
+    Stopped { epochs_done: u32 },
+}
+
+struct DeviceSamples {
+    x: Tensor,
+    y: Tensor,
+    len: usize,
+}
+
+fn upload(s: &Samples, shape: [usize; 3], device: &Device) -> Result<DeviceSamples, EngineError> {
+    let x = Tensor::from_slice(&s.x, (s.len, shape[0], shape[1], shape[2]), device)?;
+    let y: Vec<u32> = s.y.iter().map(|&v| v as u32).collect();
+    let y = Tensor::from_vec(y, s.len, device)?;
+    Ok(DeviceSamples { x, y, len: s.len })
+}
+
+/// Per-sample cross-entropy summed over the batch, and the number of correct predictions.
+fn loss_and_correct(f: &Forward, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let logp = candle_nn::ops::log_softmax(&f.loss_input, D::Minus1)?;
+    let picked = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let loss_sum = picked.sum_all()?.neg()?;
+    let correct = f
+        .output
+        .argmax(D::Minus1)?
+        .eq(y)?
+        .to_dtype(DType::F32)?
+        .sum_all()?;
+    Ok((loss_sum, correct))
+}
+
+/// A model, its optimizer and its data, ready to train.
+pub struct Trainer {
+    spec: ExperimentSpec,
+    model: Model,
+    optimizer: Optimizer,
+    train: DeviceSamples,
+    val: Option<DeviceSamples>,
+    test: DeviceSamples,
+    history: Vec<EpochMetrics>,
+    device: Device,
+}
+
+impl Trainer {
+    /// Builds the model of a validated spec on `device` and uploads the data once.
+    pub fn new(
+        spec: &ExperimentSpec,
+        summary: &Summary,
+        data: &Prepared,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        if data.train.len == 0 {
+            return Err(EngineError::Data(
+                "dataset: no training samples left (check train_limit and the validation split)"
+                    .into(),
+            ));
+        }
+        if data.shape != summary.input {
+            return Err(EngineError::Data(format!(
+                "data has shape {:?}, the model expects {:?}",
+                data.shape, summary.input
+            )));
+        }
+        let model = Model::new(spec, summary, device)?;
+        let optimizer = Optimizer::new(&spec.optimizer, model.params().to_vec())?;
+        Ok(Trainer {
+            spec: spec.clone(),
+            optimizer,
+            train: upload(&data.train, data.shape, device)?,
+            val: match &data.val {
+                Some(v) if v.len > 0 => Some(upload(v, data.shape, device)?),
+                _ => None,
+            },
+            test: upload(&data.test, data.shape, device)?,
+            model,
+            history: Vec::new(),
+            device: device.clone(),
+        })
+    }
+
+    /// Starts from given weights instead of the initialisation (warm start, fine-tuning).
+    pub fn load_weights(
+        &mut self,
+        weights: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), EngineError> {
+        self.model.load_state_dict(weights)?;
+        Ok(())
+    }
+
+    /// Continues from a checkpoint of this spec: weights, optimizer state and history.
+    pub fn resume(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
+        if ckpt.spec.model != self.spec.model {
+            return Err(EngineError::Checkpoint(
+                "the checkpoint was trained with a different model".into(),
+            ));
+        }
+        self.model.load_state_dict(&ckpt.weight_map())?;
+        let state = ckpt
+            .optimizer
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.to_device(&self.device)?)))
+            .collect::<Result<_, candle_core::Error>>()?;
+        self.optimizer.load_state(ckpt.optimizer_steps, &state)?;
+        self.history = ckpt.history.clone();
+        self.history.truncate(ckpt.epoch as usize);
+        Ok(())
+    }
+
+    /// Epochs completed so far.
+    pub fn epochs_done(&self) -> u32 {
+        self.history.len() as u32
+    }
+
+    pub fn history(&self) -> &[EpochMetrics] {
+        &self.history
+    }
+
+    pub fn model(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    /// Trains the remaining epochs of the spec.
+    pub fn run(&mut self, observer: &mut dyn Observer) -> Result<Outcome, EngineError> {
+        while self.epochs_done() < self.spec.epochs {
+            let epoch = self.epochs_done() + 1;
+            let Some((train_loss, train_accuracy, secs)) = self.train_epoch(epoch, observer)?
+            else {
+                return Ok(Outcome::Stopped {
+                    epochs_done: epoch - 1,
+                });
+            };
+            let (val_loss, val_accuracy) = match &self.val {
+                Some(v) => {
+                    let (l, a) = evaluate(&mut self.model, v)?;
+                    (Some(l), Some(a))
+                }
+                None => (None, None),
+            };
+            let (test_loss, test_accuracy) = evaluate(&mut self.model, &self.test)?;
+            self.history.push(EpochMetrics {
+                epoch,
+                train_loss,
+                train_accuracy,
+                val_loss,
+                val_accuracy,
+                test_loss: Some(test_loss),
+                test_accuracy: Some(test_accuracy),
+                train_seconds: secs,
+                images_per_second: self.train.len as f64 / secs.max(1e-9),
+            });
+            observer.on_epoch(&self.checkpoint()?)?;
+        }
+        Ok(Outcome::Completed {
+            epochs: self.spec.epochs,
+        })
+    }
+
+    /// One epoch of training steps. `None` when the observer asked to stop.
+    fn train_epoch(
+        &mut self,
+        epoch: u32,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<(f64, f64, f64)>, EngineError> {
+        let start = std::time::Instant::now();
+        let n = self.train.len;
+        let bs = self.spec.batch_size as usize;
+        let batches = n.div_ceil(bs);
+        let order = if self.spec.shuffle {
+            let perm = Rng::derive(self.spec.seed, "shuffle", epoch as u64).permutation(n);
+            Some(Tensor::from_vec(perm, n, &self.device)?)
+        } else {
+            None
+        };
+        let mut dropout = Rng::derive(self.spec.seed, "dropout", epoch as u64);
+        let (mut loss_sum, mut correct) = (0f64, 0f64);
+        for b in 0..batches {
+            if observer.should_stop() {
+                return Ok(None);
+            }
+            let (lo, len) = (b * bs, bs.min(n - b * bs));
+            let (x, y) = match &order {
+                Some(idx) => {
+                    let idx = idx.narrow(0, lo, len)?;
+                    (
+                        self.train.x.index_select(&idx, 0)?,
+                        self.train.y.index_select(&idx, 0)?,
+                    )
+                }
+                None => (
+                    self.train.x.narrow(0, lo, len)?,
+                    self.train.y.narrow(0, lo, len)?,
+                ),
+            };
+            let f = self.model.forward(&x, true, Some(&mut dropout))?;
+            let (batch_loss_sum, batch_correct) = loss_and_correct(&f, &y)?;
+            let loss = (&batch_loss_sum / len as f64)?;
+            let grads = loss.backward()?;
+            self.optimizer.step(&grads)?;
+            let l = batch_loss_sum.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(EngineError::NonFinite(format!(
+                    "loss became {l} at epoch {epoch}, batch {}",
+                    b + 1
+                )));
+            }
+            loss_sum += l;
+            correct += batch_correct.to_scalar::<f32>()? as f64;
+            observer.on_batch(&BatchProgress {
+                epoch,
+                epochs: self.spec.epochs,
+                batch: b + 1,
+                batches,
+                loss: l / len as f64,
+            });
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok(Some((loss_sum / n as f64, correct / n as f64, secs)))
+    }
+
+    /// The checkpoint of the current state.
+    pub fn checkpoint(&self) -> Result<Checkpoint, EngineError> {
+        let optimizer = self
+            .optimizer
+            .state_tensors()?
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?)))
+            .collect::<Result<_, candle_core::Error>>()?;
+        Ok(Checkpoint {
+            spec: self.spec.clone(),
+            epoch: self.epochs_done(),
+            history: self.history.clone(),
+            weights: self.model.state_dict()?,
+            optimizer_steps: self.optimizer.steps(),
+            optimizer,
+        })
+    }
+}
+
+/// Mean loss and accuracy over a sample set, in inference mode.
+fn evaluate(model: &mut Model, s: &DeviceSamples) -> Result<(f64, f64), EngineError> {
+    let (mut loss, mut correct) = (0f64, 0f64);
+    let mut lo = 0;
+    while lo < s.len {
+        let len = EVAL_BATCH.min(s.len - lo);
+        let x = s.x.narrow(0, lo, len)?;
+        let y = s.y.narrow(0, lo, len)?;
+        let f = model.forward(&x, false, None)?;
+        let (l, c) = loss_and_correct(&f, &y)?;
+        loss += l.to_scalar::<f32>()? as f64;
+        correct += c.to_scalar::<f32>()? as f64;
+        lo += len;
+    }
+    Ok((loss / s.len as f64, correct / s.len as f64))
+}
+
+/// Class probabilities from a model output, whatever its last activation.
+pub fn probabilities(f: &Forward) -> candle_core::Result<Tensor> {
+    match f.last_activation {
+        Activation::Softmax => Ok(f.output.clone()),
+        Activation::LogSoftmax => f.output.exp(),
+        _ => candle_nn::ops::softmax_last_dim(&f.output),
+    }
+}
