@@ -1,0 +1,88 @@
+//! `trainyard bench`: training throughput of the presets on this machine.
+//!
+//! Runs real training steps (forward, backward, optimizer) of each preset on MNIST
+//! batches, discards the first warm-up batches, and reports images per second of the
+//! rest. Side-by-side comparisons with PyTorch and Keras live in `bench/`.
+
+use std::time::Instant;
+
+use clap::Args;
+
+use super::DataArgs;
+use crate::data::{mnist, prepare};
+use crate::engine::{BatchProgress, Observer, Trainer, device};
+use crate::spec::{DeviceSpec, Validation, ValidationName};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Presets to measure.
+    #[arg(long, value_delimiter = ',', default_value = "torch-cnn,keras-cnn")]
+    pub presets: Vec<String>,
+    /// Batches measured per preset.
+    #[arg(long, default_value_t = 50)]
+    pub batches: usize,
+    /// Batches run first and not measured.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    #[arg(long, env = "TRAINYARD_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+struct Timer {
+    warmup: usize,
+    start: Option<Instant>,
+    end: Option<Instant>,
+}
+
+impl Observer for Timer {
+    fn on_batch(&mut self, p: &BatchProgress) {
+        if p.batch == self.warmup {
+            self.start = Some(Instant::now());
+        }
+        if p.batch == p.batches {
+            self.end = Some(Instant::now());
+        }
+    }
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let device = device::select(a.device)?;
+    let data = mnist::load(crate::spec::DatasetName::Mnist, &a.data.source())?;
+    println!(
+        "device {device:?}, threads {}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_default()
+    );
+    println!(
+        "{:<10} {:>6} {:>8} {:>10} {:>12}",
+        "preset", "batch", "batches", "seconds", "images/s"
+    );
+    for name in &a.presets {
+        let mut spec = crate::spec::from_value(serde_json::json!({ "preset": name }))?;
+        let bs = spec.batch_size as usize;
+        spec.epochs = 1;
+        spec.dataset.validation = Validation::Named(ValidationName::None);
+        spec.dataset.train_limit = Some((a.warmup.max(1) + a.batches) * bs);
+        spec.dataset.test_limit = Some(1);
+        let summary = crate::spec::validate(&spec)?;
+        let prepared = prepare::prepare(&data, &spec.dataset);
+        let mut trainer = Trainer::new(&spec, &summary, &prepared, &device)?;
+        let mut t = Timer {
+            warmup: a.warmup.max(1),
+            start: None,
+            end: None,
+        };
+        trainer.run(&mut t)?;
+        let secs = (t.end.unwrap() - t.start.unwrap()).as_secs_f64();
+        println!(
+            "{:<10} {:>6} {:>8} {:>10.3} {:>12.0}",
+            name,
+            bs,
+            a.batches,
+            secs,
+            (a.batches * bs) as f64 / secs
+        );
+    }
+    Ok(())
+}

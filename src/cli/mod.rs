@@ -1,0 +1,133 @@
+//! The `trainyard` command.
+//!
+//! Every flag has an environment fallback (shown in `--help`), so the same binary is
+//! configured by flags on a laptop and by environment in a container.
+
+mod bench;
+mod predict;
+mod train;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::data::mnist::Source;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trainyard",
+    version,
+    about = "Train small CNNs, follow their curves, use the result."
+)]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "TRAINYARD_LOG_JSON", global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a spec locally, without a database: metrics.jsonl and checkpoints in --out.
+    Train(train::TrainArgs),
+    /// Print the presets as complete JSON specs.
+    Presets,
+    /// Validate a spec and print its layer shapes, parameters and FLOPs.
+    Validate {
+        /// The spec (JSON file).
+        spec: PathBuf,
+    },
+    /// Classify PNG, JPEG or PGM images with a checkpoint.
+    Predict(predict::PredictArgs),
+    /// Measure training throughput (images per second) of the presets on this machine.
+    Bench(bench::BenchArgs),
+}
+
+/// Where datasets come from.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Folder holding `<dataset>/<idx files>` (raw or .gz).
+    #[arg(long, env = "TRAINYARD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Never download missing dataset files; fail with where to put them instead.
+    #[arg(long, env = "TRAINYARD_NO_DOWNLOAD")]
+    pub no_download: bool,
+    /// Base URLs to download missing files from, tried in order (comma-separated);
+    /// defaults to the usual mirrors of the dataset.
+    #[arg(long, env = "TRAINYARD_MIRRORS", value_delimiter = ',')]
+    pub mirrors: Vec<String>,
+}
+
+impl DataArgs {
+    pub fn source(&self) -> Source {
+        let mut s = Source::new(self.data_dir.clone());
+        s.download = !self.no_download;
+        if !self.mirrors.is_empty() {
+            s.mirrors = self.mirrors.clone();
+        }
+        s
+    }
+}
+
+impl Cli {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Train(a) => train::run(a),
+            Command::Presets => {
+                let all: serde_json::Map<String, serde_json::Value> =
+                    crate::spec::presets::PRESET_NAMES
+                        .iter()
+                        .map(|n| {
+                            let spec = crate::spec::from_value(serde_json::json!({"preset": n}))?;
+                            Ok((n.to_string(), serde_json::to_value(spec)?))
+                        })
+                        .collect::<anyhow::Result<_>>()?;
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                Ok(())
+            }
+            Command::Validate { spec } => {
+                let text = std::fs::read_to_string(&spec)?;
+                let (_, summary) = crate::spec::parse_and_validate(&text)?;
+                print_summary(&summary);
+                Ok(())
+            }
+            Command::Predict(a) => predict::run(a),
+            Command::Bench(a) => bench::run(a),
+        }
+    }
+}
+
+/// The layer table printed before training.
+pub fn print_summary(s: &crate::spec::Summary) {
+    println!("input {}", s.input.map(|d| d.to_string()).join("x"));
+    for (i, l) in s.layers.iter().enumerate() {
+        let out: Vec<String> = l.output.iter().map(|d| d.to_string()).collect();
+        println!(
+            "  [{i}] {:<10} {:<6} -> {:<12} {:>10} params",
+            l.kind,
+            l.name.as_deref().unwrap_or(""),
+            out.join("x"),
+            l.parameters
+        );
+    }
+    println!(
+        "{} parameters, {:.1} MFLOP per sample (forward)",
+        s.parameters,
+        s.flops_per_sample as f64 / 1e6
+    );
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}

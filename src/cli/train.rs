@@ -1,0 +1,181 @@
+//! `trainyard train SPEC.json --out DIR`: the engine on this machine, no database.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::DataArgs;
+use crate::data::{mnist, prepare};
+use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
+use crate::spec::DeviceSpec;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The experiment spec (JSON file).
+    pub spec: PathBuf,
+    /// Output folder: spec.json, metrics.jsonl, checkpoints/epoch-N.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Start from these weights (a safetensors state dict, e.g. saved from PyTorch).
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// With --resume: continue from this epoch's checkpoint instead of the last.
+    #[arg(long, requires = "resume")]
+    pub resume_epoch: Option<u32>,
+    /// Override the spec's device (auto, cpu, cuda, cuda:N).
+    #[arg(long, env = "TRAINYARD_DEVICE")]
+    pub device: Option<DeviceSpec>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+struct Cli {
+    bar: ProgressBar,
+    out: PathBuf,
+    metrics: std::fs::File,
+}
+
+impl Observer for Cli {
+    fn on_batch(&mut self, p: &BatchProgress) {
+        if p.batch == 1 {
+            self.bar.reset();
+            self.bar.set_length(p.batches as u64);
+            self.bar
+                .set_prefix(format!("epoch {}/{}", p.epoch, p.epochs));
+        }
+        self.bar.set_position(p.batch as u64);
+        if p.batch.is_multiple_of(10) || p.batch == p.batches {
+            self.bar.set_message(format!("loss {:.4}", p.loss));
+        }
+    }
+
+    fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
+        ckpt.save(&self.out.join("checkpoints"))?;
+        let m = ckpt
+            .history
+            .last()
+            .expect("an epoch's checkpoint has its metrics");
+        let line = serde_json::to_string(m).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+        writeln!(self.metrics, "{line}")?;
+        self.bar.suspend(|| print_row(m));
+        Ok(())
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+}
+
+fn print_header() {
+    println!(
+        "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+        "images/s"
+    );
+}
+
+fn print_row(m: &crate::engine::EpochMetrics) {
+    println!(
+        "{:>5} {:>10.4} {:>9.4} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>9.0}",
+        m.epoch,
+        m.train_loss,
+        m.train_accuracy,
+        opt(m.val_loss),
+        opt(m.val_accuracy),
+        opt(m.test_loss),
+        opt(m.test_accuracy),
+        m.train_seconds,
+        m.images_per_second
+    );
+}
+
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.spec)
+        .with_context(|| format!("reading {}", a.spec.display()))?;
+    let (mut spec, summary) = crate::spec::parse_and_validate(&text)?;
+    if let Some(d) = a.device {
+        spec.device = d;
+    }
+    super::print_summary(&summary);
+    let device = device::select(spec.device)?;
+    println!("device: {device:?}");
+
+    let resume = match &a.resume {
+        Some(dir) => {
+            let ck = dir.join("checkpoints");
+            let path = match a.resume_epoch {
+                Some(e) => Checkpoint::weights_path(&ck, e),
+                None => Checkpoint::latest_in(&ck)?
+                    .with_context(|| format!("no checkpoint in {}", ck.display()))?,
+            };
+            Some(Checkpoint::load(&path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+
+    let data = mnist::load(spec.dataset.name, &a.data.source())?;
+    let prepared = prepare::prepare(&data, &spec.dataset);
+    drop(data);
+    let mut trainer = Trainer::new(&spec, &summary, &prepared, &device)?;
+    drop(prepared);
+    if let Some(path) = &a.init {
+        let w = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .with_context(|| format!("reading {}", path.display()))?;
+        trainer
+            .load_weights(&w)
+            .with_context(|| format!("loading {}", path.display()))?;
+    }
+    if let Some(ck) = &resume {
+        trainer.resume(ck)?;
+        println!("resumed after epoch {}", ck.epoch);
+    }
+
+    std::fs::create_dir_all(&a.out)?;
+    std::fs::write(
+        a.out.join("spec.json"),
+        serde_json::to_string_pretty(&spec)?,
+    )?;
+    // metrics.jsonl holds the history so far, then one line per new epoch.
+    let mut metrics = std::fs::File::create(a.out.join("metrics.jsonl"))?;
+    print_header();
+    for m in trainer.history() {
+        writeln!(metrics, "{}", serde_json::to_string(m)?)?;
+        print_row(m);
+    }
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {msg} ({eta})")?
+            .progress_chars("=> "),
+    );
+    let mut obs = Cli {
+        bar,
+        out: a.out.clone(),
+        metrics,
+    };
+    let outcome = trainer.run(&mut obs)?;
+    obs.bar.finish_and_clear();
+    match outcome {
+        Outcome::Completed { epochs } => {
+            let last = trainer.history().last();
+            println!(
+                "done: {epochs} epochs, final test accuracy {}; checkpoints in {}",
+                opt(last.and_then(|m| m.test_accuracy)),
+                a.out.join("checkpoints").display()
+            );
+        }
+        Outcome::Stopped { epochs_done } => println!("stopped after {epochs_done} epochs"),
+    }
+    Ok(())
+}
