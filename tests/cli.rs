@@ -1,0 +1,181 @@
+//! The `trainyard` command as a user runs it: train, resume, predict, validate.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn trainyard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args(args)
+        .env("TRAINYARD_DATA_DIR", common::data_dir())
+        .env("TRAINYARD_NO_DOWNLOAD", "true")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn without_timing(mut v: Vec<Value>) -> Vec<Value> {
+    for m in &mut v {
+        m["train_seconds"] = Value::Null;
+        m["images_per_second"] = Value::Null;
+    }
+    v
+}
+
+#[test]
+fn train_writes_metrics_and_checkpoints_resume_continues_and_predict_classifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("spec.json");
+    let spec_json = json!({
+        "preset": "torch-cnn",
+        "dataset": {"train_limit": 1000, "test_limit": 200, "validation": {"split": 0.2}},
+        "optimizer": {"type": "sgd", "learning_rate": 0.05, "momentum": 0.9},
+        "batch_size": 50, "epochs": 2, "shuffle": true, "device": "cpu"
+    });
+    std::fs::write(&spec, spec_json.to_string()).unwrap();
+    let run = tmp.path().join("run");
+    let stdout = ok(trainyard(&[
+        "train",
+        spec.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("29066 parameters"), "{stdout}");
+    let m = metrics(&run);
+    assert_eq!(m.len(), 2);
+    // The keys, in this order, in the file itself.
+    let first_line = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let keys = [
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "train_seconds",
+        "images_per_second",
+    ];
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|k| first_line.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{first_line}");
+    assert_eq!(m[0].as_object().unwrap().len(), keys.len());
+    assert!(m[1]["val_accuracy"].as_f64().unwrap() > 0.5);
+    for e in [1, 2] {
+        assert!(
+            run.join(format!("checkpoints/epoch-{e}.safetensors"))
+                .exists()
+        );
+        assert!(
+            run.join(format!("checkpoints/epoch-{e}.optim.safetensors"))
+                .exists()
+        );
+    }
+
+    // Resume from epoch 1 in another folder: the same curve.
+    let resumed = tmp.path().join("resumed");
+    ok(trainyard(&[
+        "train",
+        spec.to_str().unwrap(),
+        "--out",
+        resumed.to_str().unwrap(),
+        "--resume",
+        run.to_str().unwrap(),
+        "--resume-epoch",
+        "1",
+    ]));
+    assert_eq!(without_timing(metrics(&resumed)), without_timing(m));
+
+    // Predict a real MNIST test image written as a PNG.
+    let test = &common::mnist().test;
+    let png = tmp.path().join("digit.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let ckpt = run.join("checkpoints/epoch-2.safetensors");
+    let out = ok(trainyard(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--json",
+        png.to_str().unwrap(),
+    ]));
+    let p: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(p["class"], json!(test.labels[0]), "{p}");
+    let probs: Vec<f64> = serde_json::from_value(p["probabilities"].clone()).unwrap();
+    assert_eq!(probs.len(), 10);
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+
+    // A file that is not an image is refused with a message, not a crash.
+    let junk = tmp.path().join("junk.png");
+    std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let out = trainyard(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        junk.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.png"));
+}
+
+#[test]
+fn validate_prints_the_summary_or_the_precise_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.json");
+    std::fs::write(&good, json!({"preset": "keras-cnn"}).to_string()).unwrap();
+    let out = ok(trainyard(&["validate", good.to_str().unwrap()]));
+    assert!(out.contains("9467274 parameters"), "{out}");
+
+    let bad = tmp.path().join("bad.json");
+    let mut spec = json!({"preset": "torch-cnn"});
+    spec["model"] = json!({"layers": [
+        {"type": "conv2d", "filters": 4, "kernel": 3},
+        {"type": "max_pool2d", "size": 3},
+        {"type": "max_pool2d", "size": 2},
+        {"type": "max_pool2d", "size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10}
+    ]});
+    std::fs::write(&bad, spec.to_string()).unwrap();
+    let out = trainyard(&["validate", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model.layers[3]: max_pool2d 2x2 needs at least 2x2 input, got 1x1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn presets_prints_both_complete_specs() {
+    let out: Value = serde_json::from_str(&ok(trainyard(&["presets"]))).unwrap();
+    assert_eq!(out["keras-cnn"]["batch_size"], 32);
+    assert_eq!(out["torch-cnn"]["dataset"]["resize"], json!([8, 8]));
+    // A printed preset is a valid spec that resolves to itself.
+    let again = trainyard::spec::from_value(out["torch-cnn"].clone()).unwrap();
+    assert_eq!(serde_json::to_value(again).unwrap(), out["torch-cnn"]);
+}
