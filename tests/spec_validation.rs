@@ -218,3 +218,19 @@ fn same_padding_strides_and_every_layer_kind_infer_shapes() {
     let names: Vec<_> = sum.layers.iter().filter_map(|l| l.name.clone()).collect();
     assert_eq!(names, ["conv1", "bn1", "fc1", "fc2"]);
 }
+
+#[test]
+fn sizes_and_validation_say_what_they_expect() {
+    let e = errors(custom(
+        json!([{"type": "conv2d", "filters": 4, "kernel": "3x3"}]),
+    ));
+    assert_eq!(e[0].field, "model.layers[0].kernel");
+    assert!(e[0].reason.contains("[height, width]"), "{}", e[0].reason);
+    let e = errors(json!({"preset": "torch-cnn", "dataset": {"validation": "holdout"}}));
+    assert_eq!(e[0].field, "dataset.validation");
+    assert!(
+        e[0].reason.contains(r#""test" or "none""#),
+        "{}",
+        e[0].reason
+    );
+}

@@ -91,7 +91,7 @@ pub struct Normalize {
 }
 
 /// Where per-epoch validation metrics come from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Validation {
     /// The last `split` fraction of the training set, taken before any shuffling (Keras's
@@ -168,11 +168,48 @@ pub enum Padding {
 }
 
 /// A size given as `3` or `[3, 3]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Size2 {
     Square(usize),
     Rect([usize; 2]),
+}
+
+/// Untagged enums report "data did not match any variant"; these say what is expected.
+impl<'de> Deserialize<'de> for Size2 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Square(usize),
+            Rect([usize; 2]),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Square(n)) => Ok(Size2::Square(n)),
+            Ok(Raw::Rect(r)) => Ok(Size2::Rect(r)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a size: a positive integer such as 3, or [height, width]",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Validation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Split { split: f64 },
+            Named(ValidationName),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Split { split }) => Ok(Validation::Split { split }),
+            Ok(Raw::Named(n)) => Ok(Validation::Named(n)),
+            Err(_) => Err(serde::de::Error::custom(
+                r#"expected {"split": fraction}, "test" or "none""#,
+            )),
+        }
+    }
 }
 
 impl Size2 {
