@@ -1,0 +1,314 @@
+//! The job queue: claiming, leases with fencing, epoch records, endings, rescue.
+//!
+//! A claim is one statement (`FOR UPDATE SKIP LOCKED`), so two workers never get the same
+//! experiment and neither waits on the other. Holding the claim needs a live lease,
+//! renewed by the worker's heartbeat; every later write names `(id, attempt)` and matches
+//! only while that attempt still runs. No transaction stays open while a model trains: each
+//! write is a short transaction of its own.
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::experiments::{Status, notify};
+use super::{CHANNEL_JOBS, Result, Store, StoreError, events};
+use crate::engine::{Checkpoint, EpochMetrics};
+
+/// An experiment a worker now holds.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: Uuid,
+    /// The fencing token.
+    pub attempt: i32,
+    pub spec: serde_json::Value,
+    pub epochs_done: i32,
+}
+
+/// What the heartbeat learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    pub cancel_requested: bool,
+}
+
+/// How a run ended, from the worker's side.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    Succeeded,
+    Cancelled,
+    Failed(String),
+}
+
+impl Store {
+    /// Claims the next queued experiment for `owner`, with a lease of `lease_secs`.
+    pub async fn claim(&self, owner: &str, lease_secs: f64) -> Result<Option<Claim>> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Uuid, i32, serde_json::Value, i32)> = sqlx::query_as(
+            "WITH next AS (
+                SELECT id FROM experiments WHERE status = 'queued'
+                ORDER BY priority DESC, created_at, id
+                FOR UPDATE SKIP LOCKED LIMIT 1
+             )
+             UPDATE experiments e SET status = 'running', attempt = e.attempt + 1,
+                lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                started_at = coalesce(e.started_at, now()), updated_at = now()
+             FROM next WHERE e.id = next.id
+             RETURNING e.id, e.attempt, e.spec, e.epochs_done",
+        )
+        .bind(owner)
+        .bind(lease_secs)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, attempt, spec, epochs_done)) = row else {
+            return Ok(None);
+        };
+        events::append_status(&mut tx, id, Status::Running, None).await?;
+        tx.commit().await?;
+        Ok(Some(Claim {
+            id,
+            attempt,
+            spec,
+            epochs_done,
+        }))
+    }
+
+    /// Extends the lease of `(id, attempt)`; [`StoreError::LeaseLost`] when it is gone.
+    pub async fn heartbeat(&self, id: Uuid, attempt: i32, lease_secs: f64) -> Result<Beat> {
+        let row: Option<(bool,)> = sqlx::query_as(
+            "UPDATE experiments SET lease_expires_at = now() + make_interval(secs => $3)
+             WHERE id = $1 AND attempt = $2 AND status = 'running'
+             RETURNING cancel_requested",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(lease_secs)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(c,)| Beat {
+            cancel_requested: c,
+        })
+        .ok_or(StoreError::LeaseLost)
+    }
+
+    /// Stores a finished epoch: its metrics, its checkpoint, and the event, atomically.
+    /// Keeps the best and the last checkpoints (all with `keep_all`). Best is the lowest
+    /// validation loss, else test loss, else training loss.
+    pub async fn record_epoch(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        ckpt: &Checkpoint,
+        keep_all: bool,
+    ) -> Result<()> {
+        let m = ckpt
+            .history
+            .last()
+            .ok_or_else(|| StoreError::Corrupt("a checkpoint without metrics".into()))?;
+        let weights = ckpt
+            .weights_bytes()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let optimizer = ckpt
+            .optimizer_bytes()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let held: Option<(i32,)> = sqlx::query_as(
+            "SELECT epochs_done FROM experiments
+             WHERE id = $1 AND attempt = $2 AND status = 'running' FOR UPDATE",
+        )
+        .bind(id)
+        .bind(attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((done,)) = held else {
+            return Err(StoreError::LeaseLost);
+        };
+        if done + 1 != m.epoch as i32 {
+            return Err(StoreError::Corrupt(format!(
+                "epoch {} recorded after epoch {done}",
+                m.epoch
+            )));
+        }
+        insert_metrics(&mut tx, id, m).await?;
+        let sha = Sha256::digest(&weights).to_vec();
+        sqlx::query(
+            "INSERT INTO checkpoints (experiment_id, epoch, weights, optimizer, sha256, size_bytes)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(m.epoch as i32)
+        .bind(&weights)
+        .bind(&optimizer)
+        .bind(sha)
+        .bind(weights.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        let (best,): (Option<i32>,) = sqlx::query_as(
+            "UPDATE experiments SET epochs_done = $2, updated_at = now(),
+                best_epoch = (SELECT epoch FROM epoch_metrics WHERE experiment_id = $1
+                              ORDER BY coalesce(val_loss, test_loss, train_loss), epoch LIMIT 1)
+             WHERE id = $1 RETURNING best_epoch",
+        )
+        .bind(id)
+        .bind(m.epoch as i32)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !keep_all {
+            sqlx::query(
+                "DELETE FROM checkpoints WHERE experiment_id = $1 AND epoch <> $2 AND epoch <> $3",
+            )
+            .bind(id)
+            .bind(m.epoch as i32)
+            .bind(best.unwrap_or(m.epoch as i32))
+            .execute(&mut *tx)
+            .await?;
+        }
+        events::append_epoch(&mut tx, id, m).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends the run of `(id, attempt)`.
+    pub async fn finish(&self, id: Uuid, attempt: i32, ending: &Ending) -> Result<()> {
+        let (status, error) = match ending {
+            Ending::Succeeded => (Status::Succeeded, None),
+            Ending::Cancelled => (Status::Cancelled, None),
+            Ending::Failed(e) => (Status::Failed, Some(e.as_str())),
+        };
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE experiments SET status = $3, error = $4, lease_owner = NULL,
+                lease_expires_at = NULL, finished_at = now(), updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(status.as_str())
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        events::append_status(&mut tx, id, status, error).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives a running experiment back to the queue without counting it as a rescue
+    /// (graceful shutdown of a worker).
+    pub async fn hand_back(&self, id: Uuid, attempt: i32) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE experiments SET status = 'queued', lease_owner = NULL,
+                lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        events::append_status(&mut tx, id, Status::Queued, None).await?;
+        notify(&mut tx, CHANNEL_JOBS, &id.to_string()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Requeues experiments whose lease expired (their worker died or stalled), or fails
+    /// them once they have been rescued `max_rescues` times. Returns how many it touched.
+    pub async fn rescue_expired(&self) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "UPDATE experiments SET
+                rescues = rescues + 1,
+                status = CASE WHEN rescues + 1 > max_rescues THEN 'failed' ELSE 'queued' END,
+                error = CASE WHEN rescues + 1 > max_rescues
+                        THEN 'the worker was lost ' || (rescues + 1) || ' times' END,
+                finished_at = CASE WHEN rescues + 1 > max_rescues THEN now() END,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id IN (SELECT id FROM experiments
+                          WHERE status = 'running' AND lease_expires_at < now()
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING id, status",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, status) in &rows {
+            let status = Status::parse(status).unwrap_or(Status::Failed);
+            let error = (status == Status::Failed).then_some("the worker was lost too many times");
+            events::append_status(&mut tx, *id, status, error).await?;
+            if status == Status::Queued {
+                notify(&mut tx, CHANNEL_JOBS, &id.to_string()).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// The per-epoch metrics of an experiment, in order.
+    pub async fn metrics(&self, id: Uuid) -> Result<Vec<EpochMetrics>> {
+        let rows: Vec<MetricsRow> = sqlx::query_as(
+            "SELECT epoch, train_loss, train_accuracy, val_loss, val_accuracy, test_loss,
+                    test_accuracy, train_seconds, images_per_second
+             FROM epoch_metrics WHERE experiment_id = $1 ORDER BY epoch",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MetricsRow {
+    epoch: i32,
+    train_loss: f64,
+    train_accuracy: f64,
+    val_loss: Option<f64>,
+    val_accuracy: Option<f64>,
+    test_loss: Option<f64>,
+    test_accuracy: Option<f64>,
+    train_seconds: f64,
+    images_per_second: f64,
+}
+
+impl From<MetricsRow> for EpochMetrics {
+    fn from(r: MetricsRow) -> Self {
+        EpochMetrics {
+            epoch: r.epoch as u32,
+            train_loss: r.train_loss,
+            train_accuracy: r.train_accuracy,
+            val_loss: r.val_loss,
+            val_accuracy: r.val_accuracy,
+            test_loss: r.test_loss,
+            test_accuracy: r.test_accuracy,
+            train_seconds: r.train_seconds,
+            images_per_second: r.images_per_second,
+        }
+    }
+}
+
+async fn insert_metrics(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    m: &EpochMetrics,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO epoch_metrics (experiment_id, epoch, train_loss, train_accuracy, val_loss,
+            val_accuracy, test_loss, test_accuracy, train_seconds, images_per_second)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(m.epoch as i32)
+    .bind(m.train_loss)
+    .bind(m.train_accuracy)
+    .bind(m.val_loss)
+    .bind(m.val_accuracy)
+    .bind(m.test_loss)
+    .bind(m.test_accuracy)
+    .bind(m.train_seconds)
+    .bind(m.images_per_second)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
