@@ -1,0 +1,264 @@
+//! One worker's loop and one job's life.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+
+use super::{DataCache, WorkerConfig, stopped};
+use crate::data::prepare::prepare;
+use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
+use crate::store::listen::{Hub, Signal};
+use crate::store::queue::{Claim, Ending};
+use crate::store::{CHANNEL_PROGRESS, Store, StoreError};
+
+/// Why training should stop between batches.
+const GO: u8 = 0;
+const CANCEL: u8 = 1;
+const SHUTDOWN: u8 = 2;
+const LOST: u8 = 3;
+
+pub(super) struct Worker {
+    pub store: Store,
+    pub hub: Hub,
+    pub cfg: Arc<WorkerConfig>,
+    pub data: Arc<DataCache>,
+    pub owner: String,
+}
+
+impl Worker {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        while !*shutdown.borrow() {
+            // Register for the wake-up before looking, so a NOTIFY in between is not lost.
+            let notified = self.hub.jobs().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.store.claim(&self.owner, self.cfg.lease_secs).await {
+                Ok(Some(claim)) => {
+                    backoff = Duration::from_millis(200);
+                    self.run_job(claim, shutdown.clone()).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped(&mut shutdown) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_secs_f64(self.cfg.poll_secs)) => {}
+                _ = stopped(&mut shutdown) => {}
+            }
+        }
+    }
+
+    async fn run_job(&self, claim: Claim, mut shutdown: watch::Receiver<bool>) {
+        let (id, attempt) = (claim.id, claim.attempt);
+        tracing::info!(%id, attempt, owner = %self.owner, "claimed experiment");
+        let stop = Arc::new(AtomicU8::new(GO));
+        let set = |s: &AtomicU8, why: u8| {
+            let _ = s.compare_exchange(GO, why, Ordering::SeqCst, Ordering::SeqCst);
+        };
+
+        // Heartbeat, cancel notifications and shutdown, until the job ends.
+        let (done_tx, mut done_rx) = watch::channel(false);
+        let watcher = {
+            let (store, stop, cfg) = (self.store.clone(), stop.clone(), self.cfg.clone());
+            let mut signals = self.hub.subscribe();
+            tokio::spawn(async move {
+                let mut beat = tokio::time::interval(Duration::from_secs_f64(cfg.heartbeat_secs));
+                beat.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = beat.tick() => match store.heartbeat(id, attempt, cfg.lease_secs).await {
+                            Ok(b) if b.cancel_requested => set(&stop, CANCEL),
+                            Ok(_) => {}
+                            Err(StoreError::LeaseLost) => set(&stop, LOST),
+                            Err(e) => tracing::warn!(%id, error = %e, "heartbeat failed"),
+                        },
+                        s = signals.recv() => if let Ok(Signal::Cancel(c)) = s && c == id {
+                            set(&stop, CANCEL);
+                        },
+                        _ = stopped(&mut shutdown) => set(&stop, SHUTDOWN),
+                        _ = done_rx.changed() => return,
+                    }
+                }
+            })
+        };
+
+        // Progress goes out as NOTIFYs, at most ten a second.
+        let (progress_tx, progress_rx) = mpsc::channel::<BatchProgress>(16);
+        let progress = tokio::spawn(forward_progress(self.store.clone(), id, progress_rx));
+
+        let result = self.train(&claim, stop.clone(), progress_tx).await;
+        let _ = done_tx.send(true);
+        let _ = watcher.await;
+        let _ = progress.await;
+
+        let why = stop.load(Ordering::SeqCst);
+        let ending = match (result, why) {
+            (_, LOST) => None,
+            (Err(JobError::LeaseLost), _) => None,
+            (Ok(Outcome::Completed { .. }), _) => Some(Ending::Succeeded),
+            (Ok(Outcome::Stopped { .. }), CANCEL) => Some(Ending::Cancelled),
+            (Ok(Outcome::Stopped { .. }), _) => {
+                match self.store.hand_back(id, attempt).await {
+                    Ok(()) => tracing::info!(%id, "handed back on shutdown"),
+                    Err(e) => tracing::warn!(%id, error = %e, "hand back failed"),
+                }
+                None
+            }
+            (Err(JobError::Failed(msg)), _) => Some(Ending::Failed(msg)),
+        };
+        match ending {
+            Some(e) => match self.store.finish(id, attempt, &e).await {
+                Ok(()) => tracing::info!(%id, ending = ?e, "experiment ended"),
+                Err(err) => tracing::warn!(%id, error = %err, "could not record the ending"),
+            },
+            None if why == LOST => tracing::warn!(%id, attempt, "lease lost; dropped the job"),
+            None => {}
+        }
+    }
+
+    /// Prepares and trains on a blocking thread.
+    async fn train(
+        &self,
+        claim: &Claim,
+        stop: Arc<AtomicU8>,
+        progress: mpsc::Sender<BatchProgress>,
+    ) -> Result<Outcome, JobError> {
+        let (id, attempt) = (claim.id, claim.attempt);
+        let mut spec = crate::spec::from_value(claim.spec.clone())
+            .map_err(|e| JobError::Failed(format!("invalid spec: {e}")))?;
+        if let Some(d) = self.cfg.device {
+            spec.device = d;
+        }
+        let summary = crate::spec::validate(&spec)
+            .map_err(|e| JobError::Failed(format!("invalid spec: {e}")))?;
+        let resume = if claim.epochs_done > 0 {
+            let (w, o) = self
+                .store
+                .resume_point(id)
+                .await
+                .map_err(|e| JobError::Failed(e.to_string()))?
+                .ok_or_else(|| JobError::Failed("no checkpoint to resume from".into()))?;
+            Some(
+                Checkpoint::from_bytes(&w, Some(&o))
+                    .map_err(|e| JobError::Failed(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let (store, cfg, data) = (self.store.clone(), self.cfg.clone(), self.data.clone());
+        let handle = Handle::current();
+        let task = tokio::task::spawn_blocking(move || -> Result<Outcome, JobError> {
+            let failed = |e: EngineError| JobError::Failed(e.to_string());
+            let dataset = data
+                .get(spec.dataset.name, &cfg)
+                .map_err(JobError::Failed)?;
+            let prepared = prepare(&dataset, &spec.dataset);
+            let device = device::select(spec.device).map_err(failed)?;
+            let mut trainer = Trainer::new(&spec, &summary, &prepared, &device).map_err(failed)?;
+            drop(prepared);
+            if let Some(ck) = &resume {
+                trainer.resume(ck).map_err(failed)?;
+            }
+            let mut obs = JobObserver {
+                store,
+                handle,
+                id,
+                attempt,
+                keep_all: spec.keep_all_checkpoints,
+                stop,
+                progress,
+                lost: false,
+            };
+            let outcome = trainer.run(&mut obs);
+            if obs.lost {
+                return Err(JobError::LeaseLost);
+            }
+            outcome.map_err(failed)
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(JobError::Failed(format!(
+                "internal error while training: {e}"
+            ))),
+        }
+    }
+}
+
+enum JobError {
+    LeaseLost,
+    Failed(String),
+}
+
+/// The engine's observer inside a worker.
+struct JobObserver {
+    store: Store,
+    handle: Handle,
+    id: uuid::Uuid,
+    attempt: i32,
+    keep_all: bool,
+    stop: Arc<AtomicU8>,
+    progress: mpsc::Sender<BatchProgress>,
+    lost: bool,
+}
+
+impl Observer for JobObserver {
+    fn on_batch(&mut self, p: &BatchProgress) {
+        // Dropped when the forwarder is behind: progress is a hint, epochs are durable.
+        let _ = self.progress.try_send(p.clone());
+    }
+
+    fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
+        let r = self.handle.block_on(self.store.record_epoch(
+            self.id,
+            self.attempt,
+            ckpt,
+            self.keep_all,
+        ));
+        match r {
+            Ok(()) => Ok(()),
+            Err(StoreError::LeaseLost) => {
+                self.lost = true;
+                Err(EngineError::Checkpoint("the lease was lost".into()))
+            }
+            Err(e) => Err(EngineError::Checkpoint(format!(
+                "storing the epoch failed: {e}"
+            ))),
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.stop.load(Ordering::SeqCst) != GO
+    }
+}
+
+async fn forward_progress(store: Store, id: uuid::Uuid, mut rx: mpsc::Receiver<BatchProgress>) {
+    let mut last = Instant::now() - Duration::from_secs(1);
+    while let Some(p) = rx.recv().await {
+        if p.batch != p.batches && last.elapsed() < Duration::from_millis(100) {
+            continue;
+        }
+        last = Instant::now();
+        let payload = serde_json::json!({
+            "experiment_id": id, "epoch": p.epoch, "epochs": p.epochs,
+            "batch": p.batch, "batches": p.batches, "loss": p.loss,
+        });
+        let _ = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL_PROGRESS)
+            .bind(payload.to_string())
+            .execute(store.pool())
+            .await;
+    }
+}

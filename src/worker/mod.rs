@@ -1,0 +1,131 @@
+//! Worker tasks: claim an experiment, train it on a blocking thread, record each epoch.
+//!
+//! A worker is an async task that owns at most one experiment at a time. The training
+//! itself is synchronous engine code and runs on `spawn_blocking`, never on the runtime's
+//! threads; the engine's observer reaches back into the runtime (`Handle::block_on`) only
+//! to store an epoch, which is a short transaction of its own.
+//!
+//! Beside the training, a heartbeat renews the lease. Its answer carries the cancel flag,
+//! and a cancel NOTIFY short-cuts the wait. A lost lease, a cancel, or the process's
+//! shutdown each set the stop reason the training loop checks between batches; what
+//! happens next depends on it: a lost lease writes nothing more, a cancel ends the
+//! experiment `cancelled`, a shutdown hands it back to the queue for another worker.
+
+mod job;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::data::mnist::{self, Dataset, Source};
+use crate::spec::{DatasetName, DeviceSpec};
+use crate::store::Store;
+use crate::store::listen::Hub;
+
+/// How workers behave.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Worker tasks in this process.
+    pub workers: usize,
+    /// A claim's lease; a worker silent for longer loses its experiment.
+    pub lease_secs: f64,
+    /// How often the lease is renewed (well under `lease_secs`).
+    pub heartbeat_secs: f64,
+    /// Fallback poll when no NOTIFY arrives.
+    pub poll_secs: f64,
+    /// Overrides every spec's device when set.
+    pub device: Option<DeviceSpec>,
+    pub data_dir: PathBuf,
+    pub download: bool,
+    /// Identifies this process in `lease_owner`.
+    pub name: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            workers: 1,
+            lease_secs: 30.0,
+            heartbeat_secs: 5.0,
+            poll_secs: 5.0,
+            device: None,
+            data_dir: PathBuf::from("data"),
+            download: true,
+            name: format!("{}-{}", hostname(), std::process::id()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "worker".into())
+}
+
+/// Datasets loaded once per process and shared by its workers.
+#[derive(Default)]
+pub(crate) struct DataCache {
+    loaded: Mutex<HashMap<DatasetName, Arc<Dataset>>>,
+}
+
+impl DataCache {
+    /// Blocking: loads (and verifies) a dataset the first time it is asked for.
+    pub(crate) fn get(
+        &self,
+        name: DatasetName,
+        cfg: &WorkerConfig,
+    ) -> Result<Arc<Dataset>, String> {
+        if let Some(d) = self.loaded.lock().unwrap().get(&name) {
+            return Ok(d.clone());
+        }
+        let mut source = Source::for_dataset(name, cfg.data_dir.clone());
+        source.download = cfg.download;
+        let d = Arc::new(mnist::load(name, &source).map_err(|e| e.to_string())?);
+        self.loaded.lock().unwrap().insert(name, d.clone());
+        Ok(d)
+    }
+}
+
+/// Runs `cfg.workers` workers and a lease rescuer until `shutdown` turns true; returns
+/// when every worker has stopped (a running job is handed back first).
+pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Receiver<bool>) {
+    let cfg = Arc::new(cfg);
+    let data = Arc::new(DataCache::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..cfg.workers {
+        let w = job::Worker {
+            store: store.clone(),
+            hub: hub.clone(),
+            cfg: cfg.clone(),
+            data: data.clone(),
+            owner: format!("{}/{i}", cfg.name),
+        };
+        tasks.spawn(w.run(shutdown.clone()));
+    }
+    tasks.spawn(rescuer(store, cfg.clone(), shutdown));
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Periodically requeues experiments whose lease expired.
+async fn rescuer(store: Store, cfg: Arc<WorkerConfig>, mut shutdown: watch::Receiver<bool>) {
+    let period = Duration::from_secs_f64((cfg.lease_secs / 2.0).max(0.2));
+    loop {
+        match store.rescue_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "rescued experiments with expired leases"),
+            Err(e) => tracing::warn!(error = %e, "lease rescue failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is true (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
