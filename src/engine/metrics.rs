@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// One epoch's figures. A metric that does not apply (no validation split) is `None`
 /// (`null` in JSON). Losses are means over samples; accuracies are fractions in [0, 1].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EpochMetrics {
     pub epoch: u32,
     /// Mean training loss over the epoch's batches, weighted by batch size (as Keras and

@@ -1,0 +1,73 @@
+//! `/experiments/{id}/checkpoints`: list and download weights (safetensors).
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::experiments::parse_id;
+use super::{AppState, error::ApiError};
+use crate::store::checkpoints::{CheckpointInfo, Which};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/experiments/{id}/checkpoints", get(list))
+        .route("/experiments/{id}/checkpoints/{which}", get(download))
+}
+
+/// The stored checkpoints (the best and the last epoch, or every epoch when the spec asks).
+#[utoipa::path(get, path = "/experiments/{id}/checkpoints", tag = "checkpoints",
+    params(("id" = String, Path, description = "Experiment id")),
+    responses(
+        (status = 200, body = Vec<CheckpointInfo>),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<CheckpointInfo>>, ApiError> {
+    let id = parse_id(&id)?;
+    state.store.experiment(id).await?;
+    Ok(Json(state.store.checkpoints(id).await?))
+}
+
+/// Download a checkpoint's weights: PyTorch state-dict names, spec in the metadata.
+#[utoipa::path(get, path = "/experiments/{id}/checkpoints/{which}", tag = "checkpoints",
+    params(
+        ("id" = String, Path, description = "Experiment id"),
+        ("which" = String, Path, description = "`best`, `last` or an epoch number"),
+    ),
+    responses(
+        (status = 200, description = "safetensors file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn download(
+    State(state): State<AppState>,
+    Path((id, which)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let which: Which = which
+        .parse()
+        .map_err(|_| ApiError::NotFound("checkpoint"))?;
+    state.store.experiment(id).await?;
+    let epoch = state
+        .store
+        .resolve_checkpoint(id, which)
+        .await?
+        .ok_or(ApiError::NotFound("checkpoint"))?;
+    let bytes = state.store.checkpoint_weights(id, epoch).await?;
+    let name = format!("attachment; filename=\"{id}-epoch-{epoch}.safetensors\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_DISPOSITION, name),
+            (
+                header::HeaderName::from_static("x-checkpoint-epoch"),
+                epoch.to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

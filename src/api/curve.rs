@@ -1,0 +1,178 @@
+//! `GET /experiments/{id}/curve`: the loss curve as server-sent events.
+//!
+//! First the stored events after `Last-Event-ID` (all of them on a first connection), then
+//! live ones as any worker, in any process, records them: `status` and `epoch` events
+//! carry the durable id of their row in `experiment_events`, so a reconnect continues
+//! without gaps or repeats. `progress` events within an epoch are ephemeral; their id is
+//! `<last durable id>.<n>`, which resumes at the same place. When the experiment has
+//! ended, an `end` event carries its final state and the stream closes.
+//!
+//! Notifications only say "look again": the stream re-reads the table after the last id
+//! it sent, so a lost or reordered notification cannot make it skip an event.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use super::experiments::{ExperimentView, parse_id};
+use super::{AppState, error::ApiError};
+use crate::store::listen::Signal;
+use crate::store::{Store, events};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/experiments/{id}/curve", get(curve))
+}
+
+/// The durable id before the first `.` of a Last-Event-ID.
+fn last_event_id(headers: &HeaderMap) -> i64 {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.split('.').next())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n: &i64| *n >= 0)
+        .unwrap_or(0)
+}
+
+/// Follow an experiment's curve.
+#[utoipa::path(get, path = "/experiments/{id}/curve", tag = "experiments",
+    params(
+        ("id" = String, Path, description = "Experiment id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "Events `status`, `epoch`, `progress`, then `end`", content_type = "text/event-stream", body = String),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn curve(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = parse_id(&id)?;
+    // Subscribe before the first read so that nothing falls between them.
+    let signals = state.hub.subscribe();
+    state.store.experiment(id).await?;
+    let (tx, rx) = mpsc::channel(64);
+    let mut shutdown = state.shutdown.clone();
+    let follower = follow(
+        state.store.clone(),
+        id,
+        last_event_id(&headers),
+        signals,
+        tx,
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = follower => {}
+            _ = crate::worker::stopped(&mut shutdown) => {}
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+type Tx = mpsc::Sender<Result<Event, Infallible>>;
+
+async fn follow(
+    store: Store,
+    id: Uuid,
+    mut last: i64,
+    mut signals: broadcast::Receiver<Signal>,
+    tx: Tx,
+) {
+    let mut progress_n = 0u64;
+    loop {
+        match replay(&store, id, &mut last, &tx).await {
+            Ok(true) | Err(()) => return,
+            Ok(false) => {}
+        }
+        // Wait for something about this experiment.
+        loop {
+            let signal = tokio::select! {
+                s = signals.recv() => s,
+                _ = tx.closed() => return,
+            };
+            match signal {
+                Ok(Signal::Event { experiment, .. }) if experiment == id => break,
+                Ok(Signal::Progress { experiment, data }) if experiment == id => {
+                    progress_n += 1;
+                    let mut d = (*data).clone();
+                    if let Some(o) = d.as_object_mut() {
+                        o.remove("experiment_id");
+                    }
+                    let ev = Event::default()
+                        .event("progress")
+                        .id(format!("{last}.{progress_n}"))
+                        .json_data(d)
+                        .expect("json");
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Signal::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// Sends stored events after `last`; `Ok(true)` once the experiment has ended and the
+/// `end` event went out. `Err` when the client is gone or the database failed.
+async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx) -> Result<bool, ()> {
+    loop {
+        let batch = match store.events_after(id, *last, 500).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "curve: reading events failed");
+                // The client reconnects with Last-Event-ID and misses nothing.
+                return Err(());
+            }
+        };
+        let n = batch.len();
+        for e in batch {
+            *last = e.id;
+            if tx.send(Ok(to_sse(&e))).await.is_err() {
+                return Err(());
+            }
+        }
+        if n < 500 {
+            break;
+        }
+    }
+    let exp = store.experiment(id).await.map_err(|_| ())?;
+    if exp.status.is_terminal() {
+        // Events of the ending are written in the same transaction as the status, so
+        // everything up to the end has been sent.
+        let more = store.events_after(id, *last, 1).await.map_err(|_| ())?;
+        if more.is_empty() {
+            let ev = Event::default()
+                .event("end")
+                .id(last.to_string())
+                .json_data(ExperimentView::new(exp, None))
+                .expect("json");
+            let _ = tx.send(Ok(ev)).await;
+            return Ok(true);
+        }
+        return Box::pin(replay(store, id, last, tx)).await;
+    }
+    Ok(false)
+}
+
+fn to_sse(e: &events::Event) -> Event {
+    Event::default()
+        .event(e.kind.as_str())
+        .id(e.id.to_string())
+        .json_data(&e.data)
+        .expect("json")
+}

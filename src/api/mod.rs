@@ -1,0 +1,64 @@
+//! The HTTP API: one module per resource, each with its own `router()`, merged here.
+//!
+//! `app(state)` builds the whole service, so tests drive it with `oneshot` or on a real
+//! socket exactly as `trainyard serve` does.
+
+pub mod checkpoints;
+pub mod curve;
+pub mod error;
+pub mod experiments;
+pub mod health;
+pub mod openapi;
+pub mod predict;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::sync::watch;
+use tower_http::trace::TraceLayer;
+
+use crate::store::Store;
+use crate::store::listen::Hub;
+
+/// Largest JSON body (a spec).
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: Hub,
+    pub models: Arc<predict::ModelCache>,
+    /// Turns true on shutdown: long-lived streams end so the server can stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub fn new(store: Store, hub: Hub, shutdown: watch::Receiver<bool>) -> Self {
+        AppState {
+            store,
+            hub,
+            models: Arc::default(),
+            shutdown,
+        }
+    }
+}
+
+/// The service's router.
+pub fn app(state: AppState) -> Router {
+    let json = Router::new()
+        .merge(experiments::router())
+        .merge(curve::router())
+        .merge(checkpoints::router())
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
+    let images = predict::router().layer(DefaultBodyLimit::max(predict::MAX_BODY_BYTES));
+    Router::new()
+        .merge(json)
+        .merge(images)
+        .merge(health::router())
+        .merge(openapi::router())
+        .fallback(|| async { error::ApiError::NotFound("route") })
+        .with_state(state)
+        .layer(TraceLayer::new_for_http())
+}
