@@ -5,7 +5,11 @@
 //! Candle training engine: models, optimizers, the training loop, checkpoints, inference)
 //! and [`cli`] (the `trainyard` command).
 
+pub mod api;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod server;
 pub mod spec;
+pub mod store;
+pub mod worker;

@@ -5,6 +5,7 @@
 
 mod bench;
 mod predict;
+mod service;
 mod train;
 
 use std::path::PathBuf;
@@ -42,6 +43,30 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Measure training throughput (images per second) of the presets on this machine.
     Bench(bench::BenchArgs),
+    /// Run the HTTP API and worker tasks in one process.
+    Serve(service::ServeArgs),
+    /// Run worker tasks only (more training capacity against the same database).
+    Worker {
+        #[command(flatten)]
+        db: service::DbArgs,
+        #[command(flatten)]
+        worker: service::WorkerArgs,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: service::DbArgs,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Download (when missing) and verify datasets into the data folder.
+    FetchData {
+        /// Datasets to fetch.
+        #[arg(value_delimiter = ',', default_value = "mnist")]
+        datasets: Vec<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 /// Where datasets come from.
@@ -94,6 +119,30 @@ impl Cli {
             }
             Command::Predict(a) => predict::run(a),
             Command::Bench(a) => bench::run(a),
+            Command::Serve(a) => service::serve(a),
+            Command::Worker { db, worker } => service::worker(db, worker),
+            Command::Migrate { db } => service::migrate(db),
+            Command::FetchData { datasets, data } => {
+                for name in datasets {
+                    let name: crate::spec::DatasetName =
+                        serde_json::from_value(serde_json::Value::String(name.clone())).map_err(
+                            |_| anyhow::anyhow!("unknown dataset {name:?}: mnist or fashion-mnist"),
+                        )?;
+                    let d = crate::data::mnist::load(name, &data.source())?;
+                    println!(
+                        "{}: {} training and {} test images, checksums verified, in {}",
+                        name.as_str(),
+                        d.train.len,
+                        d.test.len,
+                        crate::data::mnist::dataset_dir(&data.data_dir, name).display()
+                    );
+                }
+                Ok(())
+            }
+            Command::Openapi => {
+                print!("{}", crate::api::openapi::document());
+                Ok(())
+            }
         }
     }
 }

@@ -1,0 +1,111 @@
+//! `trainyard serve`, `worker`, `migrate`: the service's processes.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+use super::DataArgs;
+use crate::spec::DeviceSpec;
+use crate::worker::WorkerConfig;
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/trainyard"
+    )]
+    pub database_url: String,
+    /// Most connections this process opens.
+    #[arg(long, env = "TRAINYARD_DB_CONNECTIONS", default_value_t = 10)]
+    pub db_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Worker tasks in this process (0: API only).
+    #[arg(long, env = "TRAINYARD_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Seconds a claim stays valid without a heartbeat.
+    #[arg(long, env = "TRAINYARD_LEASE_SECS", default_value_t = 30.0)]
+    pub lease_secs: f64,
+    /// Seconds between heartbeats (well under the lease).
+    #[arg(long, env = "TRAINYARD_HEARTBEAT_SECS", default_value_t = 5.0)]
+    pub heartbeat_secs: f64,
+    /// Seconds between polls for work when no notification arrives.
+    #[arg(long, env = "TRAINYARD_POLL_SECS", default_value_t = 5.0)]
+    pub poll_secs: f64,
+    /// Train on this device whatever the spec says (auto, cpu, cuda, cuda:N).
+    #[arg(long, env = "TRAINYARD_DEVICE")]
+    pub device: Option<DeviceSpec>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> anyhow::Result<WorkerConfig> {
+        anyhow::ensure!(self.lease_secs > 0.0, "--lease-secs must be positive");
+        anyhow::ensure!(
+            self.heartbeat_secs > 0.0 && self.heartbeat_secs < self.lease_secs,
+            "--heartbeat-secs must be positive and below --lease-secs"
+        );
+        anyhow::ensure!(self.poll_secs > 0.0, "--poll-secs must be positive");
+        Ok(WorkerConfig {
+            workers: self.workers,
+            lease_secs: self.lease_secs,
+            heartbeat_secs: self.heartbeat_secs,
+            poll_secs: self.poll_secs,
+            device: self.device,
+            data_dir: self.data.data_dir.clone(),
+            download: !self.data.no_download,
+            ..WorkerConfig::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TRAINYARD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let cfg = a.worker.config()?;
+    runtime()?.block_on(async {
+        let store =
+            crate::server::connect_and_migrate(&a.db.database_url, a.db.db_connections).await?;
+        crate::server::serve(store, a.bind, cfg, crate::server::shutdown_on_signals()).await
+    })
+}
+
+pub fn worker(db: DbArgs, w: WorkerArgs) -> anyhow::Result<()> {
+    let cfg = w.config()?;
+    anyhow::ensure!(
+        cfg.workers > 0,
+        "--workers must be at least 1 for `trainyard worker`"
+    );
+    runtime()?.block_on(async {
+        let store = crate::server::connect_and_migrate(&db.database_url, db.db_connections).await?;
+        crate::server::work(store, cfg, crate::server::shutdown_on_signals()).await
+    })
+}
+
+pub fn migrate(db: DbArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        crate::server::connect_and_migrate(&db.database_url, 2).await?;
+        println!("migrations applied");
+        Ok(())
+    })
+}
