@@ -15,6 +15,28 @@ if [ ! -d ../shared/data/mnist ]; then
   exit 1
 fi
 
+# The service tests need PostgreSQL on 127.0.0.1:5432; start it (or install it) when it
+# is not running. Each #[sqlx::test] creates and drops its own database.
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+ensure_postgres() {
+  command -v pg_isready >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q && return 0
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "installing PostgreSQL" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 1 30); do
+    pg_isready -h 127.0.0.1 -p 5432 -q && break
+    sleep 1
+  done
+  pg_isready -h 127.0.0.1 -p 5432 -q || { echo "PostgreSQL did not start" >&2; exit 1; }
+  # A fresh cluster asks for a password over TCP: give postgres the one in DATABASE_URL.
+  su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null 2>&1 || true
+}
+ensure_postgres
+
 # Candle in an unoptimised build is an order of magnitude slower; Cargo.toml gives
 # dependencies opt-level 3 in the dev and test profiles.
 cargo fmt --all -- --check

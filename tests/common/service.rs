@@ -1,0 +1,193 @@
+//! A real trainyard server on a loopback socket over a `#[sqlx::test]` database, plus an
+//! SSE client that reads the stream as a browser would.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use trainyard::api::{AppState, app};
+use trainyard::store::Store;
+use trainyard::store::listen::Hub;
+use trainyard::worker::{self, WorkerConfig};
+
+pub struct TestServer {
+    pub base: String,
+    pub store: Store,
+    pub client: reqwest::Client,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn worker_config(name: &str) -> WorkerConfig {
+    WorkerConfig {
+        workers: 1,
+        lease_secs: 2.0,
+        heartbeat_secs: 0.3,
+        poll_secs: 0.5,
+        device: Some(trainyard::spec::DeviceSpec::Cpu),
+        data_dir: super::data_dir(),
+        download: false,
+        name: name.to_string(),
+    }
+}
+
+impl TestServer {
+    /// The API with `workers` worker processes' worth of workers (each its own hub).
+    pub async fn start(pool: PgPool, workers: &[WorkerConfig]) -> TestServer {
+        let store = Store::from_pool(pool);
+        let (shutdown, rx) = watch::channel(false);
+        let hub = Hub::start(store.pool()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = app(AppState::new(store.clone(), hub, rx.clone()));
+        let mut stop = rx.clone();
+        let mut tasks = vec![tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
+        })];
+        for cfg in workers {
+            tasks.push(Self::spawn_worker(&store, cfg.clone(), rx.clone()).await);
+        }
+        TestServer {
+            base,
+            store,
+            client: reqwest::Client::new(),
+            shutdown,
+            tasks,
+        }
+    }
+
+    pub async fn spawn_worker(
+        store: &Store,
+        cfg: WorkerConfig,
+        rx: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let hub = Hub::start(store.pool()).await.unwrap();
+        tokio::spawn(worker::run(store.clone(), hub, cfg, rx))
+    }
+
+    pub fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Submits a spec; returns the response status and body.
+    pub async fn submit(&self, spec: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url("/experiments"))
+            .json(spec)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the experiment reaches `status` (or panics after `secs`).
+    pub async fn wait_status(&self, id: &str, status: &str, secs: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, e) = self.get_json(&format!("/experiments/{id}")).await;
+            if e["status"] == status {
+                return e;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still {} after {secs}s: {e}",
+                e["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads a curve until its `end` event (or `max` events, or `secs`).
+pub async fn read_curve(
+    client: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<&str>,
+    secs: u64,
+) -> Vec<SseEvent> {
+    let mut req = client.get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        resp.headers()
+    );
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no end event after {secs}s; got {events:?}"));
+        let Some(chunk) = chunk else { return events };
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(pos) = buf.find("\n\n") {
+            let block: String = buf.drain(..pos + 2).collect();
+            let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if data.is_empty() {
+                continue; // a keep-alive comment
+            }
+            let ev = SseEvent {
+                id,
+                event,
+                data: serde_json::from_str(&data).unwrap(),
+            };
+            let end = ev.event == "end";
+            events.push(ev);
+            if end {
+                return events;
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The service end to end against the real PostgreSQL: one database per test
+//! (`#[sqlx::test]`), a server on a real socket, real workers training small slices.
+
+mod common;
+
+use std::time::Duration;
+
+use common::service::{TestServer, read_curve, worker_config};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use trainyard::data::prepare::prepare;
+use trainyard::engine::trainer::Silent;
+use trainyard::engine::{Checkpoint, EngineError, Observer, Trainer};
+use trainyard::store::StoreError;
+use trainyard::store::queue::Ending;
+
+/// torch-cnn on a small slice: a few seconds per epoch at most.
+fn tiny(epochs: u32) -> Value {
+    json!({
+        "preset": "torch-cnn",
+        "dataset": {"train_limit": 600, "test_limit": 200},
+        "optimizer": {"type": "sgd", "learning_rate": 0.05, "momentum": 0.9},
+        "batch_size": 50,
+        "epochs": epochs,
+        "shuffle": true,
+        "device": "cpu"
+    })
+}
+
+fn png(pixels: &[u8]) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::GrayImage::from_raw(28, 28, pixels.to_vec())
+        .unwrap()
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+#[sqlx::test]
+async fn submitted_experiment_is_trained_followed_live_stored_and_used_by_predict(pool: PgPool) {
+    let s = TestServer::start(pool, &[worker_config("w")]).await;
+    let (status, exp) = s.submit(&tiny(2)).await;
+    assert_eq!(status, 201, "{exp}");
+    assert_eq!(exp["summary"]["parameters"], 29066);
+    let id = exp["id"].as_str().unwrap().to_string();
+
+    let events = read_curve(
+        &s.client,
+        &s.url(&format!("/experiments/{id}/curve")),
+        None,
+        120,
+    )
+    .await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event != "progress")
+        .map(|e| e.event.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["status", "status", "epoch", "epoch", "status", "end"],
+        "{events:?}"
+    );
+    assert_eq!(events[0].data["status"], "queued");
+    let epochs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "epoch")
+        .map(|e| &e.data)
+        .collect();
+    assert_eq!(epochs[1]["epoch"], 2);
+    let end = events.last().unwrap();
+    assert_eq!(end.data["status"], "succeeded");
+    assert!(
+        events.iter().all(|e| e.id.is_some()),
+        "every event has an id"
+    );
+
+    // Metrics and checkpoints are stored.
+    let (_, metrics) = s.get_json(&format!("/experiments/{id}/metrics")).await;
+    assert_eq!(metrics.as_array().unwrap().len(), 2);
+    assert_eq!(&metrics[1], epochs[1]);
+    let csv = s
+        .client
+        .get(s.url(&format!("/experiments/{id}/metrics")))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.starts_with("epoch,train_loss,"), "{csv}");
+    assert_eq!(csv.lines().count(), 3);
+    let (_, ckpts) = s.get_json(&format!("/experiments/{id}/checkpoints")).await;
+    assert!(!ckpts.as_array().unwrap().is_empty());
+    let last = s
+        .client
+        .get(s.url(&format!("/experiments/{id}/checkpoints/last")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(last.headers()["x-checkpoint-epoch"], "2");
+    let ck = Checkpoint::from_bytes(&last.bytes().await.unwrap(), None).unwrap();
+    assert_eq!(ck.epoch, 2);
+
+    // Predict real MNIST test images, one raw PNG and twenty in one multipart request.
+    let test = &common::mnist().test;
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={id}&checkpoint=last&top_k=2")))
+        .header("content-type", "image/png")
+        .body(png(test.image(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["epoch"], 2);
+    assert_eq!(p["predictions"][0]["top_k"].as_array().unwrap().len(), 2);
+    let sum: f64 = p["predictions"][0]["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-4);
+    let mut form = reqwest::multipart::Form::new();
+    for i in 0..20 {
+        let part = reqwest::multipart::Part::bytes(png(test.image(i)))
+            .file_name(format!("{i}.png"))
+            .mime_str("image/png")
+            .unwrap();
+        form = form.part(format!("image{i}"), part);
+    }
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={id}")))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    let preds = p["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 20);
+    assert_eq!(preds[3]["filename"], "3.png");
+    let correct = preds
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| p["label"] == json!(test.labels[*i]))
+        .count();
+    assert!(correct >= 12, "{correct}/20 correct");
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn two_workers_never_train_the_same_experiment(pool: PgPool) {
+    let s = TestServer::start(pool.clone(), &[worker_config("a"), worker_config("b")]).await;
+    let mut ids = Vec::new();
+    for seed in 0..6 {
+        let mut spec = tiny(1);
+        spec["seed"] = json!(seed);
+        spec["dataset"]["train_limit"] = json!(200);
+        ids.push(s.submit(&spec).await.1["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        s.wait_status(id, "succeeded", 120).await;
+    }
+    // Each ran exactly once, on one worker: one claim, one "running" event.
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT e.attempt, (SELECT count(*) FROM experiment_events v
+                            WHERE v.experiment_id = e.id AND v.data->>'status' = 'running')
+         FROM experiments e",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| *r == (1, 1)), "{rows:?}");
+    s.stop().await;
+}
+
+/// Trains `epochs` epochs of a spec as a worker would, keeping each checkpoint.
+fn train_locally(spec: &Value, stop_after: Option<u32>) -> Vec<Checkpoint> {
+    struct Keep(Vec<Checkpoint>, Option<u32>);
+    impl Observer for Keep {
+        fn on_epoch(&mut self, c: &Checkpoint) -> Result<(), EngineError> {
+            self.0.push(c.clone());
+            Ok(())
+        }
+        fn should_stop(&mut self) -> bool {
+            self.1.is_some_and(|n| self.0.len() as u32 >= n)
+        }
+    }
+    let spec = trainyard::spec::from_value(spec.clone()).unwrap();
+    let summary = trainyard::spec::validate(&spec).unwrap();
+    let data = prepare(common::mnist(), &spec.dataset);
+    let mut t = Trainer::new(&spec, &summary, &data, &candle_core::Device::Cpu).unwrap();
+    let mut keep = Keep(Vec::new(), stop_after);
+    t.run(&mut keep).unwrap();
+    let _ = Silent;
+    keep.0
+}
+
+#[sqlx::test]
+async fn an_expired_lease_is_rescued_and_the_run_resumes_from_its_last_checkpoint(pool: PgPool) {
+    let s = TestServer::start(pool, &[]).await;
+    let spec = tiny(3);
+    let (_, exp) = s.submit(&spec).await;
+    let id: uuid::Uuid = exp["id"].as_str().unwrap().parse().unwrap();
+
+    // A worker claims it, stores epoch 1, then goes silent (as if stopped).
+    let claim = s.store.claim("ghost", 1.0).await.unwrap().unwrap();
+    assert_eq!(claim.attempt, 1);
+    let ghost = train_locally(&claim.spec, Some(1));
+    s.store.record_epoch(id, 1, &ghost[0], false).await.unwrap();
+
+    // A real worker rescues it after the lease expires and finishes from epoch 1.
+    let rx = s.shutdown_receiver();
+    let w = TestServer::spawn_worker(&s.store, worker_config("rescuer"), rx).await;
+    let done = s.wait_status(&id.to_string(), "succeeded", 120).await;
+    assert_eq!(done["rescues"], 1);
+    assert_eq!(done["attempt"], 2);
+
+    // The stored curve equals an uninterrupted run of the same spec.
+    let full = train_locally(&claim.spec, None);
+    let stored = s.store.metrics(id).await.unwrap();
+    let strip = |m: &[trainyard::engine::EpochMetrics]| {
+        m.iter().map(|m| m.without_timing()).collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&stored), strip(&full.last().unwrap().history));
+
+    // The ghost wakes up: every write it tries is refused.
+    let late = s.store.record_epoch(id, 1, &ghost[0], false).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    assert!(matches!(
+        s.store.heartbeat(id, 1, 1.0).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        s.store.finish(id, 1, &Ending::Failed("x".into())).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert_eq!(
+        s.get_json(&format!("/experiments/{id}")).await.1["status"],
+        "succeeded"
+    );
+    drop(w);
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn cancel_stops_queued_at_once_and_running_at_the_next_batch(pool: PgPool) {
+    let s = TestServer::start(pool.clone(), &[]).await;
+    let (_, queued) = s.submit(&tiny(1)).await;
+    let qid = queued["id"].as_str().unwrap();
+    let r = s
+        .client
+        .post(s.url(&format!("/experiments/{qid}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+
+    // A long run on a worker: cancel once it has finished an epoch.
+    let mut long = tiny(50);
+    long["dataset"]["train_limit"] = json!(2000);
+    let (_, running) = s.submit(&long).await;
+    let rid = running["id"].as_str().unwrap().to_string();
+    let rx = s.shutdown_receiver();
+    let _w = TestServer::spawn_worker(&s.store, worker_config("w"), rx).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while s.get_json(&format!("/experiments/{rid}")).await.1["epochs_done"] == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = s
+        .client
+        .post(s.url(&format!("/experiments/{rid}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["cancel_requested"], true);
+    let done = s.wait_status(&rid, "cancelled", 30).await;
+    let kept = done["epochs_done"].as_i64().unwrap();
+    assert!((1..50).contains(&kept), "{done}");
+    let (_, metrics) = s.get_json(&format!("/experiments/{rid}/metrics")).await;
+    assert_eq!(metrics.as_array().unwrap().len() as i64, kept);
+    // A finished experiment cannot be cancelled.
+    let r = s
+        .client
+        .post(s.url(&format!("/experiments/{qid}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "cancelling a cancelled experiment is a no-op"
+    );
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn idempotency_key_makes_retries_safe(pool: PgPool) {
+    let s = TestServer::start(pool, &[]).await;
+    let post = |body: Value| {
+        s.client
+            .post(s.url("/experiments"))
+            .header("idempotency-key", "retry-1")
+            .json(&body)
+            .send()
+    };
+    let a = post(tiny(1)).await.unwrap();
+    assert_eq!(a.status(), 201);
+    let location = a.headers()["location"].to_str().unwrap().to_string();
+    let a: Value = a.json().await.unwrap();
+    let b = post(tiny(1)).await.unwrap();
+    assert_eq!(b.status(), 201);
+    assert_eq!(b.headers()["idempotent-replayed"], "true");
+    let b: Value = b.json().await.unwrap();
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(
+        location,
+        format!("/experiments/{}", a["id"].as_str().unwrap())
+    );
+    let c = post(tiny(2)).await.unwrap();
+    assert_eq!(c.status(), 409);
+    assert_eq!(c.headers()["content-type"], "application/problem+json");
+    let (_, list) = s.get_json("/experiments").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn last_event_id_resumes_without_gaps_or_repeats(pool: PgPool) {
+    let s = TestServer::start(pool, &[worker_config("w")]).await;
+    let (_, exp) = s.submit(&tiny(3)).await;
+    let id = exp["id"].as_str().unwrap();
+    let url = s.url(&format!("/experiments/{id}/curve"));
+    let all = read_curve(&s.client, &url, None, 120).await;
+    let durable: Vec<_> = all.iter().filter(|e| e.event != "progress").collect();
+    let first_epoch = durable.iter().position(|e| e.event == "epoch").unwrap();
+    let resume_at = durable[first_epoch].id.clone().unwrap();
+    let rest = read_curve(&s.client, &url, Some(&resume_at), 30).await;
+    let ids = |v: &[&common::service::SseEvent]| {
+        v.iter().map(|e| e.id.clone().unwrap()).collect::<Vec<_>>()
+    };
+    let rest_refs: Vec<_> = rest.iter().collect();
+    assert_eq!(ids(&rest_refs), ids(&durable[first_epoch + 1..]));
+    // A progress id resumes at its durable prefix.
+    let rest2 = read_curve(&s.client, &url, Some(&format!("{resume_at}.7")), 30).await;
+    assert_eq!(rest2.len(), rest.len());
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn every_error_status_is_problem_json(pool: PgPool) {
+    let s = TestServer::start(pool, &[]).await;
+    let problem = |r: reqwest::Response, status: u16| async move {
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        r.json::<Value>().await.unwrap()
+    };
+    let unknown = uuid::Uuid::nil();
+    for path in [
+        "",
+        "/metrics",
+        "/checkpoints",
+        "/checkpoints/best",
+        "/curve",
+    ] {
+        let r = s
+            .client
+            .get(s.url(&format!("/experiments/{unknown}{path}")))
+            .send()
+            .await
+            .unwrap();
+        problem(r, 404).await;
+    }
+    let r = s
+        .client
+        .get(s.url("/experiments/not-a-uuid"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 404).await;
+    let r = s
+        .client
+        .post(s.url(&format!("/experiments/{unknown}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 404).await;
+
+    // 422 names the fields.
+    let mut bad = tiny(1);
+    bad["model"] = json!({"layers": [{"type": "dense", "units": 10}]});
+    bad["epochs"] = json!(0);
+    let r = s
+        .client
+        .post(s.url("/experiments"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 422).await;
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["epochs", "model.layers[0]"], "{p}");
+    let r = s
+        .client
+        .post(s.url("/experiments"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    problem(r, 422).await;
+    let r = s
+        .client
+        .get(s.url("/experiments?status=done"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r, 422).await["errors"][0]["field"], "status");
+
+    // 415 wrong media types.
+    let r = s
+        .client
+        .post(s.url("/experiments"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    problem(r, 415).await;
+    let (_, exp) = s.submit(&tiny(1)).await;
+    let id = exp["id"].as_str().unwrap();
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={id}")))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    problem(r, 415).await;
+
+    // 409: an experiment without a checkpoint cannot predict.
+    let img = png(common::mnist().test.image(0));
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={id}")))
+        .header("content-type", "image/png")
+        .body(img.clone())
+        .send()
+        .await
+        .unwrap();
+    problem(r, 409).await;
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={unknown}")))
+        .header("content-type", "image/png")
+        .body(img)
+        .send()
+        .await
+        .unwrap();
+    problem(r, 404).await;
+
+    // 413: a body over the limit.
+    let huge = vec![0u8; trainyard::api::predict::MAX_BODY_BYTES + 1];
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={id}")))
+        .header("content-type", "image/png")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    problem(r, 413).await;
+    let huge_spec = format!(
+        "{{\"pad\": \"{}\"}}",
+        "x".repeat(trainyard::api::MAX_JSON_BYTES)
+    );
+    let r = s
+        .client
+        .post(s.url("/experiments"))
+        .header("content-type", "application/json")
+        .body(huge_spec)
+        .send()
+        .await
+        .unwrap();
+    problem(r, 413).await;
+
+    // A corrupt image is a 422 naming it, not a crash.
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={id}")))
+        .header("content-type", "image/png")
+        .body(&b"\x89PNG\r\n\x1a\n garbage"[..])
+        .send()
+        .await
+        .unwrap();
+    problem(r, 422).await;
+    assert_eq!(s.get_json("/healthz").await.0, 200);
+    assert_eq!(s.get_json("/readyz").await.0, 200);
+    s.stop().await;
+}
+
+#[test]
+fn checked_in_openapi_document_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    let generated = trainyard::api::openapi::document();
+    assert!(
+        checked_in == generated,
+        "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`"
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in ["/experiments", "/experiments/{id}/curve", "/predict"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+}
