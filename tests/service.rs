@@ -303,6 +303,38 @@ async fn cancel_stops_queued_at_once_and_running_at_the_next_batch(pool: PgPool)
 }
 
 #[sqlx::test]
+async fn shutdown_hands_a_running_experiment_back_without_spending_a_rescue(pool: PgPool) {
+    let s = TestServer::start(pool, &[]).await;
+    let mut long = tiny(50);
+    long["dataset"]["train_limit"] = json!(2000);
+    let (_, exp) = s.submit(&long).await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let w = TestServer::spawn_worker(&s.store, worker_config("w"), rx).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while s.get_json(&format!("/experiments/{id}")).await.1["epochs_done"] == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t0 = std::time::Instant::now();
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), w)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "stopped in {:?}",
+        t0.elapsed()
+    );
+    let e = s.get_json(&format!("/experiments/{id}")).await.1;
+    assert_eq!(e["status"], "queued", "{e}");
+    assert_eq!(e["rescues"], 0);
+    assert!(e["epochs_done"].as_i64().unwrap() >= 1);
+    s.stop().await;
+}
+
+#[sqlx::test]
 async fn idempotency_key_makes_retries_safe(pool: PgPool) {
     let s = TestServer::start(pool, &[]).await;
     let post = |body: Value| {

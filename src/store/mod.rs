@@ -4,7 +4,19 @@
 //! Writes by workers are fenced: each names the `attempt` it was granted when it claimed
 //! the experiment, and a statement whose `WHERE` no longer matches (the lease was rescued
 //! and re-claimed, or the experiment was cancelled) changes nothing and reports
-//! [`StoreError::LeaseLost`]. The state machine is written down in the first migration.
+//! [`StoreError::LeaseLost`].
+//!
+//! The state machine of an experiment (CHECK constraints enforce the states; every
+//! transition is an `UPDATE ... WHERE status = <from>`):
+//!
+//! ```text
+//!   queued --claim--> running --all epochs--> succeeded
+//!     |                 |  |----error-------> failed
+//!     |                 |  |----cancel------> cancelled
+//!     |                 |  '----lease expired, rescues > max--> failed
+//!     |                 '--lease expired (rescue) or shutdown (hand back)--> queued
+//!     '--cancel--> cancelled
+//! ```
 //!
 //! Every durable event (a status change, a finished epoch) is a row of
 //! `experiment_events`, written in the same transaction as the change it describes, then
