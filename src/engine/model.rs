@@ -339,47 +339,60 @@ impl Model {
         })
     }
 
-    /// The full state dict (parameters and batch-norm buffers), PyTorch names and layouts,
-    /// copied to the CPU.
-    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+    /// Every stored tensor's state-dict name and variable, in order (parameters and
+    /// batch-norm running statistics; `num_batches_tracked` is kept apart as a counter).
+    fn named_vars(&self) -> Vec<(String, &Var)> {
         let mut out = Vec::new();
         for (layer, name) in self.layers.iter().zip(&self.names) {
-            match layer {
+            let vars: Vec<(&str, &Var)> = match layer {
                 Layer::Conv { w, b, .. } | Layer::Dense { w, b, .. } => {
-                    out.push((
-                        format!("{name}.weight"),
-                        w.as_tensor().to_device(&Device::Cpu)?,
-                    ));
-                    out.push((
-                        format!("{name}.bias"),
-                        b.as_tensor().to_device(&Device::Cpu)?,
-                    ));
+                    vec![("weight", w), ("bias", b)]
                 }
                 Layer::BatchNorm {
                     gamma,
                     beta,
                     running_mean,
                     running_var,
-                    batches,
                     ..
-                } => {
-                    for (k, v) in [
-                        ("weight", gamma),
-                        ("bias", beta),
-                        ("running_mean", running_mean),
-                        ("running_var", running_var),
-                    ] {
-                        out.push((
-                            format!("{name}.{k}"),
-                            v.as_tensor().to_device(&Device::Cpu)?,
-                        ));
-                    }
-                    out.push((
-                        format!("{name}.num_batches_tracked"),
-                        Tensor::new(*batches as i64, &Device::Cpu)?,
-                    ));
+                } => vec![
+                    ("weight", gamma),
+                    ("bias", beta),
+                    ("running_mean", running_mean),
+                    ("running_var", running_var),
+                ],
+                _ => continue,
+            };
+            out.extend(vars.into_iter().map(|(k, v)| (format!("{name}.{k}"), v)));
+        }
+        out
+    }
+
+    /// Batch-norm layers' `num_batches_tracked` counters, by state-dict name.
+    fn batch_counters(&mut self) -> Vec<(String, &mut u64)> {
+        self.layers
+            .iter_mut()
+            .zip(&self.names)
+            .filter_map(|(l, name)| match l {
+                Layer::BatchNorm { batches, .. } => {
+                    Some((format!("{name}.num_batches_tracked"), batches))
                 }
-                _ => {}
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The full state dict (parameters and batch-norm buffers), PyTorch names and layouts,
+    /// copied to the CPU.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = self
+            .named_vars()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().to_device(&Device::Cpu)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for (layer, name) in self.layers.iter().zip(&self.names) {
+            if let Layer::BatchNorm { batches, .. } = layer {
+                let n = Tensor::new(*batches as i64, &Device::Cpu)?;
+                out.push((format!("{name}.num_batches_tracked"), n));
             }
         }
         Ok(out)
@@ -410,34 +423,11 @@ impl Model {
         {
             candle_core::bail!("weights have a tensor {extra} that the model does not use");
         }
-        let get = |k: String| -> Result<Tensor> {
-            tensors[&k].to_dtype(self.dtype)?.to_device(&self.device)
-        };
-        for (layer, name) in self.layers.iter_mut().zip(&self.names) {
-            match layer {
-                Layer::Conv { w, b, .. } | Layer::Dense { w, b, .. } => {
-                    w.set(&get(format!("{name}.weight"))?)?;
-                    b.set(&get(format!("{name}.bias"))?)?;
-                }
-                Layer::BatchNorm {
-                    gamma,
-                    beta,
-                    running_mean,
-                    running_var,
-                    batches,
-                    ..
-                } => {
-                    gamma.set(&get(format!("{name}.weight"))?)?;
-                    beta.set(&get(format!("{name}.bias"))?)?;
-                    running_mean.set(&get(format!("{name}.running_mean"))?)?;
-                    running_var.set(&get(format!("{name}.running_var"))?)?;
-                    let n = tensors[&format!("{name}.num_batches_tracked")]
-                        .to_dtype(DType::I64)?
-                        .to_scalar::<i64>()?;
-                    *batches = n.max(0) as u64;
-                }
-                _ => {}
-            }
+        for (k, var) in self.named_vars() {
+            var.set(&tensors[&k].to_dtype(self.dtype)?.to_device(&self.device)?)?;
+        }
+        for (k, n) in self.batch_counters() {
+            *n = tensors[&k].to_dtype(DType::I64)?.to_scalar::<i64>()?.max(0) as u64;
         }
         Ok(())
     }
