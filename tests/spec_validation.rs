@@ -234,3 +234,16 @@ fn sizes_and_validation_say_what_they_expect() {
         e[0].reason
     );
 }
+
+#[test]
+fn a_batch_too_large_for_memory_is_refused() {
+    let e = errors(json!({"preset": "keras-cnn", "batch_size": 65536}));
+    assert_eq!(e[0].field, "batch_size");
+    assert!(
+        e[0].reason.contains("GiB of activations"),
+        "{}",
+        e[0].reason
+    );
+    let s = spec::from_value(json!({"preset": "keras-cnn", "batch_size": 1024})).unwrap();
+    assert!(spec::validate(&s).is_ok());
+}

@@ -23,6 +23,8 @@ pub mod limits {
     pub const MAX_FILTERS: usize = 4096;
     pub const MAX_UNITS: usize = 65_536;
     pub const MAX_KERNEL: usize = 64;
+    /// Activations of one training batch (forward values and their gradients, f32).
+    pub const MAX_BATCH_ACTIVATION_BYTES: u64 = 4 << 30;
 }
 
 /// Number of classes of every dataset trainyard knows.
@@ -37,6 +39,8 @@ pub struct Summary {
     pub parameters: u64,
     /// Forward-pass FLOPs per sample (a multiply-add counts 2) of conv and dense layers.
     pub flops_per_sample: u64,
+    /// Values per sample over the input and every layer's output.
+    pub activations_per_sample: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -133,6 +137,20 @@ pub fn validate(spec: &ExperimentSpec) -> Result<Summary, SpecErrors> {
     }
     validate_optimizer(&spec.optimizer, &mut e);
     let summary = validate_model(spec, [1, h, w], &mut e);
+    // Forward values and their gradients, 4 bytes each, for a whole batch.
+    let batch_bytes = summary.activations_per_sample * spec.batch_size as u64 * 8;
+    if batch_bytes > MAX_BATCH_ACTIVATION_BYTES {
+        err(
+            &mut e,
+            "batch_size",
+            format!(
+                "a batch of {} needs about {:.1} GiB of activations, above the limit of {} GiB; use a smaller batch",
+                spec.batch_size,
+                batch_bytes as f64 / (1u64 << 30) as f64,
+                MAX_BATCH_ACTIVATION_BYTES >> 30
+            ),
+        );
+    }
     if e.is_empty() {
         Ok(summary)
     } else {
@@ -228,6 +246,7 @@ fn validate_model(spec: &ExperimentSpec, input: [usize; 3], e: &mut Vec<FieldErr
         layers: Vec::new(),
         parameters: 0,
         flops_per_sample: 0,
+        activations_per_sample: input.iter().product::<usize>() as u64,
     };
     if layers.is_empty() {
         err(e, "model.layers", "must list at least one layer");
@@ -462,6 +481,7 @@ fn validate_model(spec: &ExperimentSpec, input: [usize; 3], e: &mut Vec<FieldErr
             }
         }
         out.parameters += params;
+        out.activations_per_sample += shape.iter().product::<usize>() as u64;
         out.layers.push(LayerSummary {
             kind,
             name,
