@@ -76,6 +76,8 @@ impl Preprocess {
             };
             match self.normalize {
                 Some(Normalize { mean, std }) => {
+                    // In f32, as torchvision's Normalize computes on a float tensor.
+                    let (mean, std) = (mean as f32, std as f32);
                     dst.extend(px.iter().map(|&p| (p as f32 / 255.0 - mean) / std))
                 }
                 None => dst.extend(px.iter().map(|&p| p as f32 / 255.0)),

@@ -86,8 +86,8 @@ pub struct DatasetSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Normalize {
-    pub mean: f32,
-    pub std: f32,
+    pub mean: f64,
+    pub std: f64,
 }
 
 /// Where per-epoch validation metrics come from.
