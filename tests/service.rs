@@ -214,6 +214,9 @@ async fn an_expired_lease_is_rescued_and_the_run_resumes_from_its_last_checkpoin
     assert_eq!(claim.attempt, 1);
     let ghost = train_locally(&claim.spec, Some(1));
     s.store.record_epoch(id, 1, &ghost[0], false).await.unwrap();
+    // A retry of the same write (its answer lost) is a no-op, not a second row.
+    s.store.record_epoch(id, 1, &ghost[0], false).await.unwrap();
+    assert_eq!(s.store.metrics(id).await.unwrap().len(), 1);
 
     // A real worker rescues it after the lease expires and finishes from epoch 1.
     let rx = s.shutdown_receiver();

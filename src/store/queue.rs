@@ -120,6 +120,10 @@ impl Store {
         let Some((done,)) = held else {
             return Err(StoreError::LeaseLost);
         };
+        if done == m.epoch as i32 {
+            // A retry after a commit whose answer was lost: already stored.
+            return Ok(());
+        }
         if done + 1 != m.epoch as i32 {
             return Err(StoreError::Corrupt(format!(
                 "epoch {} recorded after epoch {done}",

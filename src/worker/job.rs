@@ -221,21 +221,35 @@ impl Observer for JobObserver {
     }
 
     fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
-        let r = self.handle.block_on(self.store.record_epoch(
-            self.id,
-            self.attempt,
-            ckpt,
-            self.keep_all,
-        ));
-        match r {
-            Ok(()) => Ok(()),
-            Err(StoreError::LeaseLost) => {
-                self.lost = true;
-                Err(EngineError::Checkpoint("the lease was lost".into()))
+        // A database hiccup should not cost the run: retry with backoff while the lease
+        // still holds (recording an epoch twice is harmless: the second is a no-op).
+        let mut wait = Duration::from_millis(250);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let r = self.handle.block_on(self.store.record_epoch(
+                self.id,
+                self.attempt,
+                ckpt,
+                self.keep_all,
+            ));
+            match r {
+                Ok(()) => return Ok(()),
+                Err(StoreError::LeaseLost) => {
+                    self.lost = true;
+                    return Err(EngineError::Checkpoint("the lease was lost".into()));
+                }
+                Err(e) if tries < 5 => {
+                    tracing::warn!(id = %self.id, error = %e, "storing the epoch failed; retrying");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+                Err(e) => {
+                    return Err(EngineError::Checkpoint(format!(
+                        "storing the epoch failed: {e}"
+                    )));
+                }
             }
-            Err(e) => Err(EngineError::Checkpoint(format!(
-                "storing the epoch failed: {e}"
-            ))),
         }
     }
 
