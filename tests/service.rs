@@ -306,6 +306,27 @@ async fn cancel_stops_queued_at_once_and_running_at_the_next_batch(pool: PgPool)
 }
 
 #[sqlx::test]
+async fn a_cancel_requested_while_the_worker_is_lost_ends_cancelled_not_requeued(pool: PgPool) {
+    let s = TestServer::start(pool, &[]).await;
+    let (_, exp) = s.submit(&tiny(3)).await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    // A worker claims it and goes silent; the client cancels meanwhile.
+    s.store.claim("ghost", 0.5).await.unwrap().unwrap();
+    let r = s
+        .client
+        .post(s.url(&format!("/experiments/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["cancel_requested"], true);
+    // The rescuer of another worker ends it instead of handing it to someone to train.
+    let _w = TestServer::spawn_worker(&s.store, worker_config("w"), s.shutdown_receiver()).await;
+    let e = s.wait_status(&id, "cancelled", 30).await;
+    assert_eq!(e["attempt"], 1, "never claimed again: {e}");
+    s.stop().await;
+}
+
+#[sqlx::test]
 async fn shutdown_hands_a_running_experiment_back_without_spending_a_rescue(pool: PgPool) {
     let s = TestServer::start(pool, &[]).await;
     let mut long = tiny(50);

@@ -13,7 +13,8 @@
 //!   queued --claim--> running --all epochs--> succeeded
 //!     |                 |  |----error-------> failed
 //!     |                 |  |----cancel------> cancelled
-//!     |                 |  '----lease expired, rescues > max--> failed
+//!     |                 |  |----lease expired, rescues > max--> failed
+//!     |                 |  '----lease expired or shutdown, cancel requested--> cancelled
 //!     |                 '--lease expired (rescue) or shutdown (hand back)--> queued
 //!     '--cancel--> cancelled
 //! ```

@@ -197,38 +197,44 @@ impl Store {
     }
 
     /// Gives a running experiment back to the queue without counting it as a rescue
-    /// (graceful shutdown of a worker).
+    /// (graceful shutdown of a worker); one whose cancel was requested ends `cancelled`.
     pub async fn hand_back(&self, id: Uuid, attempt: i32) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE experiments SET status = 'queued', lease_owner = NULL,
-                lease_expires_at = NULL, updated_at = now()
-             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+        let row: Option<(String,)> = sqlx::query_as(
+            "UPDATE experiments SET
+                status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+                finished_at = CASE WHEN cancel_requested THEN now() END,
+                lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND status = 'running'
+             RETURNING status",
         )
         .bind(id)
         .bind(attempt)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some((status,)) = row else {
             return Err(StoreError::LeaseLost);
-        }
-        events::append_status(&mut tx, id, Status::Queued, None).await?;
-        notify(&mut tx, CHANNEL_JOBS, &id.to_string()).await?;
+        };
+        requeued_or_ended(&mut tx, id, &status, None).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Requeues experiments whose lease expired (their worker died or stalled), or fails
-    /// them once they have been rescued `max_rescues` times. Returns how many it touched.
+    /// Requeues experiments whose lease expired (their worker died or stalled); fails them
+    /// once they have been rescued `max_rescues` times, and ends them `cancelled` when a
+    /// cancel was requested meanwhile. Returns how many it touched.
     pub async fn rescue_expired(&self) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
             "UPDATE experiments SET
                 rescues = rescues + 1,
-                status = CASE WHEN rescues + 1 > max_rescues THEN 'failed' ELSE 'queued' END,
-                error = CASE WHEN rescues + 1 > max_rescues
+                status = CASE WHEN cancel_requested THEN 'cancelled'
+                              WHEN rescues + 1 > max_rescues THEN 'failed'
+                              ELSE 'queued' END,
+                error = CASE WHEN NOT cancel_requested AND rescues + 1 > max_rescues
                         THEN 'the worker was lost ' || (rescues + 1) || ' times' END,
-                finished_at = CASE WHEN rescues + 1 > max_rescues THEN now() END,
+                finished_at = CASE WHEN cancel_requested OR rescues + 1 > max_rescues
+                              THEN now() END,
                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
              WHERE id IN (SELECT id FROM experiments
                           WHERE status = 'running' AND lease_expires_at < now()
@@ -238,12 +244,13 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for (id, status) in &rows {
-            let status = Status::parse(status).unwrap_or(Status::Failed);
-            let error = (status == Status::Failed).then_some("the worker was lost too many times");
-            events::append_status(&mut tx, *id, status, error).await?;
-            if status == Status::Queued {
-                notify(&mut tx, CHANNEL_JOBS, &id.to_string()).await?;
-            }
+            requeued_or_ended(
+                &mut tx,
+                *id,
+                status,
+                Some("the worker was lost too many times"),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -290,6 +297,26 @@ impl From<MetricsRow> for EpochMetrics {
             images_per_second: r.images_per_second,
         }
     }
+}
+
+/// The event (and, for a requeued experiment, the job NOTIFY) of a lease given up.
+async fn requeued_or_ended(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    status: &str,
+    failure: Option<&str>,
+) -> Result<()> {
+    let status = Status::parse(status).unwrap_or(Status::Failed);
+    let error = if status == Status::Failed {
+        failure
+    } else {
+        None
+    };
+    events::append_status(tx, id, status, error).await?;
+    if status == Status::Queued {
+        notify(tx, CHANNEL_JOBS, &id.to_string()).await?;
+    }
+    Ok(())
 }
 
 async fn insert_metrics(
