@@ -414,11 +414,23 @@ async fn last_event_id_resumes_without_gaps_or_repeats(pool: PgPool) {
 #[sqlx::test]
 async fn every_error_status_is_problem_json(pool: PgPool) {
     let s = TestServer::start(pool, &[]).await;
-    let problem = |r: reqwest::Response, status: u16| async move {
-        assert_eq!(r.status().as_u16(), status);
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
-        r.json::<Value>().await.unwrap()
+    // Sends a request and checks the status and the problem+json body.
+    let check = |method: &str, path: String, ctype: &str, body: Vec<u8>, status: u16| {
+        let req = s
+            .client
+            .request(method.parse().unwrap(), s.url(&path))
+            .header("content-type", ctype)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{path}");
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            r.json::<Value>().await.unwrap()
+        }
     };
+    let json_ct = "application/json";
+
+    // 404: unknown or malformed ids.
     let unknown = uuid::Uuid::nil();
     for path in [
         "",
@@ -427,41 +439,44 @@ async fn every_error_status_is_problem_json(pool: PgPool) {
         "/checkpoints/best",
         "/curve",
     ] {
-        let r = s
-            .client
-            .get(s.url(&format!("/experiments/{unknown}{path}")))
-            .send()
-            .await
-            .unwrap();
-        problem(r, 404).await;
+        check(
+            "GET",
+            format!("/experiments/{unknown}{path}"),
+            json_ct,
+            vec![],
+            404,
+        )
+        .await;
     }
-    let r = s
-        .client
-        .get(s.url("/experiments/not-a-uuid"))
-        .send()
-        .await
-        .unwrap();
-    problem(r, 404).await;
-    let r = s
-        .client
-        .post(s.url(&format!("/experiments/{unknown}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    problem(r, 404).await;
+    check(
+        "GET",
+        "/experiments/not-a-uuid".into(),
+        json_ct,
+        vec![],
+        404,
+    )
+    .await;
+    check(
+        "POST",
+        format!("/experiments/{unknown}/cancel"),
+        json_ct,
+        vec![],
+        404,
+    )
+    .await;
 
     // 422 names the fields.
     let mut bad = tiny(1);
     bad["model"] = json!({"layers": [{"type": "dense", "units": 10}]});
     bad["epochs"] = json!(0);
-    let r = s
-        .client
-        .post(s.url("/experiments"))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    let p = problem(r, 422).await;
+    let p = check(
+        "POST",
+        "/experiments".into(),
+        json_ct,
+        bad.to_string().into_bytes(),
+        422,
+    )
+    .await;
     let fields: Vec<&str> = p["errors"]
         .as_array()
         .unwrap()
@@ -469,101 +484,70 @@ async fn every_error_status_is_problem_json(pool: PgPool) {
         .map(|e| e["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["epochs", "model.layers[0]"], "{p}");
-    let r = s
-        .client
-        .post(s.url("/experiments"))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    problem(r, 422).await;
-    let r = s
-        .client
-        .get(s.url("/experiments?status=done"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(problem(r, 422).await["errors"][0]["field"], "status");
+    check(
+        "POST",
+        "/experiments".into(),
+        json_ct,
+        b"{not json".to_vec(),
+        422,
+    )
+    .await;
+    let p = check(
+        "GET",
+        "/experiments?status=done".into(),
+        json_ct,
+        vec![],
+        422,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "status");
 
-    // 415 wrong media types.
-    let r = s
-        .client
-        .post(s.url("/experiments"))
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    problem(r, 415).await;
+    // 415: wrong media types.
+    check(
+        "POST",
+        "/experiments".into(),
+        "text/plain",
+        b"{}".to_vec(),
+        415,
+    )
+    .await;
     let (_, exp) = s.submit(&tiny(1)).await;
     let id = exp["id"].as_str().unwrap();
-    let r = s
-        .client
-        .post(s.url(&format!("/predict?experiment={id}")))
-        .header("content-type", "text/plain")
-        .body("hi")
-        .send()
-        .await
-        .unwrap();
-    problem(r, 415).await;
+    let predict = format!("/predict?experiment={id}");
+    check("POST", predict.clone(), "text/plain", b"hi".to_vec(), 415).await;
 
-    // 409: an experiment without a checkpoint cannot predict.
+    // 409: an experiment without a checkpoint cannot predict; 404: an unknown one.
     let img = png(common::mnist().test.image(0));
-    let r = s
-        .client
-        .post(s.url(&format!("/predict?experiment={id}")))
-        .header("content-type", "image/png")
-        .body(img.clone())
-        .send()
-        .await
-        .unwrap();
-    problem(r, 409).await;
-    let r = s
-        .client
-        .post(s.url(&format!("/predict?experiment={unknown}")))
-        .header("content-type", "image/png")
-        .body(img)
-        .send()
-        .await
-        .unwrap();
-    problem(r, 404).await;
+    check("POST", predict.clone(), "image/png", img.clone(), 409).await;
+    check(
+        "POST",
+        format!("/predict?experiment={unknown}"),
+        "image/png",
+        img,
+        404,
+    )
+    .await;
 
-    // 413: a body over the limit.
+    // 413: bodies over the limits.
     let huge = vec![0u8; trainyard::api::predict::MAX_BODY_BYTES + 1];
-    let r = s
-        .client
-        .post(s.url(&format!("/predict?experiment={id}")))
-        .header("content-type", "image/png")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
-    problem(r, 413).await;
+    check("POST", predict.clone(), "image/png", huge, 413).await;
     let huge_spec = format!(
         "{{\"pad\": \"{}\"}}",
         "x".repeat(trainyard::api::MAX_JSON_BYTES)
     );
-    let r = s
-        .client
-        .post(s.url("/experiments"))
-        .header("content-type", "application/json")
-        .body(huge_spec)
-        .send()
-        .await
-        .unwrap();
-    problem(r, 413).await;
+    check(
+        "POST",
+        "/experiments".into(),
+        json_ct,
+        huge_spec.into_bytes(),
+        413,
+    )
+    .await;
 
     // A corrupt image is a 422 naming it, not a crash.
-    let r = s
-        .client
-        .post(s.url(&format!("/predict?experiment={id}")))
-        .header("content-type", "image/png")
-        .body(&b"\x89PNG\r\n\x1a\n garbage"[..])
-        .send()
-        .await
-        .unwrap();
-    problem(r, 422).await;
+    let corrupt = b"\x89PNG\r\n\x1a\n garbage".to_vec();
+    let p = check("POST", predict, "image/png", corrupt, 422).await;
+    assert_eq!(p["errors"][0]["field"], "image");
     assert_eq!(s.get_json("/healthz").await.0, 200);
     assert_eq!(s.get_json("/readyz").await.0, 200);
     s.stop().await;
