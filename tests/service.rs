@@ -150,6 +150,8 @@ async fn submitted_experiment_is_trained_followed_live_stored_and_used_by_predic
         .filter(|(i, p)| p["label"] == json!(test.labels[*i]))
         .count();
     assert!(correct >= 12, "{correct}/20 correct");
+    // A succeeded experiment cannot be cancelled.
+    assert_eq!(s.cancel(&id).await.status(), 409);
     s.stop().await;
 }
 
@@ -257,12 +259,7 @@ async fn cancel_stops_queued_at_once_and_running_at_the_next_batch(pool: PgPool)
     let s = TestServer::start(pool.clone(), &[]).await;
     let (_, queued) = s.submit(&tiny(1)).await;
     let qid = queued["id"].as_str().unwrap();
-    let r = s
-        .client
-        .post(s.url(&format!("/experiments/{qid}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let r = s.cancel(qid).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
 
@@ -273,35 +270,16 @@ async fn cancel_stops_queued_at_once_and_running_at_the_next_batch(pool: PgPool)
     let rid = running["id"].as_str().unwrap().to_string();
     let rx = s.shutdown_receiver();
     let _w = TestServer::spawn_worker(&s.store, worker_config("w"), rx).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while s.get_json(&format!("/experiments/{rid}")).await.1["epochs_done"] == 0 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = s
-        .client
-        .post(s.url(&format!("/experiments/{rid}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    s.wait_first_epoch(&rid, 60).await;
+    let r = s.cancel(&rid).await;
     assert_eq!(r.json::<Value>().await.unwrap()["cancel_requested"], true);
     let done = s.wait_status(&rid, "cancelled", 30).await;
     let kept = done["epochs_done"].as_i64().unwrap();
     assert!((1..50).contains(&kept), "{done}");
     let (_, metrics) = s.get_json(&format!("/experiments/{rid}/metrics")).await;
     assert_eq!(metrics.as_array().unwrap().len() as i64, kept);
-    // A finished experiment cannot be cancelled.
-    let r = s
-        .client
-        .post(s.url(&format!("/experiments/{qid}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        200,
-        "cancelling a cancelled experiment is a no-op"
-    );
+    // Cancelling a cancelled experiment again is a no-op.
+    assert_eq!(s.cancel(qid).await.status(), 200);
     s.stop().await;
 }
 
@@ -312,12 +290,7 @@ async fn a_cancel_requested_while_the_worker_is_lost_ends_cancelled_not_requeued
     let id = exp["id"].as_str().unwrap().to_string();
     // A worker claims it and goes silent; the client cancels meanwhile.
     s.store.claim("ghost", 0.5).await.unwrap().unwrap();
-    let r = s
-        .client
-        .post(s.url(&format!("/experiments/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let r = s.cancel(&id).await;
     assert_eq!(r.json::<Value>().await.unwrap()["cancel_requested"], true);
     // The rescuer of another worker ends it instead of handing it to someone to train.
     let _w = TestServer::spawn_worker(&s.store, worker_config("w"), s.shutdown_receiver()).await;
@@ -335,11 +308,7 @@ async fn shutdown_hands_a_running_experiment_back_without_spending_a_rescue(pool
     let id = exp["id"].as_str().unwrap().to_string();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let w = TestServer::spawn_worker(&s.store, worker_config("w"), rx).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while s.get_json(&format!("/experiments/{id}")).await.1["epochs_done"] == 0 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    s.wait_first_epoch(&id, 60).await;
     let t0 = std::time::Instant::now();
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(20), w)

@@ -106,6 +106,23 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        let url = self.url(&format!("/experiments/{id}/cancel"));
+        self.client.post(url).send().await.unwrap()
+    }
+
+    /// Waits until the experiment has finished at least one epoch.
+    pub async fn wait_first_epoch(&self, id: &str, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while self.get_json(&format!("/experiments/{id}")).await.1["epochs_done"] == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no epoch after {secs}s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the experiment reaches `status` (or panics after `secs`).
     pub async fn wait_status(&self, id: &str, status: &str, secs: u64) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
