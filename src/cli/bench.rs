@@ -26,6 +26,9 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, env = "TRAINYARD_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Print one JSON object per preset instead of the table.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -75,14 +78,20 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         };
         trainer.run(&mut t)?;
         let secs = (t.end.unwrap() - t.start.unwrap()).as_secs_f64();
-        println!(
-            "{:<10} {:>6} {:>8} {:>10.3} {:>12.0}",
-            name,
-            bs,
-            a.batches,
-            secs,
-            (a.batches * bs) as f64 / secs
-        );
+        let ips = (a.batches * bs) as f64 / secs;
+        if a.json {
+            let line = serde_json::json!({
+                "framework": "trainyard", "preset": name, "batch": bs, "batches": a.batches,
+                "seconds": secs, "images_per_second": ips,
+                "ms_per_batch": 1000.0 * secs / a.batches as f64,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<10} {:>6} {:>8} {:>10.3} {:>12.0}",
+                name, bs, a.batches, secs, ips
+            );
+        }
     }
     Ok(())
 }
