@@ -9,7 +9,6 @@ use common::service::{TestServer, read_curve, worker_config};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use trainyard::data::prepare::prepare;
-use trainyard::engine::trainer::Silent;
 use trainyard::engine::{Checkpoint, EngineError, Observer, Trainer};
 use trainyard::store::StoreError;
 use trainyard::store::queue::Ending;
@@ -200,7 +199,6 @@ fn train_locally(spec: &Value, stop_after: Option<u32>) -> Vec<Checkpoint> {
     let mut t = Trainer::new(&spec, &summary, &data, &candle_core::Device::Cpu).unwrap();
     let mut keep = Keep(Vec::new(), stop_after);
     t.run(&mut keep).unwrap();
-    let _ = Silent;
     keep.0
 }
 

@@ -276,11 +276,7 @@ async fn read_images(
                     format!("at most {MAX_IMAGES} images per request"),
                 ));
             }
-            let px = tokio::task::spawn_blocking(move || decode_to_28x28(&bytes))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(|e| image_error(&label, e))?;
-            out.push((name, px));
+            out.push((name, decode(bytes, &label).await?));
         }
         if out.is_empty() {
             return Err(ApiError::field("", "the multipart body has no image part"));
@@ -304,11 +300,15 @@ async fn read_images(
     if bytes.is_empty() {
         return Err(ApiError::field("", "the body is empty: send an image"));
     }
-    let px = tokio::task::spawn_blocking(move || decode_to_28x28(&bytes))
+    Ok(vec![(None, decode(bytes, "image").await?)])
+}
+
+/// Decodes one image off the async runtime; `field` names it in errors.
+async fn decode(bytes: axum::body::Bytes, field: &str) -> Result<Vec<u8>, ApiError> {
+    tokio::task::spawn_blocking(move || decode_to_28x28(&bytes))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| image_error("image", e))?;
-    Ok(vec![(None, px)])
+        .map_err(|e| image_error(field, e))
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {

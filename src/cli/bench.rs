@@ -77,7 +77,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             end: None,
         };
         trainer.run(&mut t)?;
-        let secs = (t.end.unwrap() - t.start.unwrap()).as_secs_f64();
+        let (Some(start), Some(end)) = (t.start, t.end) else {
+            anyhow::bail!(
+                "{name}: the training set is too small for {} batches",
+                a.batches
+            );
+        };
+        let secs = (end - start).as_secs_f64();
         let ips = (a.batches * bs) as f64 / secs;
         if a.json {
             let line = serde_json::json!({

@@ -172,10 +172,6 @@ impl Trainer {
         &self.history
     }
 
-    pub fn model(&mut self) -> &mut Model {
-        &mut self.model
-    }
-
     /// Trains the remaining epochs of the spec.
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<Outcome, EngineError> {
         while self.epochs_done() < self.spec.epochs {
