@@ -26,6 +26,12 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, env = "TRAINYARD_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Train with Candle's graph instead of the fused CPU path (to measure what it gains).
+    #[arg(long)]
+    pub candle_graph: bool,
+    /// Print where the CPU path's step time goes, per layer.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object per preset instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -71,6 +77,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let summary = crate::spec::validate(&spec)?;
         let prepared = prepare::prepare(&data, &spec.dataset);
         let mut trainer = Trainer::new(&spec, &summary, &prepared, &device)?;
+        if a.candle_graph {
+            trainer.use_candle_graph();
+        }
+        if a.profile {
+            trainer.enable_cpu_profile();
+        }
+        let path = if trainer.uses_cpu_path() {
+            "cpu-path"
+        } else {
+            "candle-graph"
+        };
         let mut t = Timer {
             warmup: a.warmup.max(1),
             start: None,
@@ -84,10 +101,25 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             );
         };
         let secs = (end - start).as_secs_f64();
+        if let Some((names, p)) = trainer.cpu_profile() {
+            let ms = |s: f64| 1000.0 * s / p.steps.max(1) as f64;
+            eprintln!(
+                "{name}: ms per step over {} steps (warm-up included)",
+                p.steps
+            );
+            for (i, n) in names.iter().enumerate() {
+                eprintln!(
+                    "  {n:<28} forward {:>8.3}  backward {:>8.3}",
+                    ms(p.forward[i]),
+                    ms(p.backward[i])
+                );
+            }
+            eprintln!("  loss {:.3}  optimizer {:.3}", ms(p.loss), ms(p.optimizer));
+        }
         let ips = (a.batches * bs) as f64 / secs;
         if a.json {
             let line = serde_json::json!({
-                "framework": "trainyard", "preset": name, "batch": bs, "batches": a.batches,
+                "framework": "trainyard", "engine": path, "preset": name, "batch": bs, "batches": a.batches,
                 "seconds": secs, "images_per_second": ips,
                 "ms_per_batch": 1000.0 * secs / a.batches as f64,
             });

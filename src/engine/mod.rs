@@ -6,6 +6,7 @@
 //! this engine, each through its own [`trainer::Observer`].
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod device;
 pub mod infer;
 pub mod metrics;

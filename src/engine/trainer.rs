@@ -13,6 +13,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use super::EngineError;
 use super::checkpoint::Checkpoint;
+use super::cpu::{FastNet, with_host_slice};
 use super::metrics::EpochMetrics;
 use super::model::{Forward, Model};
 use super::optim::Optimizer;
@@ -96,6 +97,10 @@ pub struct Trainer {
     test: DeviceSamples,
     history: Vec<EpochMetrics>,
     device: Device,
+    summary: Summary,
+    /// The fused CPU path ([`super::cpu`]), when the device is the CPU and the spec's
+    /// layers are all supported there; otherwise Candle's graph trains.
+    fast: Option<FastNet>,
 }
 
 impl Trainer {
@@ -120,6 +125,16 @@ impl Trainer {
         }
         let model = Model::new(spec, summary, device)?;
         let optimizer = Optimizer::new(&spec.optimizer, model.params().to_vec())?;
+        let fast = match device {
+            Device::Cpu if FastNet::supports(spec).is_ok() => Some(FastNet::new(
+                spec,
+                summary,
+                &model,
+                &optimizer,
+                spec.batch_size as usize,
+            )?),
+            _ => None,
+        };
         Ok(Trainer {
             spec: spec.clone(),
             optimizer,
@@ -132,7 +147,46 @@ impl Trainer {
             model,
             history: Vec::new(),
             device: device.clone(),
+            summary: summary.clone(),
+            fast,
         })
+    }
+
+    /// Trains with Candle's graph even where the fused CPU path could run (to compare the
+    /// two, or to measure what the CPU path gains).
+    pub fn use_candle_graph(&mut self) {
+        self.fast = None;
+    }
+
+    /// Where the CPU path's time went, per layer, when `profile` was set before training.
+    pub fn cpu_profile(&self) -> Option<(Vec<String>, super::cpu::Profile)> {
+        self.fast.as_ref().and_then(|f| f.profile())
+    }
+
+    /// Records per-layer times on the CPU path.
+    pub fn enable_cpu_profile(&mut self) {
+        if let Some(f) = &mut self.fast {
+            f.enable_profile();
+        }
+    }
+
+    /// Whether the fused CPU path trains this model.
+    pub fn uses_cpu_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Rebuilds the CPU path from the Candle model and optimizer after they were loaded.
+    fn resync(&mut self) -> Result<(), EngineError> {
+        if self.fast.is_some() {
+            self.fast = Some(FastNet::new(
+                &self.spec,
+                &self.summary,
+                &self.model,
+                &self.optimizer,
+                self.spec.batch_size as usize,
+            )?);
+        }
+        Ok(())
     }
 
     /// Starts from given weights instead of the initialisation (warm start, fine-tuning).
@@ -141,7 +195,7 @@ impl Trainer {
         weights: &std::collections::HashMap<String, Tensor>,
     ) -> Result<(), EngineError> {
         self.model.load_state_dict(weights)?;
-        Ok(())
+        self.resync()
     }
 
     /// Continues from a checkpoint of this spec: weights, optimizer state and history.
@@ -160,7 +214,7 @@ impl Trainer {
         self.optimizer.load_state(ckpt.optimizer_steps, &state)?;
         self.history = ckpt.history.clone();
         self.history.truncate(ckpt.epoch as usize);
-        Ok(())
+        self.resync()
     }
 
     /// Epochs completed so far.
@@ -182,14 +236,18 @@ impl Trainer {
                     epochs_done: epoch - 1,
                 });
             };
+            if let Some(fast) = &self.fast {
+                fast.write_back(&mut self.model, &mut self.optimizer)?;
+            }
             let (val_loss, val_accuracy) = match &self.val {
                 Some(v) => {
-                    let (l, a) = evaluate(&mut self.model, v)?;
+                    let (l, a) = evaluate_on(&mut self.model, self.fast.as_ref(), v)?;
                     (Some(l), Some(a))
                 }
                 None => (None, None),
             };
-            let (test_loss, test_accuracy) = evaluate(&mut self.model, &self.test)?;
+            let (test_loss, test_accuracy) =
+                evaluate_on(&mut self.model, self.fast.as_ref(), &self.test)?;
             self.history.push(EpochMetrics {
                 epoch,
                 train_loss,
@@ -226,6 +284,47 @@ impl Trainer {
         };
         let mut dropout = Rng::derive(self.spec.seed, "dropout", epoch as u64);
         let (mut loss_sum, mut correct) = (0f64, 0f64);
+        if let Some(fast) = &mut self.fast {
+            let perm = self
+                .spec
+                .shuffle
+                .then(|| Rng::derive(self.spec.seed, "shuffle", epoch as u64).permutation(n));
+            let row = self.train.x.elem_count() / n.max(1);
+            let (mut xb, mut yb) = (vec![0f32; bs * row], vec![0u32; bs]);
+            for b in 0..batches {
+                if observer.should_stop() {
+                    return Ok(None);
+                }
+                let (lo, len) = (b * bs, bs.min(n - b * bs));
+                with_host_slice(&self.train.x, |xs: &[f32]| {
+                    with_host_slice(&self.train.y, |ys: &[u32]| {
+                        for k in 0..len {
+                            let i = perm.as_ref().map_or(lo + k, |p| p[lo + k] as usize);
+                            xb[k * row..(k + 1) * row].copy_from_slice(&xs[i * row..(i + 1) * row]);
+                            yb[k] = ys[i];
+                        }
+                    })
+                })??;
+                let (l, c) = fast.train_step(&xb[..len * row], &yb[..len], &mut dropout);
+                if !l.is_finite() {
+                    return Err(EngineError::NonFinite(format!(
+                        "loss became {l} at epoch {epoch}, batch {}",
+                        b + 1
+                    )));
+                }
+                loss_sum += l;
+                correct += c as f64;
+                observer.on_batch(&BatchProgress {
+                    epoch,
+                    epochs: self.spec.epochs,
+                    batch: b + 1,
+                    batches,
+                    loss: l / len as f64,
+                });
+            }
+            let secs = start.elapsed().as_secs_f64();
+            return Ok(Some((loss_sum / n as f64, correct / n as f64, secs)));
+        }
         for b in 0..batches {
             if observer.should_stop() {
                 return Ok(None);
@@ -287,6 +386,22 @@ impl Trainer {
             optimizer,
         })
     }
+}
+
+/// Mean loss and accuracy over a sample set, in inference mode, on the CPU path when
+/// there is one.
+fn evaluate_on(
+    model: &mut Model,
+    fast: Option<&FastNet>,
+    s: &DeviceSamples,
+) -> Result<(f64, f64), EngineError> {
+    let Some(fast) = fast else {
+        return evaluate(model, s);
+    };
+    let (loss, correct) = with_host_slice(&s.x, |xs: &[f32]| {
+        with_host_slice(&s.y, |ys: &[u32]| fast.evaluate(xs, ys))
+    })??;
+    Ok((loss / s.len as f64, correct as f64 / s.len as f64))
 }
 
 /// Mean loss and accuracy over a sample set, in inference mode.

@@ -1,0 +1,293 @@
+//! The other layers of the CPU path: pooling, dense, activations and the loss, each as a
+//! forward that writes a preallocated buffer and a backward that writes the gradient.
+//!
+//! Gradients follow PyTorch's definitions, as the Candle path does (see `engine::ops`):
+//! max pooling sends the gradient to the first maximum of a window (NaN counts as a
+//! maximum), ReLU's gradient at 0 is 0.
+
+use rayon::prelude::*;
+
+use super::gemm::{M, Threads, matmul};
+use crate::spec::Activation;
+
+/// A pooling window's geometry over `[c, h, w]` planes.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Pool {
+    pub fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+/// Max pooling; `arg` receives each output's source index within its plane.
+pub fn max_pool(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
+    let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
+    y.par_chunks_mut(ohw)
+        .zip(arg.par_chunks_mut(ohw))
+        .zip(x.par_chunks(hw))
+        .for_each(|((y, arg), x)| {
+            for oy in 0..p.oh {
+                for ox in 0..p.ow {
+                    let (y0, x0) = (oy * p.sh, ox * p.sw);
+                    let mut best = y0 * p.w + x0;
+                    let mut max = x[best];
+                    for i in 0..p.kh {
+                        for j in 0..p.kw {
+                            let at = (y0 + i) * p.w + x0 + j;
+                            let v = x[at];
+                            if v > max || v.is_nan() && !max.is_nan() {
+                                max = v;
+                                best = at;
+                            }
+                        }
+                    }
+                    y[oy * p.ow + ox] = max;
+                    arg[oy * p.ow + ox] = best as u32;
+                }
+            }
+        });
+}
+
+/// Max pooling's input gradient (overwritten).
+pub fn max_pool_backward(p: &Pool, gy: &[f32], arg: &[u32], dx: &mut [f32]) {
+    let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
+    dx.par_chunks_mut(hw)
+        .zip(gy.par_chunks(ohw))
+        .zip(arg.par_chunks(ohw))
+        .for_each(|((dx, gy), arg)| {
+            dx.fill(0.0);
+            for (&g, &a) in gy.iter().zip(arg) {
+                dx[a as usize] += g;
+            }
+        });
+}
+
+/// Average pooling (floor mode, no padding): the window's mean.
+pub fn avg_pool(p: &Pool, x: &[f32], y: &mut [f32]) {
+    let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
+    let area = (p.kh * p.kw) as f32;
+    y.par_chunks_mut(ohw)
+        .zip(x.par_chunks(hw))
+        .for_each(|(y, x)| {
+            for oy in 0..p.oh {
+                for ox in 0..p.ow {
+                    let mut s = 0.0;
+                    for i in 0..p.kh {
+                        let row = (oy * p.sh + i) * p.w + ox * p.sw;
+                        s += x[row..row + p.kw].iter().sum::<f32>();
+                    }
+                    y[oy * p.ow + ox] = s / area;
+                }
+            }
+        });
+}
+
+/// Average pooling's input gradient (overwritten).
+pub fn avg_pool_backward(p: &Pool, gy: &[f32], dx: &mut [f32]) {
+    let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
+    let area = (p.kh * p.kw) as f32;
+    dx.par_chunks_mut(hw)
+        .zip(gy.par_chunks(ohw))
+        .for_each(|(dx, gy)| {
+            dx.fill(0.0);
+            for oy in 0..p.oh {
+                for ox in 0..p.ow {
+                    let g = gy[oy * p.ow + ox] / area;
+                    for i in 0..p.kh {
+                        let row = (oy * p.sh + i) * p.w + ox * p.sw;
+                        for v in &mut dx[row..row + p.kw] {
+                            *v += g;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// `y = x @ w^T + b` for `x` `[n, i]`, `w` `[o, i]`: the output before its activation.
+pub fn dense(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], n: usize, i: usize, o: usize) {
+    matmul(y, M::n(x, n, i), M::t(w, o, i), 1.0, 0.0, Threads::All);
+    for row in y[..n * o].chunks_mut(o) {
+        for (v, &bias) in row.iter_mut().zip(b) {
+            *v += bias;
+        }
+    }
+}
+
+/// Dense gradients from `gy` (`[n, o]`, pre-activation): `dw = gy^T @ x`, `db` the column
+/// sums, and `dx = gy @ w` when asked. All overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_backward(
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<&mut [f32]>,
+    n: usize,
+    i: usize,
+    o: usize,
+) {
+    if let Some(dx) = dx {
+        matmul(dx, M::n(gy, n, o), M::n(w, o, i), 1.0, 0.0, Threads::All);
+    }
+    matmul(dw, M::t(gy, n, o), M::n(x, n, i), 1.0, 0.0, Threads::All);
+    db.fill(0.0);
+    for row in gy[..n * o].chunks(o) {
+        for (d, &g) in db.iter_mut().zip(row) {
+            *d += g;
+        }
+    }
+}
+
+/// An elementwise activation, as Candle's path computes it.
+pub fn scalar_act(act: Activation) -> fn(f32) -> f32 {
+    match act {
+        Activation::Relu => |v| v * ((v > 0.0) as u8 as f32),
+        Activation::Sigmoid => |v| 1.0 / (1.0 + (-v).exp()),
+        Activation::Tanh => f32::tanh,
+        _ => |v| v,
+    }
+}
+
+/// Applies `act` in place to rows of `width` (softmax and log-softmax work per row).
+pub fn activate(act: Activation, y: &mut [f32], width: usize) {
+    match act {
+        Activation::None => {}
+        Activation::Softmax | Activation::LogSoftmax => {
+            y.par_chunks_mut(width).for_each(|row| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if act == Activation::Softmax {
+                    let mut sum = 0.0;
+                    for v in row.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    for v in row.iter_mut() {
+                        *v /= sum;
+                    }
+                } else {
+                    let lse = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+                    for v in row.iter_mut() {
+                        *v = *v - max - lse;
+                    }
+                }
+            });
+        }
+        _ => {
+            let f = scalar_act(act);
+            y.par_chunks_mut(4096).for_each(|c| {
+                for v in c {
+                    *v = f(*v);
+                }
+            });
+        }
+    }
+}
+
+/// Turns the gradient of an activation's output into that of its input, in place, from
+/// the activation's output `y`.
+pub fn activate_backward(act: Activation, y: &[f32], g: &mut [f32], width: usize) {
+    match act {
+        Activation::None => {}
+        Activation::Relu => g
+            .par_chunks_mut(4096)
+            .zip(y.par_chunks(4096))
+            .for_each(|(g, y)| {
+                for (g, &y) in g.iter_mut().zip(y) {
+                    *g *= (y > 0.0) as u8 as f32;
+                }
+            }),
+        Activation::Sigmoid => g
+            .par_chunks_mut(4096)
+            .zip(y.par_chunks(4096))
+            .for_each(|(g, y)| {
+                for (g, &y) in g.iter_mut().zip(y) {
+                    *g *= y * (1.0 - y);
+                }
+            }),
+        Activation::Tanh => g
+            .par_chunks_mut(4096)
+            .zip(y.par_chunks(4096))
+            .for_each(|(g, y)| {
+                for (g, &y) in g.iter_mut().zip(y) {
+                    *g *= 1.0 - y * y;
+                }
+            }),
+        Activation::Softmax => {
+            g.par_chunks_mut(width)
+                .zip(y.par_chunks(width))
+                .for_each(|(g, y)| {
+                    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+                    for (g, &y) in g.iter_mut().zip(y) {
+                        *g = y * (*g - dot);
+                    }
+                })
+        }
+        Activation::LogSoftmax => {
+            g.par_chunks_mut(width)
+                .zip(y.par_chunks(width))
+                .for_each(|(g, y)| {
+                    let sum: f32 = g.iter().sum();
+                    for (g, &y) in g.iter_mut().zip(y) {
+                        *g -= y.exp() * sum;
+                    }
+                })
+        }
+    }
+}
+
+/// Cross-entropy of `-log_softmax(z)[label]` per row of `z` (`[n, classes]`): returns the
+/// summed loss, and writes `(softmax(z) - onehot) / scale` into `g` when given.
+pub fn cross_entropy(
+    z: &[f32],
+    labels: &[u32],
+    classes: usize,
+    scale: f32,
+    g: Option<&mut [f32]>,
+) -> f64 {
+    let mut total = 0f64;
+    let mut g = g;
+    for (r, (row, &label)) in z.chunks(classes).zip(labels).enumerate() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        let lse = sum.ln();
+        total -= (row[label as usize] - max - lse) as f64;
+        if let Some(g) = g.as_deref_mut() {
+            let out = &mut g[r * classes..(r + 1) * classes];
+            for (c, (o, &v)) in out.iter_mut().zip(row).enumerate() {
+                let p = (v - max - lse).exp();
+                *o = (p - if c == label as usize { 1.0 } else { 0.0 }) / scale;
+            }
+        }
+    }
+    total
+}
+
+/// Rows whose first maximum is at the label.
+pub fn correct(y: &[f32], labels: &[u32], classes: usize) -> usize {
+    y.chunks(classes)
+        .zip(labels)
+        .filter(|(row, label)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv { (i, v) } else { (bi, bv) }
+                })
+                .0;
+            best == **label as usize
+        })
+        .count()
+}

@@ -1,0 +1,589 @@
+//! The CPU training path: the spec's layers run as fused kernels on preallocated buffers.
+//!
+//! Why not Candle's graph on the CPU: a keras-cnn step there took ~360 ms where PyTorch
+//! takes ~40 and Keras ~26. Profiling (see `../shared/candle-notes.md`) put the conv
+//! kernels at a fifth of it; the rest was elementwise and reduction passes (bias, ReLU
+//! masks, pooling windows), gradient accumulation, fresh allocations for every tensor of
+//! every step, a non-in-place optimizer, and the input gradient of the first conv. Here a
+//! step is the minimum: one im2col + gemm per sample and layer with bias and activation
+//! fused, pooling that records its argmax, dense layers as single gemms, the loss and its
+//! gradient in one pass, and an in-place optimizer; all buffers are allocated once.
+//!
+//! The Candle model stays the source of truth between epochs: [`FastNet::new`] copies its
+//! weights and optimizer state in, [`FastNet::write_back`] copies them out for evaluation
+//! elsewhere, checkpoints and resumes. The arithmetic follows the Candle path's (and so
+//! PyTorch's) operation by operation; the products sum in a different order, so results
+//! agree to float rounding, and the tests hold both paths to each other. Batch norm and
+//! softmax activations on conv layers are not implemented here: such specs train on
+//! Candle's path ([`FastNet::supports`] says why).
+//!
+//! Deterministic: no reduction depends on the number of threads.
+
+mod conv;
+pub mod gemm;
+mod layers;
+mod optim;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Storage, Tensor, WithDType};
+
+use super::EngineError;
+use super::model::Model;
+use super::optim::Optimizer;
+use super::rng::Rng;
+use crate::spec::{Activation, Conv2d, Dense, ExperimentSpec, LayerSpec, Padding, Summary};
+
+/// Rows per evaluation pass.
+const EVAL_ROWS: usize = 256;
+
+enum Op {
+    Conv {
+        g: conv::Geom,
+        act: Activation,
+        param: usize,
+    },
+    MaxPool(layers::Pool),
+    AvgPool(layers::Pool),
+    Dense {
+        i: usize,
+        o: usize,
+        act: Activation,
+        param: usize,
+    },
+    Dropout {
+        rate: f64,
+    },
+}
+
+struct Node {
+    op: Op,
+    out_len: usize,
+}
+
+/// Per-batch working memory, sized for `cap` rows.
+#[derive(Default)]
+struct Buffers {
+    cap: usize,
+    input: Vec<f32>,
+    outs: Vec<Vec<f32>>,
+    args: Vec<Vec<u32>>,
+    masks: Vec<Vec<f32>>,
+    /// The last layer's pre-softmax logits (the loss is computed on them).
+    logits: Vec<f32>,
+    /// Gradients of each layer's output (training only).
+    grads: Vec<Vec<f32>>,
+}
+
+/// Seconds spent per layer (forward, backward) and in the optimizer, when profiling.
+#[derive(Debug, Default, Clone)]
+pub struct Profile {
+    pub forward: Vec<f64>,
+    pub backward: Vec<f64>,
+    pub loss: f64,
+    pub optimizer: f64,
+    pub steps: u64,
+}
+
+/// A spec's network on the CPU, with its optimizer.
+pub struct FastNet {
+    profile: Option<Profile>,
+    nodes: Vec<Node>,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    params: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    optim: optim::Optim,
+    input_len: usize,
+    classes: usize,
+    /// Index of the first layer with parameters: no gradient is needed below it.
+    first_param_layer: usize,
+    bufs: Buffers,
+}
+
+impl FastNet {
+    /// Why a spec cannot run here, if it cannot.
+    pub fn supports(spec: &ExperimentSpec) -> Result<(), String> {
+        for (i, l) in spec.model.layers.iter().enumerate() {
+            match l {
+                LayerSpec::BatchNorm(_) => return Err(format!("layer {i}: batch_norm")),
+                LayerSpec::Conv2d(c)
+                    if matches!(c.activation, Activation::Softmax | Activation::LogSoftmax) =>
+                {
+                    return Err(format!("layer {i}: softmax activation on conv2d"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The network of a validated spec with the weights of `model` and the state of
+    /// `optimizer`, ready for batches of up to `batch` rows.
+    pub fn new(
+        spec: &ExperimentSpec,
+        summary: &Summary,
+        model: &Model,
+        optimizer: &Optimizer,
+        batch: usize,
+    ) -> Result<Self, EngineError> {
+        Self::supports(spec).map_err(|r| EngineError::Device(format!("CPU path: {r}")))?;
+        let weights: HashMap<String, Tensor> = model.state_dict()?.into_iter().collect();
+        let mut nodes = Vec::new();
+        let (mut names, mut shapes, mut params) = (Vec::new(), Vec::new(), Vec::new());
+        let mut shape: Vec<usize> = summary.input.to_vec();
+        let mut first_param_layer = None;
+        for (layer, info) in spec.model.layers.iter().zip(&summary.layers) {
+            let out_len: usize = info.output.iter().product();
+            let mut add_params = |nodes_len: usize| -> Result<usize, EngineError> {
+                first_param_layer.get_or_insert(nodes_len);
+                let name = info.name.clone().unwrap_or_default();
+                let at = params.len();
+                for part in ["weight", "bias"] {
+                    let key = format!("{name}.{part}");
+                    let t = weights
+                        .get(&key)
+                        .ok_or_else(|| EngineError::Checkpoint(format!("no tensor {key}")))?;
+                    shapes.push(t.dims().to_vec());
+                    params.push(t.flatten_all()?.to_vec1::<f32>()?);
+                    names.push(key);
+                }
+                Ok(at)
+            };
+            let op = match layer {
+                LayerSpec::Conv2d(Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                    activation,
+                    ..
+                }) => {
+                    let (kh, kw) = kernel.hw();
+                    let (sh, sw) = stride.hw();
+                    let (pt, pl) = match padding {
+                        Padding::Valid => (0, 0),
+                        Padding::Same => (
+                            super::ops::same_padding(shape[1], kh, sh).0,
+                            super::ops::same_padding(shape[2], kw, sw).0,
+                        ),
+                    };
+                    let g = conv::Geom {
+                        c: shape[0],
+                        h: shape[1],
+                        w: shape[2],
+                        f: *filters,
+                        kh,
+                        kw,
+                        sh,
+                        sw,
+                        pt,
+                        pl,
+                        oh: info.output[1],
+                        ow: info.output[2],
+                    };
+                    Some(Op::Conv {
+                        g,
+                        act: *activation,
+                        param: add_params(nodes.len())?,
+                    })
+                }
+                LayerSpec::MaxPool2d(p) | LayerSpec::AvgPool2d(p) => {
+                    let (kh, kw) = p.size.hw();
+                    let (sh, sw) = p.stride_hw();
+                    let pool = layers::Pool {
+                        c: shape[0],
+                        h: shape[1],
+                        w: shape[2],
+                        kh,
+                        kw,
+                        sh,
+                        sw,
+                        oh: info.output[1],
+                        ow: info.output[2],
+                    };
+                    match (layer, (kh, kw, sh, sw)) {
+                        // A 1x1 window with stride 1 is the identity (torch-cnn's pool).
+                        (_, (1, 1, 1, 1)) => None,
+                        (LayerSpec::MaxPool2d(_), _) => Some(Op::MaxPool(pool)),
+                        _ => Some(Op::AvgPool(pool)),
+                    }
+                }
+                // NCHW rows are already flat in channel-major order.
+                LayerSpec::Flatten => None,
+                LayerSpec::Dense(Dense {
+                    units, activation, ..
+                }) => Some(Op::Dense {
+                    i: shape[0],
+                    o: *units,
+                    act: *activation,
+                    param: add_params(nodes.len())?,
+                }),
+                LayerSpec::Dropout(d) => Some(Op::Dropout { rate: d.rate }),
+                LayerSpec::BatchNorm(_) => unreachable!("checked by supports"),
+            };
+            if let Some(op) = op {
+                nodes.push(Node { op, out_len });
+            }
+            shape = info.output.clone();
+        }
+        let classes = shape.iter().product();
+        let lens: Vec<usize> = params.iter().map(Vec::len).collect();
+        let mut net = FastNet {
+            grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
+            optim: optim::Optim::new(&spec.optimizer, &lens),
+            input_len: summary.input.iter().product(),
+            classes,
+            first_param_layer: first_param_layer.unwrap_or(usize::MAX),
+            bufs: Buffers::default(),
+            profile: None,
+            nodes,
+            names,
+            shapes,
+            params,
+        };
+        net.bufs = net.buffers(batch.max(1), true);
+        net.load_optimizer(optimizer)?;
+        Ok(net)
+    }
+
+    fn buffers(&self, cap: usize, train: bool) -> Buffers {
+        let per = |f: &dyn Fn(&Node) -> usize| -> Vec<usize> { self.nodes.iter().map(f).collect() };
+        Buffers {
+            cap,
+            input: vec![0.0; cap * self.input_len],
+            outs: per(&|n| n.out_len)
+                .into_iter()
+                .map(|l| vec![0.0; cap * l])
+                .collect(),
+            args: per(&|n| match n.op {
+                Op::MaxPool(_) => n.out_len,
+                _ => 0,
+            })
+            .into_iter()
+            .map(|l| vec![0; cap * l])
+            .collect(),
+            masks: per(&|n| match n.op {
+                Op::Dropout { .. } if train => n.out_len,
+                _ => 0,
+            })
+            .into_iter()
+            .map(|l| vec![0.0; cap * l])
+            .collect(),
+            logits: vec![0.0; cap * self.classes],
+            grads: if train {
+                per(&|n| n.out_len)
+                    .into_iter()
+                    .map(|l| vec![0.0; cap * l])
+                    .collect()
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn load_optimizer(&mut self, optimizer: &Optimizer) -> Result<(), EngineError> {
+        let state: HashMap<String, Tensor> = optimizer.state_tensors()?.into_iter().collect();
+        let get = |k: String| -> Result<Vec<f32>, EngineError> {
+            let t = state
+                .get(&k)
+                .ok_or_else(|| EngineError::Checkpoint(format!("no optimizer tensor {k}")))?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        for (name, slot) in self.names.iter().zip(&mut self.optim.slots) {
+            match slot {
+                optim::Slot::None => {}
+                optim::Slot::Momentum(b) => *b = get(format!("{name}.momentum_buffer"))?,
+                optim::Slot::Adam { step, m, v } => {
+                    let s = state
+                        .get(&format!("{name}.step"))
+                        .ok_or_else(|| EngineError::Checkpoint(format!("no {name}.step")))?;
+                    *step = s.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? as u64;
+                    *m = get(format!("{name}.exp_avg"))?;
+                    *v = get(format!("{name}.exp_avg_sq"))?;
+                }
+            }
+        }
+        self.optim.steps = optimizer.steps();
+        Ok(())
+    }
+
+    /// Copies the weights and optimizer state into the Candle model and optimizer.
+    pub fn write_back(
+        &self,
+        model: &mut Model,
+        optimizer: &mut Optimizer,
+    ) -> Result<(), EngineError> {
+        let dev = model.device().clone();
+        let tensor = |v: &[f32], dims: &[usize]| Tensor::from_slice(v, dims, &dev);
+        let mut weights = HashMap::new();
+        let mut state = HashMap::new();
+        for ((name, shape), (p, slot)) in self
+            .names
+            .iter()
+            .zip(&self.shapes)
+            .zip(self.params.iter().zip(&self.optim.slots))
+        {
+            weights.insert(name.clone(), tensor(p, shape)?);
+            match slot {
+                optim::Slot::None => {}
+                optim::Slot::Momentum(b) => {
+                    state.insert(format!("{name}.momentum_buffer"), tensor(b, shape)?);
+                }
+                optim::Slot::Adam { step, m, v } => {
+                    state.insert(format!("{name}.step"), Tensor::new(*step as f32, &dev)?);
+                    state.insert(format!("{name}.exp_avg"), tensor(m, shape)?);
+                    state.insert(format!("{name}.exp_avg_sq"), tensor(v, shape)?);
+                }
+            }
+        }
+        model.load_state_dict(&weights)?;
+        optimizer.load_state(self.optim.steps, &state)?;
+        Ok(())
+    }
+
+    /// Starts recording where a step's time goes (see [`FastNet::profile`]).
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Profile {
+            forward: vec![0.0; self.nodes.len()],
+            backward: vec![0.0; self.nodes.len()],
+            ..Profile::default()
+        });
+    }
+
+    /// Layer names and the recorded profile.
+    pub fn profile(&self) -> Option<(Vec<String>, Profile)> {
+        let names = self
+            .nodes
+            .iter()
+            .map(|n| match &n.op {
+                Op::Conv { g, .. } => format!("conv {}x{}x{} -> {}", g.c, g.h, g.w, g.f),
+                Op::Dense { i, o, .. } => format!("dense {i} -> {o}"),
+                Op::MaxPool(_) => "max_pool".into(),
+                Op::AvgPool(_) => "avg_pool".into(),
+                Op::Dropout { .. } => "dropout".into(),
+            })
+            .collect();
+        self.profile.clone().map(|p| (names, p))
+    }
+
+    /// Runs the layers on the first `n` rows of `b.input`.
+    fn forward(&self, b: &mut Buffers, n: usize, rng: Option<&mut Rng>) -> Vec<f64> {
+        let mut times = Vec::new();
+        self.forward_timed(b, n, rng, &mut times);
+        times
+    }
+
+    fn forward_timed(
+        &self,
+        b: &mut Buffers,
+        n: usize,
+        mut rng: Option<&mut Rng>,
+        times: &mut Vec<f64>,
+    ) {
+        let last = self.nodes.len() - 1;
+        for (l, node) in self.nodes.iter().enumerate() {
+            let t0 = std::time::Instant::now();
+            let (before, after) = b.outs.split_at_mut(l);
+            let x: &[f32] = if l == 0 { &b.input } else { &before[l - 1] };
+            let y = &mut after[0][..n * node.out_len];
+            match &node.op {
+                Op::Conv { g, act, param } => {
+                    let (w, bias) = (&self.params[*param], &self.params[param + 1]);
+                    conv::forward(
+                        g,
+                        &x[..n * g.in_len()],
+                        w,
+                        bias,
+                        y,
+                        layers::scalar_act(*act),
+                    );
+                }
+                Op::Dense { i, o, act, param } => {
+                    let (w, bias) = (&self.params[*param], &self.params[param + 1]);
+                    layers::dense(x, w, bias, y, n, *i, *o);
+                    if l == last && *act == Activation::Softmax {
+                        b.logits[..n * o].copy_from_slice(y);
+                    }
+                    layers::activate(*act, y, *o);
+                }
+                Op::MaxPool(p) => layers::max_pool(p, &x[..n * p.in_len()], y, &mut b.args[l]),
+                Op::AvgPool(p) => layers::avg_pool(p, &x[..n * p.in_len()], y),
+                Op::Dropout { rate } => match rng.as_deref_mut() {
+                    Some(rng) if *rate > 0.0 && !b.masks[l].is_empty() => {
+                        let keep = 1.0 - rate;
+                        let scale = (1.0 / keep) as f32;
+                        let mask = &mut b.masks[l][..y.len()];
+                        for m in mask.iter_mut() {
+                            *m = if rng.next_f64() < keep { scale } else { 0.0 };
+                        }
+                        for ((y, x), m) in y.iter_mut().zip(x).zip(mask.iter()) {
+                            *y = x * m;
+                        }
+                    }
+                    _ => y.copy_from_slice(&x[..y.len()]),
+                },
+            }
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Whether the loss reads the last layer's logits (softmax output) or its output.
+    fn loss_on_logits(&self) -> bool {
+        matches!(
+            self.nodes.last().map(|n| &n.op),
+            Some(Op::Dense {
+                act: Activation::Softmax,
+                ..
+            })
+        )
+    }
+
+    /// One training step on rows `x` (`[n, input]`) with labels `y`: forward, backward and
+    /// the optimizer update. Returns the summed loss and the number of correct predictions.
+    pub fn train_step(&mut self, x: &[f32], y: &[u32], rng: &mut Rng) -> (f64, usize) {
+        let n = y.len();
+        let mut b = std::mem::take(&mut self.bufs);
+        if b.cap < n {
+            b = self.buffers(n, true);
+        }
+        b.input[..x.len()].copy_from_slice(x);
+        let fwd = self.forward(&mut b, n, Some(rng));
+        let mut bwd = vec![0.0; self.nodes.len()];
+        let t0 = std::time::Instant::now();
+        let result = self.backward(&mut b, y, &mut bwd);
+        let t1 = std::time::Instant::now();
+        self.optim.step(&mut self.params, &self.grads);
+        if let Some(p) = &mut self.profile {
+            for (a, v) in p.forward.iter_mut().zip(&fwd) {
+                *a += v;
+            }
+            for (a, v) in p.backward.iter_mut().zip(&bwd) {
+                *a += v;
+            }
+            p.loss += (t1 - t0).as_secs_f64() - bwd.iter().sum::<f64>();
+            p.optimizer += t1.elapsed().as_secs_f64();
+            p.steps += 1;
+        }
+        self.bufs = b;
+        result
+    }
+
+    fn backward(&mut self, b: &mut Buffers, labels: &[u32], times: &mut [f64]) -> (f64, usize) {
+        let n = labels.len();
+        let last = self.nodes.len() - 1;
+        let c = self.classes;
+        let on_logits = self.loss_on_logits();
+        let out = &b.outs[last][..n * c];
+        let correct = layers::correct(out, labels, c);
+        let z = if on_logits { &b.logits[..n * c] } else { out };
+        let loss = layers::cross_entropy(z, labels, c, n as f32, Some(&mut b.grads[last][..n * c]));
+        for l in (0..=last).rev() {
+            if l < self.first_param_layer {
+                break;
+            }
+            let t0 = std::time::Instant::now();
+            let (below, rest) = b.grads.split_at_mut(l);
+            let node = &self.nodes[l];
+            let gy = &mut rest[0][..n * node.out_len];
+            let x: &[f32] = if l == 0 { &b.input } else { &b.outs[l - 1] };
+            let y = &b.outs[l][..n * node.out_len];
+            let dx = if l > self.first_param_layer {
+                below.last_mut().map(|v| &mut v[..])
+            } else {
+                None
+            };
+            match &node.op {
+                Op::Conv { g, act, param } => {
+                    if !(l == last && on_logits) {
+                        layers::activate_backward(*act, y, gy, node.out_len);
+                    }
+                    let (dw, db) = two(&mut self.grads, *param);
+                    conv::backward(
+                        g,
+                        &x[..n * g.in_len()],
+                        &self.params[*param],
+                        gy,
+                        dw,
+                        db,
+                        dx,
+                    );
+                }
+                Op::Dense { i, o, act, param } => {
+                    if !(l == last && on_logits) {
+                        layers::activate_backward(*act, y, gy, *o);
+                    }
+                    let (dw, db) = two(&mut self.grads, *param);
+                    layers::dense_backward(x, &self.params[*param], gy, dw, db, dx, n, *i, *o);
+                }
+                Op::MaxPool(p) => {
+                    if let Some(dx) = dx {
+                        layers::max_pool_backward(p, gy, &b.args[l], &mut dx[..n * p.in_len()]);
+                    }
+                }
+                Op::AvgPool(p) => {
+                    if let Some(dx) = dx {
+                        layers::avg_pool_backward(p, gy, &mut dx[..n * p.in_len()]);
+                    }
+                }
+                Op::Dropout { rate } => {
+                    if let Some(dx) = dx {
+                        let dx = &mut dx[..gy.len()];
+                        if *rate > 0.0 {
+                            for ((d, g), m) in dx.iter_mut().zip(gy.iter()).zip(&b.masks[l]) {
+                                *d = g * m;
+                            }
+                        } else {
+                            dx.copy_from_slice(gy);
+                        }
+                    }
+                }
+            }
+            times[l] = t0.elapsed().as_secs_f64();
+        }
+        (loss, correct)
+    }
+
+    /// Summed loss and correct predictions over `y.len()` rows of `x`, in inference mode.
+    pub fn evaluate(&self, x: &[f32], y: &[u32]) -> (f64, usize) {
+        let mut b = self.buffers(EVAL_ROWS.min(y.len()).max(1), false);
+        let (mut loss, mut correct) = (0f64, 0usize);
+        let c = self.classes;
+        let on_logits = self.loss_on_logits();
+        for (xs, ys) in x.chunks(b.cap * self.input_len).zip(y.chunks(b.cap)) {
+            let n = ys.len();
+            b.input[..xs.len()].copy_from_slice(xs);
+            self.forward(&mut b, n, None);
+            let out = &b.outs[self.nodes.len() - 1][..n * c];
+            correct += layers::correct(out, ys, c);
+            let z = if on_logits { &b.logits[..n * c] } else { out };
+            loss += layers::cross_entropy(z, ys, c, n as f32, None);
+        }
+        (loss, correct)
+    }
+}
+
+/// The weight and bias gradients of the parameter pair starting at `at`.
+fn two(v: &mut [Vec<f32>], at: usize) -> (&mut [f32], &mut [f32]) {
+    let (a, b) = v[at..].split_at_mut(1);
+    (&mut a[0], &mut b[0])
+}
+
+/// Runs `f` on the contiguous host data of a CPU tensor, without copying it.
+pub fn with_host_slice<T: WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R, EngineError> {
+    if !matches!(t.device(), Device::Cpu) {
+        return Err(EngineError::Device("tensor is not on the CPU".into()));
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(EngineError::Device("tensor is not on the CPU".into()));
+    };
+    let data = cpu.as_slice::<T>()?;
+    let (lo, hi) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| EngineError::Device("tensor is not contiguous".into()))?;
+    Ok(f(&data[lo..hi]))
+}
