@@ -10,7 +10,7 @@ pub fn select(spec: DeviceSpec) -> Result<Device, EngineError> {
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Auto if candle_core::utils::cuda_is_available() => {
-            Device::new_cuda(0).or(Ok(Device::Cpu))
+            Ok(Device::new_cuda(0).map(tuned).unwrap_or(Device::Cpu))
         }
         DeviceSpec::Auto => Ok(Device::Cpu),
         DeviceSpec::Cuda(n) => {
@@ -20,9 +20,23 @@ pub fn select(spec: DeviceSpec) -> Result<Device, EngineError> {
                         .into(),
                 ));
             }
-            Device::new_cuda(n).map_err(|e| EngineError::Device(format!("cuda:{n}: {e}")))
+            let d =
+                Device::new_cuda(n).map_err(|e| EngineError::Device(format!("cuda:{n}: {e}")))?;
+            Ok(tuned(d))
         }
     }
+}
+
+/// cudarc records two CUDA events per allocation to order uses across streams; each
+/// Candle device here uses its one stream, so that is pure overhead (hundreds of driver
+/// calls per training step).
+fn tuned(d: Device) -> Device {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(c) = &d {
+        // SAFETY: tensors of this device are only used on its own single stream.
+        unsafe { c.disable_event_tracking() };
+    }
+    d
 }
 
 /// Candle asks for the thread count on every CPU matmul and, unless `RAYON_NUM_THREADS`

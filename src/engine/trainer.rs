@@ -23,6 +23,8 @@ use crate::spec::{Activation, ExperimentSpec, Summary};
 
 /// Batch size used for evaluation (it does not change the figures).
 const EVAL_BATCH: usize = 1000;
+/// On a GPU, batches between reads of the running loss (each read waits for the device).
+const SYNC_EVERY: usize = 50;
 
 /// Progress within an epoch.
 #[derive(Debug, Clone)]
@@ -32,7 +34,8 @@ pub struct BatchProgress {
     /// Batches done in this epoch (1-based after the batch).
     pub batch: usize,
     pub batches: usize,
-    /// Loss of the batch just trained.
+    /// Mean loss of the latest batch whose loss was read: the batch just trained on the
+    /// CPU; on a GPU, reads are spaced out (see `SYNC_EVERY`).
     pub loss: f64,
 }
 
@@ -325,46 +328,56 @@ impl Trainer {
             let secs = start.elapsed().as_secs_f64();
             return Ok(Some((loss_sum / n as f64, correct / n as f64, secs)));
         }
+        // The epoch's samples in training order, gathered once (one copy, not two gathers
+        // per batch); batches are then views.
+        let (xs, ys) = match &order {
+            Some(idx) => (
+                self.train.x.index_select(idx, 0)?,
+                self.train.y.index_select(idx, 0)?,
+            ),
+            None => (self.train.x.clone(), self.train.y.clone()),
+        };
+        // Running sums stay on the device: reading a scalar back waits for the device to
+        // drain, so on a GPU the loss is read only at sync points (every batch for the
+        // first ten, then every SYNC_EVERY, and the last); progress reports the loss of
+        // the latest batch read.
+        let on_cpu = matches!(self.device, Device::Cpu);
+        let zero = Tensor::zeros((), DType::F32, &self.device)?;
+        let (mut loss_acc, mut correct_acc) = (zero.clone(), zero);
+        let mut last_loss = f64::NAN;
         for b in 0..batches {
             if observer.should_stop() {
                 return Ok(None);
             }
             let (lo, len) = (b * bs, bs.min(n - b * bs));
-            let (x, y) = match &order {
-                Some(idx) => {
-                    let idx = idx.narrow(0, lo, len)?;
-                    (
-                        self.train.x.index_select(&idx, 0)?,
-                        self.train.y.index_select(&idx, 0)?,
-                    )
-                }
-                None => (
-                    self.train.x.narrow(0, lo, len)?,
-                    self.train.y.narrow(0, lo, len)?,
-                ),
-            };
+            let (x, y) = (xs.narrow(0, lo, len)?, ys.narrow(0, lo, len)?);
             let f = self.model.forward(&x, true, Some(&mut dropout))?;
             let (batch_loss_sum, batch_correct) = loss_and_correct(&f, &y)?;
             let loss = (&batch_loss_sum / len as f64)?;
             let grads = loss.backward()?;
             self.optimizer.step(&grads)?;
-            let l = batch_loss_sum.to_scalar::<f32>()? as f64;
-            if !l.is_finite() {
-                return Err(EngineError::NonFinite(format!(
-                    "loss became {l} at epoch {epoch}, batch {}",
-                    b + 1
-                )));
+            loss_acc = (loss_acc + batch_loss_sum.detach())?;
+            correct_acc = (correct_acc + batch_correct)?;
+            if on_cpu || b < 10 || (b + 1) % SYNC_EVERY == 0 || b + 1 == batches {
+                last_loss = batch_loss_sum.to_scalar::<f32>()? as f64 / len as f64;
+                let total = loss_acc.to_scalar::<f32>()? as f64;
+                if !last_loss.is_finite() || !total.is_finite() {
+                    return Err(EngineError::NonFinite(format!(
+                        "loss became {last_loss} by epoch {epoch}, batch {}",
+                        b + 1
+                    )));
+                }
             }
-            loss_sum += l;
-            correct += batch_correct.to_scalar::<f32>()? as f64;
             observer.on_batch(&BatchProgress {
                 epoch,
                 epochs: self.spec.epochs,
                 batch: b + 1,
                 batches,
-                loss: l / len as f64,
+                loss: last_loss,
             });
         }
+        loss_sum = loss_acc.to_scalar::<f32>()? as f64;
+        correct = correct_acc.to_scalar::<f32>()? as f64;
         let secs = start.elapsed().as_secs_f64();
         Ok(Some((loss_sum / n as f64, correct / n as f64, secs)))
     }
