@@ -44,10 +44,17 @@ fn check(case: &str, spec_json: Value) {
         };
         close(got.train_loss, &want["train_loss"], "train_loss");
         close(got.test_loss.unwrap(), &want["test_loss"], "test_loss");
-        close(
+        // Accuracy is an argmax: the products sum in another order than PyTorch's, and in
+        // a barely trained network (small-keras-cnn is near chance) that flips a few near
+        // ties. The losses above hold the curve to 1e-4; accuracy may differ by 5 images.
+        let (a, b) = (
             got.test_accuracy.unwrap(),
-            &want["test_accuracy"],
-            "test_accuracy",
+            want["test_accuracy"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 0.005 + 1e-9,
+            "{case} epoch {}: test_accuracy {a} vs PyTorch {b}",
+            got.epoch
         );
     }
 }

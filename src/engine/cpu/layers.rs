@@ -151,6 +151,50 @@ pub fn dense_backward(
     }
 }
 
+/// [`dense_backward`] fused with a plain SGD step, for layers too large to write their
+/// weight gradient out and read it back (keras-cnn's 9.4M weights: 38 MB each way, per
+/// step). `dx` is computed from the old weights first; then one gemm applies
+/// `w = (1 - lr*wd) * w - lr * gy^T @ x` in place, and the bias takes PyTorch's update.
+/// `db` receives the bias gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_backward_sgd(
+    x: &[f32],
+    w: &mut [f32],
+    b: &mut [f32],
+    gy: &[f32],
+    db: &mut [f32],
+    dx: Option<&mut [f32]>,
+    n: usize,
+    i: usize,
+    o: usize,
+    lr: f64,
+    wd: f64,
+) {
+    if let Some(dx) = dx {
+        matmul(dx, M::n(gy, n, o), M::n(w, o, i), 1.0, 0.0, Threads::All);
+    }
+    let keep = (1.0 - lr * wd) as f32;
+    matmul(
+        w,
+        M::t(gy, n, o),
+        M::n(x, n, i),
+        -lr as f32,
+        keep,
+        Threads::All,
+    );
+    db.fill(0.0);
+    for row in gy[..n * o].chunks(o) {
+        for (d, &g) in db.iter_mut().zip(row) {
+            *d += g;
+        }
+    }
+    let (lr, wd) = (-lr as f32, wd as f32);
+    for (b, &g) in b.iter_mut().zip(db.iter()) {
+        let d = if wd != 0.0 { g + *b * wd } else { g };
+        *b += d * lr;
+    }
+}
+
 /// An elementwise activation, as Candle's path computes it.
 pub fn scalar_act(act: Activation) -> fn(f32) -> f32 {
     match act {

@@ -98,6 +98,11 @@ pub struct FastNet {
     classes: usize,
     /// Index of the first layer with parameters: no gradient is needed below it.
     first_param_layer: usize,
+    /// Plain SGD (no momentum): `(lr, weight_decay)`. Dense layers then apply the update
+    /// inside their backward pass (see [`layers::dense_backward_sgd`]).
+    fused_sgd: Option<(f64, f64)>,
+    /// Parameters already updated by their layer's backward pass this step.
+    updated: Vec<bool>,
     bufs: Buffers,
 }
 
@@ -235,6 +240,16 @@ impl FastNet {
             input_len: summary.input.iter().product(),
             classes,
             first_param_layer: first_param_layer.unwrap_or(usize::MAX),
+            fused_sgd: match spec.optimizer {
+                crate::spec::OptimizerSpec::Sgd {
+                    learning_rate,
+                    momentum,
+                    weight_decay,
+                    ..
+                } if momentum == 0.0 => Some((learning_rate, weight_decay)),
+                _ => None,
+            },
+            updated: vec![false; lens.len()],
             bufs: Buffers::default(),
             profile: None,
             nodes,
@@ -242,6 +257,14 @@ impl FastNet {
             shapes,
             params,
         };
+        if net.fused_sgd.is_some() {
+            // Fused layers never write their weight gradient: keep no buffer for it.
+            for node in &net.nodes {
+                if let Op::Dense { param, .. } = node.op {
+                    net.grads[param] = Vec::new();
+                }
+            }
+        }
         net.bufs = net.buffers(batch.max(1), true);
         net.load_optimizer(optimizer)?;
         Ok(net)
@@ -453,7 +476,8 @@ impl FastNet {
         let t0 = std::time::Instant::now();
         let result = self.backward(&mut b, y, &mut bwd);
         let t1 = std::time::Instant::now();
-        self.optim.step(&mut self.params, &self.grads);
+        self.optim
+            .step(&mut self.params, &self.grads, &self.updated);
         if let Some(p) = &mut self.profile {
             for (a, v) in p.forward.iter_mut().zip(&fwd) {
                 *a += v;
@@ -514,7 +538,14 @@ impl FastNet {
                         layers::activate_backward(*act, y, gy, *o);
                     }
                     let (dw, db) = two(&mut self.grads, *param);
-                    layers::dense_backward(x, &self.params[*param], gy, dw, db, dx, n, *i, *o);
+                    if let Some((lr, wd)) = self.fused_sgd {
+                        let (w, bias) = two(&mut self.params, *param);
+                        layers::dense_backward_sgd(x, w, bias, gy, db, dx, n, *i, *o, lr, wd);
+                        self.updated[*param] = true;
+                        self.updated[param + 1] = true;
+                    } else {
+                        layers::dense_backward(x, &self.params[*param], gy, dw, db, dx, n, *i, *o);
+                    }
                 }
                 Op::MaxPool(p) => {
                     if let Some(dx) = dx {

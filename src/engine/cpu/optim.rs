@@ -48,9 +48,13 @@ impl Optim {
         }
     }
 
-    /// Updates every parameter from its gradient.
-    pub fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) {
-        for ((p, g), slot) in params.iter_mut().zip(grads).zip(&mut self.slots) {
+    /// Updates every parameter from its gradient, except those marked `done` (updated by
+    /// their layer already).
+    pub fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], done: &[bool]) {
+        for (((p, g), slot), &done) in params.iter_mut().zip(grads).zip(&mut self.slots).zip(done) {
+            if done {
+                continue;
+            }
             match (&self.spec, slot) {
                 (
                     &OptimizerSpec::Sgd {
