@@ -45,7 +45,12 @@ if [ "$DRY" = 1 ]; then
   BENCH_ARGS="--batches 4 --warmup 1"
 else
   DEVICE=cuda
-  TY_LIMITS_keras='"dataset": {"train_limit": 500, "test_limit": 300},'
+  # Full data sets.
+  TY_LIMITS_keras=''
+  TY_LIMITS_torch=''
+  PT_LIMITS_keras=''
+  PT_LIMITS_torch=''
+  BENCH_ARGS=''
 fi
 
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/run.log"; }
