@@ -9,6 +9,14 @@
 //!
 //! Notifications only say "look again": the stream re-reads the table after the last id
 //! it sent, so a lost or reordered notification cannot make it skip an event.
+//!
+//! Payloads: `status` is `{status, error}`; `epoch` is the row `/metrics` lists for that
+//! epoch, with `recorded_at` (when it was stored, moments before its commit); `progress`
+//! is `{epoch, epochs, batch, batches, loss, at}`, `at` being when that batch finished
+//! (the worker's clock); `end` is the experiment, `training_started_at` included. The
+//! timestamps let a client see where time goes: in the queue (`created_at` to
+//! `training_started_at`), training, evaluating and storing (a last batch's `at` to its
+//! epoch's `recorded_at`), and on the way to it (`recorded_at` to arrival).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -50,7 +58,7 @@ fn last_event_id(headers: &HeaderMap) -> i64 {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
     ),
     responses(
-        (status = 200, description = "Events `status`, `epoch`, `progress`, then `end`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Events `status` (`{status, error}`), `epoch` (a `/metrics` row, with `recorded_at`), `progress` (`{epoch, epochs, batch, batches, loss, at}`, `at` when the batch finished), then `end` (the experiment)", content_type = "text/event-stream", body = String),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn curve(

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
@@ -96,7 +97,7 @@ impl Worker {
         };
 
         // Progress goes out as NOTIFYs, at most ten a second.
-        let (progress_tx, progress_rx) = mpsc::channel::<BatchProgress>(16);
+        let (progress_tx, progress_rx) = mpsc::channel::<(BatchProgress, DateTime<Utc>)>(16);
         let progress = tokio::spawn(forward_progress(self.store.clone(), id, progress_rx));
 
         let result = self.train(&claim, stop.clone(), progress_tx).await;
@@ -134,7 +135,7 @@ impl Worker {
         &self,
         claim: &Claim,
         stop: Arc<AtomicU8>,
-        progress: mpsc::Sender<BatchProgress>,
+        progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
     ) -> Result<Outcome, JobError> {
         let (id, attempt) = (claim.id, claim.attempt);
         let mut spec = crate::spec::from_value(claim.spec.clone())
@@ -181,8 +182,13 @@ impl Worker {
                 stop,
                 progress,
                 lost: false,
+                started: None,
             };
             let outcome = trainer.run(&mut obs);
+            // The start is stored before the ending, whose fenced write would refuse it.
+            if let Some(started) = obs.started.take() {
+                let _ = obs.handle.block_on(started);
+            }
             if obs.lost {
                 return Err(JobError::LeaseLost);
             }
@@ -210,14 +216,28 @@ struct JobObserver {
     attempt: i32,
     keep_all: bool,
     stop: Arc<AtomicU8>,
-    progress: mpsc::Sender<BatchProgress>,
+    progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
     lost: bool,
+    /// Storing `training_started_at`, once the first batch begins.
+    started: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl JobObserver {
+    /// Stores when training began, off the training thread so the batch need not wait.
+    fn training_started(&mut self) {
+        let (store, id, attempt, at) = (self.store.clone(), self.id, self.attempt, Utc::now());
+        self.started = Some(self.handle.spawn(async move {
+            if let Err(e) = store.mark_training_started(id, attempt, at).await {
+                tracing::warn!(%id, error = %e, "could not record the training start");
+            }
+        }));
+    }
 }
 
 impl Observer for JobObserver {
     fn on_batch(&mut self, p: &BatchProgress) {
         // Dropped when the forwarder is behind: progress is a hint, epochs are durable.
-        let _ = self.progress.try_send(p.clone());
+        let _ = self.progress.try_send((p.clone(), Utc::now()));
     }
 
     fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
@@ -253,14 +273,23 @@ impl Observer for JobObserver {
         }
     }
 
+    /// The engine asks before every batch, so the first call is the moment the first
+    /// batch of this attempt begins: data prepared, model built, checkpoint loaded.
     fn should_stop(&mut self) -> bool {
+        if self.started.is_none() {
+            self.training_started();
+        }
         self.stop.load(Ordering::SeqCst) != GO
     }
 }
 
-async fn forward_progress(store: Store, id: uuid::Uuid, mut rx: mpsc::Receiver<BatchProgress>) {
+async fn forward_progress(
+    store: Store,
+    id: uuid::Uuid,
+    mut rx: mpsc::Receiver<(BatchProgress, DateTime<Utc>)>,
+) {
     let mut last = Instant::now() - Duration::from_secs(1);
-    while let Some(p) = rx.recv().await {
+    while let Some((p, at)) = rx.recv().await {
         if p.batch != p.batches && last.elapsed() < Duration::from_millis(100) {
             continue;
         }
@@ -268,6 +297,7 @@ async fn forward_progress(store: Store, id: uuid::Uuid, mut rx: mpsc::Receiver<B
         let payload = serde_json::json!({
             "experiment_id": id, "epoch": p.epoch, "epochs": p.epochs,
             "batch": p.batch, "batches": p.batches, "loss": p.loss,
+            "at": at.to_rfc3339_opts(SecondsFormat::Micros, true),
         });
         let _ = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL_PROGRESS)
