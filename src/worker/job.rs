@@ -8,8 +8,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::{DataCache, WorkerConfig, stopped};
-use crate::data::prepare::prepare;
+use super::cache::DataCache;
+use super::{WorkerConfig, stopped};
 use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
 use crate::store::listen::{Hub, Signal};
 use crate::store::queue::{Claim, Ending};
@@ -163,16 +163,21 @@ impl Worker {
         let handle = Handle::current();
         let task = tokio::task::spawn_blocking(move || -> Result<Outcome, JobError> {
             let failed = |e: EngineError| JobError::Failed(e.to_string());
-            let dataset = data
-                .get(spec.dataset.name, &cfg)
+            let t0 = Instant::now();
+            let (prepared, cached) = data
+                .prepared(&spec.dataset, &cfg)
                 .map_err(JobError::Failed)?;
-            let prepared = prepare(&dataset, &spec.dataset);
+            let t_data = t0.elapsed();
             let device = device::select(spec.device).map_err(failed)?;
             let mut trainer = Trainer::new(&spec, &summary, &prepared, &device).map_err(failed)?;
             drop(prepared);
             if let Some(ck) = &resume {
                 trainer.resume(ck).map_err(failed)?;
             }
+            tracing::info!(
+                %id, data_cached = cached, data_ms = ms(t_data),
+                model_ms = ms(t0.elapsed() - t_data), "set up"
+            );
             let mut obs = JobObserver {
                 store,
                 handle,
@@ -201,6 +206,10 @@ impl Worker {
             ))),
         }
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 enum JobError {
