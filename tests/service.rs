@@ -535,3 +535,119 @@ fn checked_in_openapi_document_is_current() {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
 }
+
+/// Parses an RFC 3339 timestamp from a JSON value.
+fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+#[sqlx::test]
+async fn the_curve_carries_timestamps_and_ends_live_when_cancelled(pool: PgPool) {
+    let s = TestServer::start(pool, &[worker_config("w")]).await;
+    let mut long = tiny(50);
+    long["dataset"]["train_limit"] = json!(2000);
+    let (_, exp) = s.submit(&long).await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    assert!(exp["training_started_at"].is_null(), "{exp}");
+    let url = s.url(&format!("/experiments/{id}/curve"));
+    let client = s.client.clone();
+    let follower = tokio::spawn(async move { read_curve(&client, &url, None, 120).await });
+    s.wait_first_epoch(&id, 60).await;
+    assert_eq!(s.cancel(&id).await.status(), 200);
+    // The stream ends on the `cancelled` status event it receives live.
+    let events = follower.await.unwrap();
+    let end = events.last().unwrap();
+    assert_eq!(end.event, "end");
+    assert_eq!(end.data["status"], "cancelled");
+
+    // Queued, claimed, training, each epoch stored, ended: in that order.
+    let created = time(&end.data["created_at"]);
+    let claimed = time(&end.data["started_at"]);
+    let training = time(&end.data["training_started_at"]);
+    let finished = time(&end.data["finished_at"]);
+    assert!(created <= claimed && claimed <= training, "{}", end.data);
+    let epochs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "epoch")
+        .map(|e| &e.data)
+        .collect();
+    assert!(!epochs.is_empty());
+    let mut previous = training;
+    for e in &epochs {
+        let recorded = time(&e["recorded_at"]);
+        assert!(previous <= recorded, "{e}");
+        previous = recorded;
+    }
+    assert!(previous <= finished);
+    // Every progress event says when its batch finished, after training began, and the
+    // last batch of an epoch before that epoch was stored.
+    let progress: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| &e.data)
+        .collect();
+    assert!(!progress.is_empty());
+    for p in &progress {
+        let at = time(&p["at"]);
+        assert!(training <= at && at <= finished, "{p}");
+        if p["batch"] == p["batches"]
+            && let Some(e) = epochs.iter().find(|e| e["epoch"] == p["epoch"])
+        {
+            assert!(at <= time(&e["recorded_at"]), "{p} then {e}");
+        }
+    }
+    // `/metrics` lists the same rows, `recorded_at` included.
+    let (_, metrics) = s.get_json(&format!("/experiments/{id}/metrics")).await;
+    assert_eq!(metrics.as_array().unwrap().len(), epochs.len());
+    assert_eq!(&metrics[0], epochs[0]);
+    s.stop().await;
+}
+
+#[sqlx::test]
+async fn the_training_start_belongs_to_the_current_attempt(pool: PgPool) {
+    let s = TestServer::start(pool, &[]).await;
+    let (_, exp) = s.submit(&tiny(1)).await;
+    let id: uuid::Uuid = exp["id"].as_str().unwrap().parse().unwrap();
+    let first = s.store.claim("ghost", 0.2).await.unwrap().unwrap();
+    let t1 = chrono::Utc::now();
+    s.store
+        .mark_training_started(id, first.attempt, t1)
+        .await
+        .unwrap();
+    let e = s.store.experiment(id).await.unwrap();
+    // Stored to the microsecond.
+    assert_eq!(
+        e.training_started_at.unwrap().timestamp_micros(),
+        t1.timestamp_micros()
+    );
+
+    // The lease expires; the next claim starts over: no training start until its own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.store.rescue_expired().await.unwrap(), 1);
+    let second = s.store.claim("next", 30.0).await.unwrap().unwrap();
+    assert_eq!(second.attempt, first.attempt + 1);
+    assert_eq!(
+        s.store.experiment(id).await.unwrap().training_started_at,
+        None
+    );
+    // The lost attempt cannot write it any more; the current one can.
+    let late = s
+        .store
+        .mark_training_started(id, first.attempt, chrono::Utc::now())
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    let t2 = chrono::Utc::now();
+    s.store
+        .mark_training_started(id, second.attempt, t2)
+        .await
+        .unwrap();
+    let e = s.store.experiment(id).await.unwrap();
+    assert_eq!(
+        e.training_started_at.unwrap().timestamp_micros(),
+        t2.timestamp_micros()
+    );
+    s.stop().await;
+}

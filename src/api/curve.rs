@@ -9,6 +9,14 @@
 //!
 //! Notifications only say "look again": the stream re-reads the table after the last id
 //! it sent, so a lost or reordered notification cannot make it skip an event.
+//!
+//! Payloads: `status` is `{status, error}`; `epoch` is the row `/metrics` lists for that
+//! epoch, with `recorded_at` (when it was stored, moments before its commit); `progress`
+//! is `{epoch, epochs, batch, batches, loss, at}`, `at` being when that batch finished
+//! (the worker's clock); `end` is the experiment, `training_started_at` included. The
+//! timestamps let a client see where time goes: in the queue (`created_at` to
+//! `training_started_at`), training, evaluating and storing (a last batch's `at` to its
+//! epoch's `recorded_at`), and on the way to it (`recorded_at` to arrival).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -26,7 +34,7 @@ use uuid::Uuid;
 use super::experiments::{ExperimentView, parse_id};
 use super::{AppState, error::ApiError};
 use crate::store::listen::Signal;
-use crate::store::{Store, events};
+use crate::store::{Status, Store, events};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/experiments/{id}/curve", get(curve))
@@ -50,7 +58,7 @@ fn last_event_id(headers: &HeaderMap) -> i64 {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
     ),
     responses(
-        (status = 200, description = "Events `status`, `epoch`, `progress`, then `end`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Events `status` (`{status, error}`), `epoch` (a `/metrics` row, with `recorded_at`), `progress` (`{epoch, epochs, batch, batches, loss, at}`, `at` when the batch finished), then `end` (the experiment)", content_type = "text/event-stream", body = String),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn curve(
@@ -91,8 +99,9 @@ async fn follow(
     tx: Tx,
 ) {
     let mut progress_n = 0u64;
+    let mut first = true;
     loop {
-        match replay(&store, id, &mut last, &tx).await {
+        match replay(&store, id, &mut last, &tx, std::mem::take(&mut first)).await {
             Ok(true) | Err(()) => return,
             Ok(false) => {}
         }
@@ -129,7 +138,12 @@ async fn follow(
 
 /// Sends stored events after `last`; `Ok(true)` once the experiment has ended and the
 /// `end` event went out. `Err` when the client is gone or the database failed.
-async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx) -> Result<bool, ()> {
+///
+/// Whether it ended is read from the experiment on the `first` replay and after a
+/// terminal `status` event only: every ending appends one in its own transaction, so
+/// an `epoch` (the common wake-up) costs one query, not two, before it goes out.
+async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx, first: bool) -> Result<bool, ()> {
+    let mut ended = first;
     loop {
         let batch = match store.events_after(id, *last, 500).await {
             Ok(b) => b,
@@ -142,6 +156,11 @@ async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx) -> Result<bool
         let n = batch.len();
         for e in batch {
             *last = e.id;
+            ended |= e.kind == "status"
+                && e.data["status"]
+                    .as_str()
+                    .and_then(Status::parse)
+                    .is_some_and(Status::is_terminal);
             if tx.send(Ok(to_sse(&e))).await.is_err() {
                 return Err(());
             }
@@ -149,6 +168,9 @@ async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx) -> Result<bool
         if n < 500 {
             break;
         }
+    }
+    if !ended {
+        return Ok(false);
     }
     let exp = store.experiment(id).await.map_err(|_| ())?;
     if exp.status.is_terminal() {
@@ -164,7 +186,7 @@ async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx) -> Result<bool
             let _ = tx.send(Ok(ev)).await;
             return Ok(true);
         }
-        return Box::pin(replay(store, id, last, tx)).await;
+        return Box::pin(replay(store, id, last, tx, true)).await;
     }
     Ok(false)
 }

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{AppState, error::ApiError};
-use crate::engine::EpochMetrics;
 use crate::store::experiments::{Experiment, NewExperiment, Status};
+use crate::store::queue::StoredEpoch;
 
 /// Largest accepted `Idempotency-Key`.
 const MAX_KEY_LEN: usize = 200;
@@ -295,10 +295,10 @@ async fn cancel(
 
 const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,test_loss,test_accuracy,train_seconds,images_per_second";
 
-fn csv(rows: &[EpochMetrics]) -> String {
+fn csv(rows: &[StoredEpoch]) -> String {
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     let mut out = format!("{CSV_HEADER}\n");
-    for m in rows {
+    for StoredEpoch { metrics: m, .. } in rows {
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{},{}\n",
             m.epoch,
@@ -319,7 +319,7 @@ fn csv(rows: &[EpochMetrics]) -> String {
 #[utoipa::path(get, path = "/experiments/{id}/metrics", tag = "experiments",
     params(("id" = String, Path, description = "Experiment id")),
     responses(
-        (status = 200, description = "One row per finished epoch", body = Vec<EpochMetrics>, content_type = "application/json"),
+        (status = 200, description = "One row per finished epoch, with when it was stored", body = Vec<StoredEpoch>, content_type = "application/json"),
         (status = 200, description = "The same as CSV", body = String, content_type = "text/csv"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -330,7 +330,7 @@ async fn metrics(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     state.store.experiment(id).await?;
-    let rows = state.store.metrics(id).await?;
+    let rows = state.store.stored_epochs(id).await?;
     let wants_csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

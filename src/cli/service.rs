@@ -39,6 +39,9 @@ pub struct WorkerArgs {
     /// Train on this device whatever the spec says (auto, cpu, cuda, cuda:N).
     #[arg(long, env = "TRAINYARD_DEVICE")]
     pub device: Option<DeviceSpec>,
+    /// MiB of prepared training data kept for the next job on the same data (0: none).
+    #[arg(long, env = "TRAINYARD_PREPARED_CACHE_MIB", default_value_t = 512)]
+    pub prepared_cache_mib: usize,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -59,6 +62,7 @@ impl WorkerArgs {
             device: self.device,
             data_dir: self.data.data_dir.clone(),
             download: !self.data.no_download,
+            prepared_cache_bytes: self.prepared_cache_mib.saturating_mul(1 << 20),
             ..WorkerConfig::default()
         })
     }

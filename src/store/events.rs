@@ -48,13 +48,13 @@ pub(crate) async fn append_status(
     append(tx, experiment, "status", data).await
 }
 
-/// Records a finished epoch's metrics.
+/// Records a finished epoch's metrics (and when they were stored).
 pub(crate) async fn append_epoch(
     tx: &mut Transaction<'_, Postgres>,
     experiment: Uuid,
-    metrics: &crate::engine::EpochMetrics,
+    epoch: &super::queue::StoredEpoch,
 ) -> Result<i64> {
-    let data = serde_json::to_value(metrics).expect("metrics serialize");
+    let data = serde_json::to_value(epoch).expect("metrics serialize");
     append(tx, experiment, "epoch", data).await
 }
 

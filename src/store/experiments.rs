@@ -64,7 +64,12 @@ pub struct Experiment {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When a worker first claimed it.
     pub started_at: Option<DateTime<Utc>>,
+    /// When its current (or last) attempt's first training batch began: after the claim,
+    /// the data preparation and the model's construction. `training_started_at -
+    /// created_at` is the time it spent waiting in the queue and being set up.
+    pub training_started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -83,11 +88,13 @@ struct Row {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
+    training_started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
 }
 
 pub(crate) const COLUMNS: &str = "id, status, spec, priority, attempt, rescues, epochs_done, \
-    best_epoch, cancel_requested, error, created_at, updated_at, started_at, finished_at";
+    best_epoch, cancel_requested, error, created_at, updated_at, started_at, training_started_at, \
+    finished_at";
 
 impl TryFrom<Row> for Experiment {
     type Error = StoreError;
@@ -107,6 +114,7 @@ impl TryFrom<Row> for Experiment {
             created_at: r.created_at,
             updated_at: r.updated_at,
             started_at: r.started_at,
+            training_started_at: r.training_started_at,
             finished_at: r.finished_at,
         })
     }

@@ -6,6 +6,8 @@
 //! only while that attempt still runs. No transaction stays open while a model trains: each
 //! write is a short transaction of its own.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -49,7 +51,8 @@ impl Store {
              )
              UPDATE experiments e SET status = 'running', attempt = e.attempt + 1,
                 lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
-                started_at = coalesce(e.started_at, now()), updated_at = now()
+                started_at = coalesce(e.started_at, now()), training_started_at = NULL,
+                updated_at = now()
              FROM next WHERE e.id = next.id
              RETURNING e.id, e.attempt, e.spec, e.epochs_done",
         )
@@ -91,6 +94,10 @@ impl Store {
     /// Stores a finished epoch: its metrics, its checkpoint, and the event, atomically.
     /// Keeps the best and the last checkpoints (all with `keep_all`). Best is the lowest
     /// validation loss, else test loss, else training loss.
+    ///
+    /// The checkpoint goes in first and the metrics row last, so that its `recorded_at`
+    /// (the database's clock, also carried by the `epoch` event) is taken after the bulk
+    /// of the transaction, a few small statements before the commit.
     pub async fn record_epoch(
         &self,
         id: Uuid,
@@ -108,6 +115,7 @@ impl Store {
         let optimizer = ckpt
             .optimizer_bytes()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sha = Sha256::digest(&weights).to_vec();
         let mut tx = self.pool.begin().await?;
         let held: Option<(i32,)> = sqlx::query_as(
             "SELECT epochs_done FROM experiments
@@ -130,8 +138,6 @@ impl Store {
                 m.epoch
             )));
         }
-        insert_metrics(&mut tx, id, m).await?;
-        let sha = Sha256::digest(&weights).to_vec();
         sqlx::query(
             "INSERT INTO checkpoints (experiment_id, epoch, weights, optimizer, sha256, size_bytes)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -144,6 +150,7 @@ impl Store {
         .bind(weights.len() as i64)
         .execute(&mut *tx)
         .await?;
+        let recorded_at = insert_metrics(&mut tx, id, m).await?;
         let (best,): (Option<i32>,) = sqlx::query_as(
             "UPDATE experiments SET epochs_done = $2, updated_at = now(),
                 best_epoch = (SELECT epoch FROM epoch_metrics WHERE experiment_id = $1
@@ -164,8 +171,34 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        events::append_epoch(&mut tx, id, m).await?;
+        let stored = StoredEpoch {
+            metrics: m.clone(),
+            recorded_at,
+        };
+        events::append_epoch(&mut tx, id, &stored).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records when attempt `attempt`'s first training batch began (the worker's clock).
+    pub async fn mark_training_started(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE experiments SET training_started_at = $3, updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
         Ok(())
     }
 
@@ -258,9 +291,19 @@ impl Store {
 
     /// The per-epoch metrics of an experiment, in order.
     pub async fn metrics(&self, id: Uuid) -> Result<Vec<EpochMetrics>> {
+        Ok(self
+            .stored_epochs(id)
+            .await?
+            .into_iter()
+            .map(|e| e.metrics)
+            .collect())
+    }
+
+    /// The per-epoch metrics of an experiment with when each was stored, in order.
+    pub async fn stored_epochs(&self, id: Uuid) -> Result<Vec<StoredEpoch>> {
         let rows: Vec<MetricsRow> = sqlx::query_as(
             "SELECT epoch, train_loss, train_accuracy, val_loss, val_accuracy, test_loss,
-                    test_accuracy, train_seconds, images_per_second
+                    test_accuracy, train_seconds, images_per_second, recorded_at
              FROM epoch_metrics WHERE experiment_id = $1 ORDER BY epoch",
         )
         .bind(id)
@@ -268,6 +311,17 @@ impl Store {
         .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
+}
+
+/// A stored epoch: its metrics and when they were recorded. The `epoch` events of the
+/// curve and the rows of `/metrics` carry exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StoredEpoch {
+    #[serde(flatten)]
+    pub metrics: EpochMetrics,
+    /// When the epoch was stored (the database's clock), moments before its transaction
+    /// committed and the `epoch` event went out.
+    pub recorded_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -281,11 +335,12 @@ struct MetricsRow {
     test_accuracy: Option<f64>,
     train_seconds: f64,
     images_per_second: f64,
+    recorded_at: DateTime<Utc>,
 }
 
-impl From<MetricsRow> for EpochMetrics {
+impl From<MetricsRow> for StoredEpoch {
     fn from(r: MetricsRow) -> Self {
-        EpochMetrics {
+        let metrics = EpochMetrics {
             epoch: r.epoch as u32,
             train_loss: r.train_loss,
             train_accuracy: r.train_accuracy,
@@ -295,6 +350,10 @@ impl From<MetricsRow> for EpochMetrics {
             test_accuracy: r.test_accuracy,
             train_seconds: r.train_seconds,
             images_per_second: r.images_per_second,
+        };
+        StoredEpoch {
+            metrics,
+            recorded_at: r.recorded_at,
         }
     }
 }
@@ -319,15 +378,18 @@ async fn requeued_or_ended(
     Ok(())
 }
 
+/// Inserts an epoch's metrics row; returns its `recorded_at`.
 async fn insert_metrics(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: Uuid,
     m: &EpochMetrics,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<DateTime<Utc>> {
+    let (at,): (DateTime<Utc>,) = sqlx::query_as(
         "INSERT INTO epoch_metrics (experiment_id, epoch, train_loss, train_accuracy, val_loss,
-            val_accuracy, test_loss, test_accuracy, train_seconds, images_per_second)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            val_accuracy, test_loss, test_accuracy, train_seconds, images_per_second,
+            recorded_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp())
+         RETURNING recorded_at",
     )
     .bind(id)
     .bind(m.epoch as i32)
@@ -339,7 +401,7 @@ async fn insert_metrics(
     .bind(m.test_accuracy)
     .bind(m.train_seconds)
     .bind(m.images_per_second)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(())
+    Ok(at)
 }

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
-use super::{DataCache, WorkerConfig, stopped};
-use crate::data::prepare::prepare;
+use super::cache::DataCache;
+use super::{WorkerConfig, stopped};
 use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
 use crate::store::listen::{Hub, Signal};
 use crate::store::queue::{Claim, Ending};
@@ -96,7 +97,7 @@ impl Worker {
         };
 
         // Progress goes out as NOTIFYs, at most ten a second.
-        let (progress_tx, progress_rx) = mpsc::channel::<BatchProgress>(16);
+        let (progress_tx, progress_rx) = mpsc::channel::<(BatchProgress, DateTime<Utc>)>(16);
         let progress = tokio::spawn(forward_progress(self.store.clone(), id, progress_rx));
 
         let result = self.train(&claim, stop.clone(), progress_tx).await;
@@ -134,7 +135,7 @@ impl Worker {
         &self,
         claim: &Claim,
         stop: Arc<AtomicU8>,
-        progress: mpsc::Sender<BatchProgress>,
+        progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
     ) -> Result<Outcome, JobError> {
         let (id, attempt) = (claim.id, claim.attempt);
         let mut spec = crate::spec::from_value(claim.spec.clone())
@@ -162,16 +163,21 @@ impl Worker {
         let handle = Handle::current();
         let task = tokio::task::spawn_blocking(move || -> Result<Outcome, JobError> {
             let failed = |e: EngineError| JobError::Failed(e.to_string());
-            let dataset = data
-                .get(spec.dataset.name, &cfg)
+            let t0 = Instant::now();
+            let (prepared, cached) = data
+                .prepared(&spec.dataset, &cfg)
                 .map_err(JobError::Failed)?;
-            let prepared = prepare(&dataset, &spec.dataset);
+            let t_data = t0.elapsed();
             let device = device::select(spec.device).map_err(failed)?;
             let mut trainer = Trainer::new(&spec, &summary, &prepared, &device).map_err(failed)?;
             drop(prepared);
             if let Some(ck) = &resume {
                 trainer.resume(ck).map_err(failed)?;
             }
+            tracing::info!(
+                %id, data_cached = cached, data_ms = ms(t_data),
+                model_ms = ms(t0.elapsed() - t_data), "set up"
+            );
             let mut obs = JobObserver {
                 store,
                 handle,
@@ -181,8 +187,13 @@ impl Worker {
                 stop,
                 progress,
                 lost: false,
+                started: None,
             };
             let outcome = trainer.run(&mut obs);
+            // The start is stored before the ending, whose fenced write would refuse it.
+            if let Some(started) = obs.started.take() {
+                let _ = obs.handle.block_on(started);
+            }
             if obs.lost {
                 return Err(JobError::LeaseLost);
             }
@@ -195,6 +206,10 @@ impl Worker {
             ))),
         }
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 enum JobError {
@@ -210,14 +225,28 @@ struct JobObserver {
     attempt: i32,
     keep_all: bool,
     stop: Arc<AtomicU8>,
-    progress: mpsc::Sender<BatchProgress>,
+    progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
     lost: bool,
+    /// Storing `training_started_at`, once the first batch begins.
+    started: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl JobObserver {
+    /// Stores when training began, off the training thread so the batch need not wait.
+    fn training_started(&mut self) {
+        let (store, id, attempt, at) = (self.store.clone(), self.id, self.attempt, Utc::now());
+        self.started = Some(self.handle.spawn(async move {
+            if let Err(e) = store.mark_training_started(id, attempt, at).await {
+                tracing::warn!(%id, error = %e, "could not record the training start");
+            }
+        }));
+    }
 }
 
 impl Observer for JobObserver {
     fn on_batch(&mut self, p: &BatchProgress) {
         // Dropped when the forwarder is behind: progress is a hint, epochs are durable.
-        let _ = self.progress.try_send(p.clone());
+        let _ = self.progress.try_send((p.clone(), Utc::now()));
     }
 
     fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
@@ -253,14 +282,23 @@ impl Observer for JobObserver {
         }
     }
 
+    /// The engine asks before every batch, so the first call is the moment the first
+    /// batch of this attempt begins: data prepared, model built, checkpoint loaded.
     fn should_stop(&mut self) -> bool {
+        if self.started.is_none() {
+            self.training_started();
+        }
         self.stop.load(Ordering::SeqCst) != GO
     }
 }
 
-async fn forward_progress(store: Store, id: uuid::Uuid, mut rx: mpsc::Receiver<BatchProgress>) {
+async fn forward_progress(
+    store: Store,
+    id: uuid::Uuid,
+    mut rx: mpsc::Receiver<(BatchProgress, DateTime<Utc>)>,
+) {
     let mut last = Instant::now() - Duration::from_secs(1);
-    while let Some(p) = rx.recv().await {
+    while let Some((p, at)) = rx.recv().await {
         if p.batch != p.batches && last.elapsed() < Duration::from_millis(100) {
             continue;
         }
@@ -268,6 +306,7 @@ async fn forward_progress(store: Store, id: uuid::Uuid, mut rx: mpsc::Receiver<B
         let payload = serde_json::json!({
             "experiment_id": id, "epoch": p.epoch, "epochs": p.epochs,
             "batch": p.batch, "batches": p.batches, "loss": p.loss,
+            "at": at.to_rfc3339_opts(SecondsFormat::Micros, true),
         });
         let _ = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL_PROGRESS)

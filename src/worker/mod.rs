@@ -11,17 +11,16 @@
 //! happens next depends on it: a lost lease writes nothing more, a cancel ends the
 //! experiment `cancelled`, a shutdown hands it back to the queue for another worker.
 
+mod cache;
 mod job;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::data::mnist::{self, Dataset, Source};
-use crate::spec::{DatasetName, DeviceSpec};
+use crate::spec::DeviceSpec;
 use crate::store::Store;
 use crate::store::listen::Hub;
 
@@ -40,6 +39,9 @@ pub struct WorkerConfig {
     pub device: Option<DeviceSpec>,
     pub data_dir: PathBuf,
     pub download: bool,
+    /// Bytes of prepared samples kept between jobs (0: none), shared by the process's
+    /// workers: the next job on the same dataset spec skips their preparation.
+    pub prepared_cache_bytes: usize,
     /// Identifies this process in `lease_owner`.
     pub name: String,
 }
@@ -54,6 +56,7 @@ impl Default for WorkerConfig {
             device: None,
             data_dir: PathBuf::from("data"),
             download: true,
+            prepared_cache_bytes: 512 << 20,
             name: format!("{}-{}", hostname(), std::process::id()),
         }
     }
@@ -65,35 +68,11 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "worker".into())
 }
 
-/// Datasets loaded once per process and shared by its workers.
-#[derive(Default)]
-pub(crate) struct DataCache {
-    loaded: Mutex<HashMap<DatasetName, Arc<Dataset>>>,
-}
-
-impl DataCache {
-    /// Blocking: loads (and verifies) a dataset the first time it is asked for.
-    pub(crate) fn get(
-        &self,
-        name: DatasetName,
-        cfg: &WorkerConfig,
-    ) -> Result<Arc<Dataset>, String> {
-        if let Some(d) = self.loaded.lock().unwrap().get(&name) {
-            return Ok(d.clone());
-        }
-        let mut source = Source::for_dataset(name, cfg.data_dir.clone());
-        source.download = cfg.download;
-        let d = Arc::new(mnist::load(name, &source).map_err(|e| e.to_string())?);
-        self.loaded.lock().unwrap().insert(name, d.clone());
-        Ok(d)
-    }
-}
-
 /// Runs `cfg.workers` workers and a lease rescuer until `shutdown` turns true; returns
 /// when every worker has stopped (a running job is handed back first).
 pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Receiver<bool>) {
     let cfg = Arc::new(cfg);
-    let data = Arc::new(DataCache::default());
+    let data = Arc::new(cache::DataCache::new(cfg.prepared_cache_bytes));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..cfg.workers {
         let w = job::Worker {
