@@ -269,14 +269,7 @@ impl Model {
                         (padded.pad_with_zeros(3, pad[2], pad[3])?, 0)
                     };
                     let w = w.as_tensor();
-                    let y = if !matches!(input.device(), Device::Cpu) {
-                        let padded = if p > 0 {
-                            input.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
-                        } else {
-                            input
-                        };
-                        ops::conv2d_unfold(&padded, w, *stride)?
-                    } else if stride.0 == stride.1 {
+                    let y = if stride.0 == stride.1 {
                         input.conv2d(w, p, stride.0, 1, 1)?
                     } else {
                         // Candle's conv2d takes one stride for both axes: convolve densely,

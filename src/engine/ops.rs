@@ -105,29 +105,6 @@ pub fn avg_pool2d(x: &Tensor, size: (usize, usize), stride: (usize, usize)) -> R
     windows(x, size, stride)?.mean(D::Minus1)
 }
 
-/// 2-D convolution of an already padded `[b, c, h, w]` input with `w` `[f, c, kh, kw]`, as
-/// an unfold (strided views stacked into columns) and one batched matmul.
-///
-/// For the GPU: Candle's CUDA `conv2d` backward computes the input gradient with a naive
-/// `conv_transpose2d` kernel, and keras-cnn's step was GPU-bound on it. Here the backward
-/// pass is two cuBLAS matmuls and cheap copies. Any stride; same result as `conv2d`.
-pub fn conv2d_unfold(x: &Tensor, w: &Tensor, (sh, sw): (usize, usize)) -> Result<Tensor> {
-    let (b, c, h, wd) = x.dims4()?;
-    let (f, _, kh, kw) = w.dims4()?;
-    let (oh, ow) = ((h - kh) / sh + 1, (wd - kw) / sw + 1);
-    let mut taps = Vec::with_capacity(kh * kw);
-    for i in 0..kh {
-        let rows = strided(x, 2, i, sh, oh)?;
-        for j in 0..kw {
-            taps.push(strided(&rows, 3, j, sw, ow)?);
-        }
-    }
-    // [b, c, kh*kw, oh, ow]: row (ci, i, j) of the columns matches the weight layout.
-    let cols = Tensor::stack(&taps, 2)?.reshape((b, c * kh * kw, oh * ow))?;
-    let y = w.reshape((f, c * kh * kw))?.broadcast_matmul(&cols)?;
-    y.reshape((b, f, oh, ow))
-}
-
 /// TensorFlow's "same" padding: output `ceil(n / s)`, the extra pixel at the end.
 pub fn same_padding(n: usize, k: usize, s: usize) -> (usize, usize) {
     let out = n.div_ceil(s);
@@ -188,52 +165,6 @@ mod tests {
         let y = relu(&x).unwrap();
         assert_eq!(y.to_vec1::<f32>().unwrap(), [0., 0., 2.]);
         assert_eq!(grad_of(&x, &y), [0., 0., 1.]);
-    }
-
-    #[test]
-    fn unfolded_conv_matches_conv2d_forward_and_backward() {
-        use candle_core::{Device, Var};
-        let dev = Device::Cpu;
-        for (stride, kernel) in [((1, 1), (3, 3)), ((2, 1), (3, 2)), ((2, 2), (1, 1))] {
-            let x =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 7, 6), &dev).unwrap()).unwrap();
-            let w = Var::from_tensor(
-                &Tensor::randn(0f32, 1.0, (4, 3, kernel.0, kernel.1), &dev).unwrap(),
-            )
-            .unwrap();
-            let a = conv2d_unfold(&x, &w, stride).unwrap();
-            let full = x.conv2d(&w, 0, 1, 1, 1).unwrap();
-            let (_, _, fh, fw) = full.dims4().unwrap();
-            let rows = strided(&full, 2, 0, stride.0, (fh - 1) / stride.0 + 1).unwrap();
-            let b = strided(&rows, 3, 0, stride.1, (fw - 1) / stride.1 + 1).unwrap();
-            assert_eq!(a.dims(), b.dims());
-            let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
-            let probe = Tensor::randn(0f32, 1.0, a.dims(), &dev).unwrap();
-            let ga = (&a * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gb = (&b * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for v in [&x, &w] {
-                let d = (ga.get(v).unwrap() - gb.get(v).unwrap()).unwrap();
-                let d = d
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(d < 1e-4, "gradient differs by {d}");
-            }
-        }
     }
 
     #[test]
