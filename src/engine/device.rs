@@ -49,3 +49,24 @@ pub fn configure_threads() {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
 }
+
+/// Runs the compute threads (rayon's pool, which does the gemms, the CPU path's layers and
+/// Candle's CPU ops) at nice `nice`. A worker shares the machine with the API and with
+/// PostgreSQL: on 2 cores, a training step that takes both delayed an epoch's SSE event
+/// by up to 100 ms. Lower-priority compute threads take only the CPU the others leave,
+/// and lose almost nothing when there is nothing else to run. Call before anything uses
+/// rayon; later calls change nothing. Linux only (the nice value is per thread there).
+pub fn lower_compute_priority(nice: i32) {
+    let built = rayon::ThreadPoolBuilder::new()
+        .start_handler(move |_| {
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS as _, 0, nice);
+            }
+        })
+        .build_global();
+    if built.is_err() {
+        tracing::debug!("rayon's pool already runs: compute priority unchanged");
+    }
+}

@@ -68,9 +68,14 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "worker".into())
 }
 
+/// Nice value of the training threads (see [`crate::engine::device::lower_compute_priority`]).
+const COMPUTE_NICE: i32 = 10;
+
 /// Runs `cfg.workers` workers and a lease rescuer until `shutdown` turns true; returns
 /// when every worker has stopped (a running job is handed back first).
 pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Receiver<bool>) {
+    // Training yields the CPU to the API, the SSE streams and PostgreSQL.
+    crate::engine::device::lower_compute_priority(COMPUTE_NICE);
     let cfg = Arc::new(cfg);
     let data = Arc::new(cache::DataCache::new(cfg.prepared_cache_bytes));
     let mut tasks = tokio::task::JoinSet::new();
