@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use sqlx::migrate::MigrateDatabase;
 use tokio::sync::watch;
 
+use crate::api::predict::BatchConfig;
 use crate::api::{self, AppState};
 use crate::store::Store;
 use crate::store::listen::Hub;
@@ -55,12 +56,21 @@ pub async fn serve(
     store: Store,
     bind: SocketAddr,
     workers: WorkerConfig,
+    batching: BatchConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let hub = Hub::start(store.pool()).await?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
-    tracing::info!(address = %listener.local_addr()?, workers = workers.workers, "serving");
-    let app = api::app(AppState::new(store.clone(), hub.clone(), shutdown.clone()));
+    tracing::info!(
+        address = %listener.local_addr()?,
+        workers = workers.workers,
+        predict_batch_window_us = batching.window.as_micros() as u64,
+        predict_max_batch = batching.max_batch,
+        "serving"
+    );
+    let state =
+        AppState::new(store.clone(), hub.clone(), shutdown.clone()).with_predict_batching(batching);
+    let app = api::app(state);
     let worker_task = (workers.workers > 0)
         .then(|| tokio::spawn(worker::run(store, hub, workers, shutdown.clone())));
     let mut stop = shutdown.clone();

@@ -43,6 +43,12 @@ impl AppState {
             shutdown,
         }
     }
+
+    /// The same state with `/predict` batching as configured (the default otherwise).
+    pub fn with_predict_batching(mut self, cfg: predict::BatchConfig) -> Self {
+        self.models = Arc::new(predict::ModelCache::new(cfg));
+        self
+    }
 }
 
 /// The service's router.

@@ -28,7 +28,7 @@ pub struct PredictArgs {
 pub fn run(a: PredictArgs) -> anyhow::Result<()> {
     let ckpt = Checkpoint::load(&a.checkpoint)
         .with_context(|| format!("reading {}", a.checkpoint.display()))?;
-    let mut predictor = Predictor::new(&ckpt, &device::select(a.device)?)?;
+    let predictor = Predictor::new(&ckpt, &device::select(a.device)?)?;
     let mut pixels = Vec::new();
     for path in &a.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

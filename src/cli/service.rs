@@ -1,10 +1,12 @@
 //! `trainyard serve`, `worker`, `migrate`: the service's processes.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::DataArgs;
+use crate::api::predict::BatchConfig;
 use crate::spec::DeviceSpec;
 use crate::worker::WorkerConfig;
 
@@ -68,6 +70,39 @@ impl WorkerArgs {
     }
 }
 
+/// How `/predict` gathers concurrent requests for one model into a forward pass.
+#[derive(Debug, Clone, Args)]
+pub struct PredictArgs {
+    /// Microseconds a batch waits for more requests after its first (0: only what is
+    /// already queued). It waits only while other requests are on their way in.
+    #[arg(
+        long,
+        env = "TRAINYARD_PREDICT_BATCH_WINDOW_US",
+        default_value_t = 1000
+    )]
+    pub predict_batch_window_us: u64,
+    /// Most images in one forward pass.
+    #[arg(long, env = "TRAINYARD_PREDICT_MAX_BATCH", default_value_t = 64)]
+    pub predict_max_batch: usize,
+}
+
+impl PredictArgs {
+    pub fn config(&self) -> anyhow::Result<BatchConfig> {
+        anyhow::ensure!(
+            self.predict_batch_window_us <= 1_000_000,
+            "--predict-batch-window-us must be at most 1000000 (one second)"
+        );
+        anyhow::ensure!(
+            (1..=4096).contains(&self.predict_max_batch),
+            "--predict-max-batch must be between 1 and 4096"
+        );
+        Ok(BatchConfig {
+            window: Duration::from_micros(self.predict_batch_window_us),
+            max_batch: self.predict_max_batch,
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -77,6 +112,8 @@ pub struct ServeArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub predict: PredictArgs,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -87,10 +124,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = a.worker.config()?;
+    let batching = a.predict.config()?;
     runtime()?.block_on(async {
         let store =
             crate::server::connect_and_migrate(&a.db.database_url, a.db.db_connections).await?;
-        crate::server::serve(store, a.bind, cfg, crate::server::shutdown_on_signals()).await
+        let shutdown = crate::server::shutdown_on_signals();
+        crate::server::serve(store, a.bind, cfg, batching, shutdown).await
     })
 }
 

@@ -1,0 +1,180 @@
+//! `POST /predict`: classify images with an experiment's checkpoint.
+//!
+//! A request goes through four steps, each in its own module: its images are read and
+//! decoded ([`images`]), the checkpoint it names is resolved and its model loaded once
+//! and cached ([`models`]), and its images join whatever other requests for the same
+//! model arrive at about the same time in one forward pass ([`batch`]). Many small
+//! requests then cost about what one large one does. Each request still gets its own
+//! answer, or its own error: a bad image is rejected before it reaches a batch.
+
+mod batch;
+mod images;
+mod models;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use batch::{BatchConfig, BatchError, BatchStats};
+pub use models::ModelCache;
+
+use super::{AppState, error::ApiError};
+use crate::spec::DatasetName;
+use crate::store::checkpoints::Which;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Most images in one request.
+pub const MAX_IMAGES: usize = 64;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/predict", post(predict))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PredictParams {
+    /// The experiment whose weights answer.
+    pub experiment: Option<String>,
+    /// `best` (default), `last`, or an epoch number.
+    pub checkpoint: Option<String>,
+    /// How many classes to list in `top_k` (1 to 10, default 3).
+    pub top_k: Option<usize>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PredictResponse {
+    pub experiment: Uuid,
+    /// The epoch whose checkpoint answered.
+    pub epoch: i32,
+    pub predictions: Vec<Prediction>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Prediction {
+    /// The multipart file name, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    pub label: usize,
+    /// The class name (digits for MNIST, garments for Fashion-MNIST).
+    pub class_name: String,
+    /// Probability of each class, 0 to 9.
+    pub probabilities: Vec<f32>,
+    pub top_k: Vec<Ranked>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ranked {
+    pub label: usize,
+    pub class_name: String,
+    pub probability: f32,
+}
+
+const FASHION: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+fn class_name(dataset: DatasetName, label: usize) -> String {
+    match dataset {
+        DatasetName::Mnist => label.to_string(),
+        DatasetName::FashionMnist => FASHION[label].to_string(),
+    }
+}
+
+/// Classify images.
+#[utoipa::path(post, path = "/predict", tag = "predict", params(PredictParams),
+    request_body(description = "One image (image/png, image/jpeg, image/x-portable-graymap) or multipart/form-data with image parts", content = Vec<u8>),
+    responses(
+        (status = 200, body = PredictResponse),
+        (status = 404, description = "Unknown experiment or checkpoint", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The experiment has no checkpoint yet", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 415, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn predict(
+    State(state): State<AppState>,
+    p: Result<Query<PredictParams>, axum::extract::rejection::QueryRejection>,
+    req: Request<Body>,
+) -> Result<Json<PredictResponse>, ApiError> {
+    let Query(p) = p.map_err(super::experiments::query_error)?;
+    let experiment = p.experiment.as_deref().ok_or_else(|| {
+        ApiError::field(
+            "experiment",
+            "required: the experiment whose weights answer",
+        )
+    })?;
+    let experiment: Uuid = experiment
+        .parse()
+        .map_err(|_| ApiError::field("experiment", "not an experiment id"))?;
+    let which: Which = p
+        .checkpoint
+        .as_deref()
+        .unwrap_or("best")
+        .parse()
+        .map_err(|e: String| ApiError::field("checkpoint", e))?;
+    let top_k = p.top_k.unwrap_or(3);
+    if !(1..=10).contains(&top_k) {
+        return Err(ApiError::field("top_k", "must be between 1 and 10"));
+    }
+
+    // Counted from here: a batch waiting for company waits only while someone is coming.
+    let incoming = state.models.incoming();
+    let images = images::read_images(req, &state).await?;
+    let epoch = state
+        .models
+        .resolve(&state.store, experiment, which)
+        .await?;
+    let served = state.models.get(&state.store, experiment, epoch).await?;
+    let dataset = served.predictor.spec().dataset.name;
+    let pixels: Vec<u8> = images
+        .iter()
+        .flat_map(|(_, px)| px.iter().copied())
+        .collect();
+    let probs = served
+        .batcher
+        .predict(pixels, incoming)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+
+    let predictions = images
+        .into_iter()
+        .zip(probs)
+        .map(|((filename, _), p)| {
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            let label = order[0];
+            Prediction {
+                filename,
+                label,
+                class_name: class_name(dataset, label),
+                top_k: order
+                    .iter()
+                    .take(top_k)
+                    .map(|&l| Ranked {
+                        label: l,
+                        class_name: class_name(dataset, l),
+                        probability: p[l],
+                    })
+                    .collect(),
+                probabilities: p,
+            }
+        })
+        .collect();
+    Ok(Json(PredictResponse {
+        experiment,
+        epoch,
+        predictions,
+    }))
+}
