@@ -12,6 +12,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{M, Threads, matmul};
+use super::layers::scalar_act;
+use crate::spec::Activation;
 
 /// Shapes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +48,19 @@ impl Geom {
     }
     pub fn out_len(&self) -> usize {
         self.f * self.p()
+    }
+    /// Stride 1 without padding: columns can be taken at full input width (see
+    /// [`im2col_wide`]).
+    fn is_wide(&self) -> bool {
+        self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0 && !self.is_pointwise()
+    }
+    /// Column positions per channel: full input width for the wide layout.
+    fn pw(&self) -> usize {
+        if self.is_wide() {
+            self.oh * self.w
+        } else {
+            self.p()
+        }
     }
     /// A 1x1 convolution with stride 1 and no padding reads the input as its own columns.
     fn is_pointwise(&self) -> bool {
@@ -124,41 +139,142 @@ pub fn col2im_add(g: &Geom, cols: &[f32], dx: &mut [f32]) {
 }
 
 /// `y[n] = act(w @ cols(x[n]) + b)` for every sample; `w` is `[f, k]`, `y` is `[n, f, p]`.
-pub fn forward(
-    g: &Geom,
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    y: &mut [f32],
-    act: impl Fn(f32) -> f32 + Sync,
-) {
+pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
     let (k, p) = (g.k(), g.p());
-    y.par_chunks_mut(g.out_len())
-        .zip(x.par_chunks(g.in_len()))
-        .for_each_init(
-            || vec![0f32; if g.is_pointwise() { 0 } else { k * p }],
-            |cols, (y_n, x_n)| {
-                let cols: &[f32] = if g.is_pointwise() {
-                    x_n
-                } else {
-                    im2col(g, x_n, cols);
-                    cols
-                };
+    let n = y.len() / g.out_len();
+    let wide = g.is_wide();
+    y.par_chunks_mut(g.out_len()).enumerate().for_each_init(
+        || {
+            let cols = if g.is_pointwise() { 0 } else { k * g.pw() };
+            (
+                vec![0f32; cols],
+                vec![0f32; if wide { g.f * g.pw() } else { 0 }],
+            )
+        },
+        |(cols, yw), (s, y_n)| {
+            debug_assert!(s < n);
+            let x_n = &x[s * g.in_len()..];
+            if wide {
+                // Full-width rows: the input planes are the columns' rows as they lie.
+                im2col_wide(g, x_n, cols);
                 matmul(
-                    y_n,
+                    yw,
                     M::n(w, g.f, k),
-                    M::n(cols, k, p),
+                    M::n(cols, k, g.pw()),
                     1.0,
                     0.0,
                     Threads::One,
                 );
-                for (row, &bias) in y_n.chunks_mut(p).zip(b) {
-                    for v in row {
-                        *v = act(*v + bias);
+                for ((out, rows), &bias) in y_n.chunks_mut(p).zip(yw.chunks(g.pw())).zip(b) {
+                    for (o, r) in out.chunks_mut(g.ow).zip(rows.chunks(g.w)) {
+                        bias_act(o, &r[..g.ow], bias, act);
                     }
                 }
-            },
-        );
+                return;
+            }
+            let x_n = &x_n[..g.in_len()];
+            let cols: &[f32] = if g.is_pointwise() {
+                x_n
+            } else {
+                im2col(g, x_n, cols);
+                cols
+            };
+            matmul(
+                y_n,
+                M::n(w, g.f, k),
+                M::n(cols, k, p),
+                1.0,
+                0.0,
+                Threads::One,
+            );
+            for (row, &bias) in y_n.chunks_mut(p).zip(b) {
+                bias_act_in_place(row, bias, act);
+            }
+        },
+    );
+}
+
+/// `out = act(src + bias)`, in the arithmetic of the Candle path (ReLU as `x * (x > 0)`).
+fn bias_act(out: &mut [f32], src: &[f32], bias: f32, act: Activation) {
+    match act {
+        Activation::Relu => {
+            for (o, &v) in out.iter_mut().zip(src) {
+                let x = v + bias;
+                *o = x * ((x > 0.0) as u8 as f32);
+            }
+        }
+        Activation::None => {
+            for (o, &v) in out.iter_mut().zip(src) {
+                *o = v + bias;
+            }
+        }
+        _ => {
+            let f = scalar_act(act);
+            for (o, &v) in out.iter_mut().zip(src) {
+                *o = f(v + bias);
+            }
+        }
+    }
+}
+
+fn bias_act_in_place(row: &mut [f32], bias: f32, act: Activation) {
+    match act {
+        Activation::Relu => {
+            for v in row {
+                let x = *v + bias;
+                *v = x * ((x > 0.0) as u8 as f32);
+            }
+        }
+        Activation::None => {
+            for v in row {
+                *v += bias;
+            }
+        }
+        _ => {
+            let f = scalar_act(act);
+            for v in row {
+                *v = f(*v + bias);
+            }
+        }
+    }
+}
+
+/// Columns of a stride-1 unpadded convolution at full input width: row `(ci, i, j)` is the
+/// input from `x[ci][i][j]` on, `oh * w` values as they lie in memory. The last `kw - 1`
+/// positions of each output row are garbage (they wrap to the next input row); callers drop
+/// them in the output and give them zero gradient. One copy per row instead of `oh`.
+fn im2col_wide(g: &Geom, x: &[f32], cols: &mut [f32]) {
+    let pw = g.pw();
+    for ci in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let r = (ci * g.kh + i) * g.kw + j;
+                let row = &mut cols[r * pw..(r + 1) * pw];
+                let start = ci * g.h * g.w + i * g.w + j;
+                // Past the last sample's end only garbage positions are read: zero them.
+                let avail = x.len().saturating_sub(start).min(pw);
+                row[..avail].copy_from_slice(&x[start..start + avail]);
+                row[avail..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_wide`] for column gradients whose garbage positions are zero.
+fn col2im_wide_add(g: &Geom, cols: &[f32], dx: &mut [f32]) {
+    let pw = g.pw();
+    for ci in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let r = (ci * g.kh + i) * g.kw + j;
+                let start = ci * g.h * g.w + i * g.w + j;
+                let len = dx.len().saturating_sub(start).min(pw);
+                for (d, v) in dx[start..start + len].iter_mut().zip(&cols[r * pw..]) {
+                    *d += v;
+                }
+            }
+        }
+    }
 }
 
 /// Largest number of sample groups a weight gradient is split into.
@@ -189,35 +305,46 @@ pub fn backward(
             .collect(),
         None => (0..groups).map(|_| None).collect(),
     };
+    let wide = g.is_wide();
+    let pw = g.pw();
     parts
         .par_chunks_mut(part_len)
         .zip(dx_groups.par_iter_mut())
         .enumerate()
         .for_each(|(gi, (part, dx_g))| {
-            let (pw, pb) = part.split_at_mut(f * k);
-            let mut cols = vec![0f32; if g.is_pointwise() { 0 } else { k * p }];
-            let mut dcols = vec![0f32; k * p];
+            let (pw_, pb) = part.split_at_mut(f * k);
+            let mut cols = vec![0f32; if g.is_pointwise() { 0 } else { k * pw }];
+            let mut dcols = vec![0f32; k * pw];
+            // The wide layout's output gradient, with zeros at the garbage positions.
+            let mut gw = vec![0f32; if wide { f * pw } else { 0 }];
             for s in gi * per..((gi + 1) * per).min(n) {
-                let x_n = &x[s * g.in_len()..(s + 1) * g.in_len()];
                 let gy_n = &gy[s * g.out_len()..(s + 1) * g.out_len()];
-                let cols: &[f32] = if g.is_pointwise() {
-                    x_n
+                for (acc, row) in pb.iter_mut().zip(gy_n.chunks(p)) {
+                    *acc += row.iter().sum::<f32>();
+                }
+                let (cols, gy_n, cw): (&[f32], &[f32], usize) = if wide {
+                    im2col_wide(g, &x[s * g.in_len()..], &mut cols);
+                    for (wrow, grow) in gw.chunks_mut(pw).zip(gy_n.chunks(p)) {
+                        for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
+                            w[..g.ow].copy_from_slice(gr);
+                        }
+                    }
+                    (&cols, &gw, pw)
+                } else if g.is_pointwise() {
+                    (&x[s * g.in_len()..(s + 1) * g.in_len()], gy_n, p)
                 } else {
-                    im2col(g, x_n, &mut cols);
-                    &cols
+                    im2col(g, &x[s * g.in_len()..(s + 1) * g.in_len()], &mut cols);
+                    (&cols, gy_n, p)
                 };
                 // dw += gy_n @ cols^T
                 matmul(
-                    pw,
-                    M::n(gy_n, f, p),
-                    M::t(cols, k, p),
+                    pw_,
+                    M::n(gy_n, f, cw),
+                    M::t(cols, k, cw),
                     1.0,
                     1.0,
                     Threads::One,
                 );
-                for (acc, row) in pb.iter_mut().zip(gy_n.chunks(p)) {
-                    *acc += row.iter().sum::<f32>();
-                }
                 if let Some(dx_g) = dx_g.as_deref_mut() {
                     let local = s - gi * per;
                     let dx_n = &mut dx_g[local * g.in_len()..(local + 1) * g.in_len()];
@@ -225,13 +352,17 @@ pub fn backward(
                     matmul(
                         &mut dcols,
                         M::t(w, f, k),
-                        M::n(gy_n, f, p),
+                        M::n(gy_n, f, cw),
                         1.0,
                         0.0,
                         Threads::One,
                     );
                     dx_n.fill(0.0);
-                    col2im_add(g, &dcols, dx_n);
+                    if wide {
+                        col2im_wide_add(g, &dcols, dx_n);
+                    } else {
+                        col2im_add(g, &dcols, dx_n);
+                    }
                 }
             }
         });
@@ -311,7 +442,7 @@ mod tests {
             let w: Vec<f32> = (0..g.f * g.k()).map(|i| (i as f32 * 0.7).cos()).collect();
             let b = vec![0.0; g.f];
             let mut y = vec![0.0; 2 * g.out_len()];
-            forward(&g, &x, &w, &b, &mut y, |v| v);
+            forward(&g, &x, &w, &b, &mut y, Activation::None);
             for s in 0..2 {
                 let want = direct(&g, &x[s * g.in_len()..(s + 1) * g.in_len()], &w);
                 for (a, b) in y[s * g.out_len()..(s + 1) * g.out_len()].iter().zip(&want) {

@@ -115,9 +115,13 @@ pub fn avg_pool_backward(p: &Pool, gy: &[f32], dx: &mut [f32]) {
         });
 }
 
-/// `y = x @ w^T + b` for `x` `[n, i]`, `w` `[o, i]`: the output before its activation.
-pub fn dense(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], n: usize, i: usize, o: usize) {
-    matmul(y, M::n(x, n, i), M::t(w, o, i), 1.0, 0.0, Threads::All);
+// Dense weights are kept transposed here, `wt` `[i, o]` (Keras's layout): the gemm crate
+// runs these skinny products 2-3x faster with that layout than with PyTorch's `[o, i]`
+// (keras-cnn's 9216x1024 layer, batch 32: forward 6 vs 21 ms, input gradient 8 vs 18 ms).
+
+/// `y = x @ wt + b` for `x` `[n, i]`: the output before its activation.
+pub fn dense(x: &[f32], wt: &[f32], b: &[f32], y: &mut [f32], n: usize, i: usize, o: usize) {
+    matmul(y, M::n(x, n, i), M::n(wt, i, o), 1.0, 0.0, Threads::All);
     for row in y[..n * o].chunks_mut(o) {
         for (v, &bias) in row.iter_mut().zip(b) {
             *v += bias;
@@ -125,14 +129,14 @@ pub fn dense(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], n: usize, i: usize,
     }
 }
 
-/// Dense gradients from `gy` (`[n, o]`, pre-activation): `dw = gy^T @ x`, `db` the column
-/// sums, and `dx = gy @ w` when asked. All overwritten.
+/// Dense gradients from `gy` (`[n, o]`, pre-activation): `dwt = x^T @ gy`, `db` the column
+/// sums, and `dx = gy @ wt^T` when asked. All overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_backward(
     x: &[f32],
-    w: &[f32],
+    wt: &[f32],
     gy: &[f32],
-    dw: &mut [f32],
+    dwt: &mut [f32],
     db: &mut [f32],
     dx: Option<&mut [f32]>,
     n: usize,
@@ -140,9 +144,13 @@ pub fn dense_backward(
     o: usize,
 ) {
     if let Some(dx) = dx {
-        matmul(dx, M::n(gy, n, o), M::n(w, o, i), 1.0, 0.0, Threads::All);
+        matmul(dx, M::n(gy, n, o), M::t(wt, i, o), 1.0, 0.0, Threads::All);
     }
-    matmul(dw, M::t(gy, n, o), M::n(x, n, i), 1.0, 0.0, Threads::All);
+    matmul(dwt, M::t(x, n, i), M::n(gy, n, o), 1.0, 0.0, Threads::All);
+    column_sums(gy, db, n, o);
+}
+
+fn column_sums(gy: &[f32], db: &mut [f32], n: usize, o: usize) {
     db.fill(0.0);
     for row in gy[..n * o].chunks(o) {
         for (d, &g) in db.iter_mut().zip(row) {
@@ -154,12 +162,12 @@ pub fn dense_backward(
 /// [`dense_backward`] fused with a plain SGD step, for layers too large to write their
 /// weight gradient out and read it back (keras-cnn's 9.4M weights: 38 MB each way, per
 /// step). `dx` is computed from the old weights first; then one gemm applies
-/// `w = (1 - lr*wd) * w - lr * gy^T @ x` in place, and the bias takes PyTorch's update.
+/// `wt = (1 - lr*wd) * wt - lr * x^T @ gy` in place, and the bias takes PyTorch's update.
 /// `db` receives the bias gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_backward_sgd(
     x: &[f32],
-    w: &mut [f32],
+    wt: &mut [f32],
     b: &mut [f32],
     gy: &[f32],
     db: &mut [f32],
@@ -171,28 +179,34 @@ pub fn dense_backward_sgd(
     wd: f64,
 ) {
     if let Some(dx) = dx {
-        matmul(dx, M::n(gy, n, o), M::n(w, o, i), 1.0, 0.0, Threads::All);
+        matmul(dx, M::n(gy, n, o), M::t(wt, i, o), 1.0, 0.0, Threads::All);
     }
     let keep = (1.0 - lr * wd) as f32;
     matmul(
-        w,
-        M::t(gy, n, o),
-        M::n(x, n, i),
+        wt,
+        M::t(x, n, i),
+        M::n(gy, n, o),
         -lr as f32,
         keep,
         Threads::All,
     );
-    db.fill(0.0);
-    for row in gy[..n * o].chunks(o) {
-        for (d, &g) in db.iter_mut().zip(row) {
-            *d += g;
-        }
-    }
+    column_sums(gy, db, n, o);
     let (lr, wd) = (-lr as f32, wd as f32);
     for (b, &g) in b.iter_mut().zip(db.iter()) {
         let d = if wd != 0.0 { g + *b * wd } else { g };
         *b += d * lr;
     }
+}
+
+/// `[r, c]` row-major to `[c, r]` row-major.
+pub fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for (i, row) in v.chunks(c).enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            out[j * r + i] = x;
+        }
+    }
+    out
 }
 
 /// An elementwise activation, as Candle's path computes it.

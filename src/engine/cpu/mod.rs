@@ -91,7 +91,10 @@ pub struct FastNet {
     nodes: Vec<Node>,
     names: Vec<String>,
     shapes: Vec<Vec<usize>>,
+    /// Parameter values; dense weights transposed to `[in, out]` (see `layers::dense`).
     params: Vec<Vec<f32>>,
+    /// For each parameter kept transposed, its stored `[rows, cols]`.
+    transposed: Vec<Option<(usize, usize)>>,
     grads: Vec<Vec<f32>>,
     optim: optim::Optim,
     input_len: usize,
@@ -136,10 +139,12 @@ impl FastNet {
         let weights: HashMap<String, Tensor> = model.state_dict()?.into_iter().collect();
         let mut nodes = Vec::new();
         let (mut names, mut shapes, mut params) = (Vec::new(), Vec::new(), Vec::new());
+        let mut transposed = Vec::new();
         let mut shape: Vec<usize> = summary.input.to_vec();
         let mut first_param_layer = None;
         for (layer, info) in spec.model.layers.iter().zip(&summary.layers) {
             let out_len: usize = info.output.iter().product();
+            let is_dense = matches!(layer, LayerSpec::Dense(_));
             let mut add_params = |nodes_len: usize| -> Result<usize, EngineError> {
                 first_param_layer.get_or_insert(nodes_len);
                 let name = info.name.clone().unwrap_or_default();
@@ -149,8 +154,18 @@ impl FastNet {
                     let t = weights
                         .get(&key)
                         .ok_or_else(|| EngineError::Checkpoint(format!("no tensor {key}")))?;
+                    let v = t.flatten_all()?.to_vec1::<f32>()?;
+                    match (is_dense && part == "weight", t.dims()) {
+                        (true, &[o, i]) => {
+                            params.push(layers::transpose(&v, o, i));
+                            transposed.push(Some((i, o)));
+                        }
+                        _ => {
+                            params.push(v);
+                            transposed.push(None);
+                        }
+                    }
                     shapes.push(t.dims().to_vec());
-                    params.push(t.flatten_all()?.to_vec1::<f32>()?);
                     names.push(key);
                 }
                 Ok(at)
@@ -256,6 +271,7 @@ impl FastNet {
             names,
             shapes,
             params,
+            transposed,
         };
         if net.fused_sgd.is_some() {
             // Fused layers never write their weight gradient: keep no buffer for it.
@@ -307,13 +323,23 @@ impl FastNet {
 
     fn load_optimizer(&mut self, optimizer: &Optimizer) -> Result<(), EngineError> {
         let state: HashMap<String, Tensor> = optimizer.state_tensors()?.into_iter().collect();
-        let get = |k: String| -> Result<Vec<f32>, EngineError> {
-            let t = state
-                .get(&k)
-                .ok_or_else(|| EngineError::Checkpoint(format!("no optimizer tensor {k}")))?;
-            Ok(t.flatten_all()?.to_vec1::<f32>()?)
-        };
-        for (name, slot) in self.names.iter().zip(&mut self.optim.slots) {
+        for ((name, slot), tr) in self
+            .names
+            .iter()
+            .zip(&mut self.optim.slots)
+            .zip(&self.transposed)
+        {
+            let get = |k: String| -> Result<Vec<f32>, EngineError> {
+                let t = state
+                    .get(&k)
+                    .ok_or_else(|| EngineError::Checkpoint(format!("no optimizer tensor {k}")))?;
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                // Stored like the parameter: transposed for dense weights.
+                Ok(match tr {
+                    Some((i, o)) => layers::transpose(&v, *o, *i),
+                    None => v,
+                })
+            };
             match slot {
                 optim::Slot::None => {}
                 optim::Slot::Momentum(b) => *b = get(format!("{name}.momentum_buffer"))?,
@@ -338,15 +364,20 @@ impl FastNet {
         optimizer: &mut Optimizer,
     ) -> Result<(), EngineError> {
         let dev = model.device().clone();
-        let tensor = |v: &[f32], dims: &[usize]| Tensor::from_slice(v, dims, &dev);
         let mut weights = HashMap::new();
         let mut state = HashMap::new();
-        for ((name, shape), (p, slot)) in self
+        for (((name, shape), (p, slot)), tr) in self
             .names
             .iter()
             .zip(&self.shapes)
             .zip(self.params.iter().zip(&self.optim.slots))
+            .zip(&self.transposed)
         {
+            // Back to PyTorch's layout.
+            let tensor = |v: &[f32], dims: &[usize]| match tr {
+                Some((i, o)) => Tensor::from_vec(layers::transpose(v, *i, *o), dims, &dev),
+                None => Tensor::from_slice(v, dims, &dev),
+            };
             weights.insert(name.clone(), tensor(p, shape)?);
             match slot {
                 optim::Slot::None => {}
@@ -413,14 +444,7 @@ impl FastNet {
             match &node.op {
                 Op::Conv { g, act, param } => {
                     let (w, bias) = (&self.params[*param], &self.params[param + 1]);
-                    conv::forward(
-                        g,
-                        &x[..n * g.in_len()],
-                        w,
-                        bias,
-                        y,
-                        layers::scalar_act(*act),
-                    );
+                    conv::forward(g, &x[..n * g.in_len()], w, bias, y, *act);
                 }
                 Op::Dense { i, o, act, param } => {
                     let (w, bias) = (&self.params[*param], &self.params[param + 1]);
