@@ -54,6 +54,14 @@ impl Geom {
     fn is_wide(&self) -> bool {
         self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0 && !self.is_pointwise()
     }
+    /// Samples whose columns go side by side into one gemm: enough for 256 columns.
+    fn batched(&self) -> usize {
+        if self.is_wide() || self.is_pointwise() {
+            1
+        } else {
+            256usize.div_ceil(self.p()).clamp(1, 64)
+        }
+    }
     /// Column positions per channel: full input width for the wide layout.
     fn pw(&self) -> usize {
         if self.is_wide() {
@@ -80,13 +88,18 @@ impl Geom {
 /// `cols[(ci * kh + i) * kw + j][oy * ow + ox] = x[ci][oy*sh + i - pt][ox*sw + j - pl]`, zero
 /// outside the image. Row order matches the weight layout `[f, c, kh, kw]`.
 pub fn im2col(g: &Geom, x: &[f32], cols: &mut [f32]) {
+    im2col_at(g, x, cols, g.p(), 0);
+}
+
+/// [`im2col`] into columns `[off, off + p)` of a matrix with `ld` columns.
+fn im2col_at(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
     let p = g.p();
     for ci in 0..g.c {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let r = (ci * g.kh + i) * g.kw + j;
-                let row = &mut cols[r * p..(r + 1) * p];
+                let row = &mut cols[r * ld + off..r * ld + off + p];
                 let (lo, hi) = g.valid_cols(j);
                 for oy in 0..g.oh {
                     let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
@@ -114,13 +127,18 @@ pub fn im2col(g: &Geom, x: &[f32], cols: &mut [f32]) {
 
 /// The adjoint of [`im2col`]: adds each column entry back onto the pixel it was read from.
 pub fn col2im_add(g: &Geom, cols: &[f32], dx: &mut [f32]) {
+    col2im_add_at(g, cols, dx, g.p(), 0);
+}
+
+/// [`col2im_add`] from columns `[off, off + p)` of a matrix with `ld` columns.
+fn col2im_add_at(g: &Geom, cols: &[f32], dx: &mut [f32], ld: usize, off: usize) {
     let p = g.p();
     for ci in 0..g.c {
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let r = (ci * g.kh + i) * g.kw + j;
-                let row = &cols[r * p..(r + 1) * p];
+                let row = &cols[r * ld + off..r * ld + off + p];
                 let (lo, hi) = g.valid_cols(j);
                 for oy in 0..g.oh {
                     let iy = (oy * g.sh + i) as isize - g.pt as isize;
@@ -141,6 +159,9 @@ pub fn col2im_add(g: &Geom, cols: &[f32], dx: &mut [f32]) {
 /// `y[n] = act(w @ cols(x[n]) + b)` for every sample; `w` is `[f, k]`, `y` is `[n, f, p]`.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
     let (k, p) = (g.k(), g.p());
+    if g.batched() > 1 {
+        return forward_batched(g, x, w, b, y, act);
+    }
     let n = y.len() / g.out_len();
     let wide = g.is_wide();
     y.par_chunks_mut(g.out_len()).enumerate().for_each_init(
@@ -192,6 +213,37 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Ac
             }
         },
     );
+}
+
+/// Small outputs (torch-cnn's 4x4): one gemm per [`Geom::batched`] samples side by side,
+/// `[f, k] @ [k, s * p]`, instead of a gemm too small to reach the kernels' speed.
+fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
+    let (k, p, sb) = (g.k(), g.p(), g.batched());
+    y.par_chunks_mut(sb * g.out_len())
+        .zip(x.par_chunks(sb * g.in_len()))
+        .for_each_init(
+            || (vec![0f32; k * sb * p], vec![0f32; g.f * sb * p]),
+            |(cols, out), (y, x)| {
+                let s = y.len() / g.out_len();
+                let ld = s * p;
+                for (i, x_n) in x.chunks(g.in_len()).enumerate() {
+                    im2col_at(g, x_n, cols, ld, i * p);
+                }
+                matmul(
+                    out,
+                    M::n(w, g.f, k),
+                    M::n(&cols[..k * ld], k, ld),
+                    1.0,
+                    0.0,
+                    Threads::One,
+                );
+                for (i, y_n) in y.chunks_mut(g.out_len()).enumerate() {
+                    for (fi, (row, &bias)) in y_n.chunks_mut(p).zip(b).enumerate() {
+                        bias_act(row, &out[fi * ld + i * p..fi * ld + (i + 1) * p], bias, act);
+                    }
+                }
+            },
+        );
 }
 
 /// `out = act(src + bias)`, in the arithmetic of the Candle path (ReLU as `x * (x > 0)`).
@@ -307,65 +359,84 @@ pub fn backward(
     };
     let wide = g.is_wide();
     let pw = g.pw();
-    parts
-        .par_chunks_mut(part_len)
-        .zip(dx_groups.par_iter_mut())
-        .enumerate()
-        .for_each(|(gi, (part, dx_g))| {
-            let (pw_, pb) = part.split_at_mut(f * k);
-            let mut cols = vec![0f32; if g.is_pointwise() { 0 } else { k * pw }];
-            let mut dcols = vec![0f32; k * pw];
-            // The wide layout's output gradient, with zeros at the garbage positions.
-            let mut gw = vec![0f32; if wide { f * pw } else { 0 }];
-            for s in gi * per..((gi + 1) * per).min(n) {
-                let gy_n = &gy[s * g.out_len()..(s + 1) * g.out_len()];
-                for (acc, row) in pb.iter_mut().zip(gy_n.chunks(p)) {
-                    *acc += row.iter().sum::<f32>();
-                }
-                let (cols, gy_n, cw): (&[f32], &[f32], usize) = if wide {
-                    im2col_wide(g, &x[s * g.in_len()..], &mut cols);
-                    for (wrow, grow) in gw.chunks_mut(pw).zip(gy_n.chunks(p)) {
-                        for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
-                            w[..g.ow].copy_from_slice(gr);
-                        }
-                    }
-                    (&cols, &gw, pw)
-                } else if g.is_pointwise() {
-                    (&x[s * g.in_len()..(s + 1) * g.in_len()], gy_n, p)
-                } else {
-                    im2col(g, &x[s * g.in_len()..(s + 1) * g.in_len()], &mut cols);
-                    (&cols, gy_n, p)
-                };
-                // dw += gy_n @ cols^T
-                matmul(
-                    pw_,
-                    M::n(gy_n, f, cw),
-                    M::t(cols, k, cw),
-                    1.0,
-                    1.0,
-                    Threads::One,
+    if g.batched() > 1 {
+        parts
+            .par_chunks_mut(part_len)
+            .zip(dx_groups.par_iter_mut())
+            .enumerate()
+            .for_each(|(gi, (part, dx_g))| {
+                let lo = gi * per;
+                let hi = ((gi + 1) * per).min(n);
+                backward_batched(
+                    g,
+                    &x[lo * g.in_len()..hi * g.in_len()],
+                    w,
+                    &gy[lo * g.out_len()..hi * g.out_len()],
+                    part,
+                    dx_g.as_deref_mut(),
                 );
-                if let Some(dx_g) = dx_g.as_deref_mut() {
-                    let local = s - gi * per;
-                    let dx_n = &mut dx_g[local * g.in_len()..(local + 1) * g.in_len()];
-                    // dcols = w^T @ gy_n
+            });
+    } else {
+        parts
+            .par_chunks_mut(part_len)
+            .zip(dx_groups.par_iter_mut())
+            .enumerate()
+            .for_each(|(gi, (part, dx_g))| {
+                let (pw_, pb) = part.split_at_mut(f * k);
+                let mut cols = vec![0f32; if g.is_pointwise() { 0 } else { k * pw }];
+                let mut dcols = vec![0f32; k * pw];
+                // The wide layout's output gradient, with zeros at the garbage positions.
+                let mut gw = vec![0f32; if wide { f * pw } else { 0 }];
+                for s in gi * per..((gi + 1) * per).min(n) {
+                    let gy_n = &gy[s * g.out_len()..(s + 1) * g.out_len()];
+                    for (acc, row) in pb.iter_mut().zip(gy_n.chunks(p)) {
+                        *acc += row.iter().sum::<f32>();
+                    }
+                    let (cols, gy_n, cw): (&[f32], &[f32], usize) = if wide {
+                        im2col_wide(g, &x[s * g.in_len()..], &mut cols);
+                        for (wrow, grow) in gw.chunks_mut(pw).zip(gy_n.chunks(p)) {
+                            for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
+                                w[..g.ow].copy_from_slice(gr);
+                            }
+                        }
+                        (&cols, &gw, pw)
+                    } else if g.is_pointwise() {
+                        (&x[s * g.in_len()..(s + 1) * g.in_len()], gy_n, p)
+                    } else {
+                        im2col(g, &x[s * g.in_len()..(s + 1) * g.in_len()], &mut cols);
+                        (&cols, gy_n, p)
+                    };
+                    // dw += gy_n @ cols^T
                     matmul(
-                        &mut dcols,
-                        M::t(w, f, k),
+                        pw_,
                         M::n(gy_n, f, cw),
+                        M::t(cols, k, cw),
                         1.0,
-                        0.0,
+                        1.0,
                         Threads::One,
                     );
-                    dx_n.fill(0.0);
-                    if wide {
-                        col2im_wide_add(g, &dcols, dx_n);
-                    } else {
-                        col2im_add(g, &dcols, dx_n);
+                    if let Some(dx_g) = dx_g.as_deref_mut() {
+                        let local = s - gi * per;
+                        let dx_n = &mut dx_g[local * g.in_len()..(local + 1) * g.in_len()];
+                        // dcols = w^T @ gy_n
+                        matmul(
+                            &mut dcols,
+                            M::t(w, f, k),
+                            M::n(gy_n, f, cw),
+                            1.0,
+                            0.0,
+                            Threads::One,
+                        );
+                        dx_n.fill(0.0);
+                        if wide {
+                            col2im_wide_add(g, &dcols, dx_n);
+                        } else {
+                            col2im_add(g, &dcols, dx_n);
+                        }
                     }
                 }
-            }
-        });
+            });
+    }
     dw.fill(0.0);
     db.fill(0.0);
     for part in parts.chunks(part_len) {
@@ -375,6 +446,61 @@ pub fn backward(
         }
         for (d, v) in db.iter_mut().zip(pb) {
             *d += v;
+        }
+    }
+}
+
+/// One group's weight and bias gradients (accumulated into `part`, `[f*k | f]`) and input
+/// gradients, [`Geom::batched`] samples per gemm.
+fn backward_batched(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    part: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+) {
+    let (k, p, f, sb) = (g.k(), g.p(), g.f, g.batched());
+    let (pw_, pb) = part.split_at_mut(f * k);
+    let mut cols = vec![0f32; k * sb * p];
+    let mut gb = vec![0f32; f * sb * p];
+    let mut dcols = vec![0f32; k * sb * p];
+    let n = gy.len() / g.out_len();
+    for lo in (0..n).step_by(sb) {
+        let s = sb.min(n - lo);
+        let ld = s * p;
+        for i in 0..s {
+            let x_n = &x[(lo + i) * g.in_len()..(lo + i + 1) * g.in_len()];
+            im2col_at(g, x_n, &mut cols, ld, i * p);
+            let gy_n = &gy[(lo + i) * g.out_len()..(lo + i + 1) * g.out_len()];
+            for (fi, row) in gy_n.chunks(p).enumerate() {
+                gb[fi * ld + i * p..fi * ld + (i + 1) * p].copy_from_slice(row);
+                pb[fi] += row.iter().sum::<f32>();
+            }
+        }
+        let (cols, gb) = (&cols[..k * ld], &gb[..f * ld]);
+        matmul(
+            pw_,
+            M::n(gb, f, ld),
+            M::t(cols, k, ld),
+            1.0,
+            1.0,
+            Threads::One,
+        );
+        if let Some(dx) = dx.as_deref_mut() {
+            matmul(
+                &mut dcols[..k * ld],
+                M::t(w, f, k),
+                M::n(gb, f, ld),
+                1.0,
+                0.0,
+                Threads::One,
+            );
+            for i in 0..s {
+                let dx_n = &mut dx[(lo + i) * g.in_len()..(lo + i + 1) * g.in_len()];
+                dx_n.fill(0.0);
+                col2im_add_at(g, &dcols, dx_n, ld, i * p);
+            }
         }
     }
 }

@@ -261,7 +261,7 @@ impl FastNet {
                     momentum,
                     weight_decay,
                     ..
-                } if momentum == 0.0 => Some((learning_rate, weight_decay)),
+                } => (momentum == 0.0).then_some((learning_rate, weight_decay)),
                 _ => None,
             },
             updated: vec![false; lens.len()],
