@@ -12,6 +12,11 @@
 //! detached layer list whose forward is `&self`: one predictor serves any number of
 //! threads without a lock, and each layer is a single Candle op with the same values
 //! (`infer_matches_the_training_forward` checks that against the training forward).
+//!
+//! On the CPU, specs the training CPU path takes (`engine::cpu`) run on its kernels,
+//! forward only, with buffers kept between calls: the same fused im2col + gemm layers
+//! that train, and the fastest this machine has. Other devices and specs use the layer
+//! list of single Candle ops.
 
 use std::collections::HashMap;
 
@@ -19,6 +24,7 @@ use candle_core::{D, Device, Tensor};
 
 use super::EngineError;
 use super::checkpoint::Checkpoint;
+use super::cpu::FastNet;
 use super::model::Model;
 use super::ops;
 use crate::data::prepare::Preprocess;
@@ -31,8 +37,6 @@ pub const SOURCE_SIDE: usize = 28;
 
 enum Op {
     Conv {
-        /// The same weights for the CPU kernels.
-        cpu: cpu::ConvWeights,
         w: Tensor,
         /// `[1, c, 1, 1]`, ready to broadcast.
         b: Tensor,
@@ -45,8 +49,6 @@ enum Op {
     AvgPool((usize, usize), (usize, usize)),
     Flatten,
     Dense {
-        /// `[out, in]` and `[out]` for the CPU kernels.
-        cpu: (Vec<f32>, Vec<f32>),
         w: Tensor,
         b: Tensor,
         act: Activation,
@@ -62,6 +64,8 @@ enum Op {
 
 /// A loaded model, ready to classify. `Send + Sync`: share it behind an `Arc`.
 pub struct Predictor {
+    /// The CPU path's kernels (`engine::cpu`), where the spec runs there; else `ops`.
+    fast: Option<FastNet>,
     ops: Vec<Op>,
     last: Activation,
     pre: Preprocess,
@@ -117,12 +121,6 @@ impl Predictor {
                     last = *activation;
                     let (w, b) = (get(&info.name, "weight")?, get(&info.name, "bias")?);
                     Op::Conv {
-                        cpu: cpu::ConvWeights {
-                            w: w.flatten_all()?.to_vec1()?,
-                            b: b.to_vec1()?,
-                            c_out: w.dim(0)?,
-                            kernel: (kh, kw),
-                        },
                         w,
                         b: b.reshape((1, (), 1, 1))?,
                         stride: (sh, sw),
@@ -137,7 +135,6 @@ impl Predictor {
                     last = *activation;
                     let (w, b) = (get(&info.name, "weight")?, get(&info.name, "bias")?);
                     Op::Dense {
-                        cpu: (w.flatten_all()?.to_vec1()?, b.to_vec1()?),
                         w,
                         b,
                         act: *activation,
@@ -165,7 +162,14 @@ impl Predictor {
             ops.push(op);
             shape = info.output.clone();
         }
+        let fast = match device {
+            Device::Cpu if FastNet::supports(&ckpt.spec).is_ok() => {
+                Some(FastNet::for_inference(&ckpt.spec, &summary, &model)?)
+            }
+            _ => None,
+        };
         Ok(Predictor {
+            fast,
             ops,
             last,
             pre: Preprocess::new(&ckpt.spec.dataset, SOURCE_SIDE, SOURCE_SIDE),
@@ -197,6 +201,13 @@ impl Predictor {
         let (h, w) = self.pre.output_size();
         let mut x = Vec::with_capacity(n * h * w);
         self.pre.extend(images, &mut x);
+        if let Some(fast) = &self.fast {
+            let out = fast.outputs(&x, n);
+            return Ok(out
+                .chunks(fast.classes())
+                .map(|row| self.row_probabilities(row))
+                .collect());
+        }
         let x = Tensor::from_vec(x, (n, 1, h, w), &self.device)?;
         let p = self.probabilities(self.forward(x)?)?;
         Ok(p.to_vec2::<f32>()?)
@@ -207,21 +218,12 @@ impl Predictor {
         for op in &self.ops {
             x = match op {
                 Op::Conv {
-                    cpu,
                     w,
                     b,
                     stride,
                     pad,
                     act,
-                } => {
-                    if x.device().is_cpu() {
-                        let relu = *act == Activation::Relu;
-                        let y = cpu::conv2d(&x, cpu, *stride, *pad, relu)?;
-                        if relu { y } else { activate(y, *act)? }
-                    } else {
-                        activate(conv_candle(x, w, *stride, *pad)?.broadcast_add(b)?, *act)?
-                    }
-                }
+                } => activate(conv_candle(x, w, *stride, *pad)?.broadcast_add(b)?, *act)?,
                 Op::MaxPool(size, stride) => {
                     if *size == (1, 1) && *stride == (1, 1) {
                         x
@@ -231,15 +233,7 @@ impl Predictor {
                 }
                 Op::AvgPool(size, stride) => ops::avg_pool2d(&x, *size, *stride)?,
                 Op::Flatten => x.flatten_from(1)?,
-                Op::Dense { cpu, w, b, act } => {
-                    if x.device().is_cpu() {
-                        let relu = *act == Activation::Relu;
-                        let y = cpu::dense(&x, &cpu.0, &cpu.1, relu)?;
-                        if relu { y } else { activate(y, *act)? }
-                    } else {
-                        activate(x.matmul(&w.t()?)?.broadcast_add(b)?, *act)?
-                    }
-                }
+                Op::Dense { w, b, act } => activate(x.matmul(&w.t()?)?.broadcast_add(b)?, *act)?,
                 Op::BatchNorm { mean, scale, shift } => {
                     let mut bshape = vec![1; x.rank()];
                     bshape[1] = scale.dim(0)?;
@@ -251,6 +245,20 @@ impl Predictor {
             };
         }
         Ok(x)
+    }
+
+    /// [`Predictor::probabilities`] of one row of the CPU path's output.
+    fn row_probabilities(&self, row: &[f32]) -> Vec<f32> {
+        match self.last {
+            Activation::Softmax => row.to_vec(),
+            Activation::LogSoftmax => row.iter().map(|v| v.exp()).collect(),
+            _ => {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                e.into_iter().map(|v| v / sum).collect()
+            }
+        }
     }
 
     /// Probabilities from the last layer's output, as training's evaluation computes them.
@@ -296,6 +304,5 @@ pub fn argmax(p: &[f32]) -> usize {
         .0
 }
 
-mod cpu;
 #[cfg(test)]
 mod tests;

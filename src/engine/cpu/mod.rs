@@ -107,6 +107,8 @@ pub struct FastNet {
     /// Parameters already updated by their layer's backward pass this step.
     updated: Vec<bool>,
     bufs: Buffers,
+    /// Forward-only buffers kept for [`FastNet::outputs`] between calls.
+    pool: std::sync::Mutex<Vec<Buffers>>,
 }
 
 impl FastNet {
@@ -134,6 +136,40 @@ impl FastNet {
         model: &Model,
         optimizer: &Optimizer,
         batch: usize,
+    ) -> Result<Self, EngineError> {
+        let mut net = Self::for_inference(spec, summary, model)?;
+        let lens: Vec<usize> = net.params.iter().map(Vec::len).collect();
+        net.grads = lens.iter().map(|&n| vec![0.0; n]).collect();
+        net.optim = optim::Optim::new(&spec.optimizer, &lens);
+        net.updated = vec![false; lens.len()];
+        net.fused_sgd = match spec.optimizer {
+            crate::spec::OptimizerSpec::Sgd {
+                learning_rate,
+                momentum,
+                weight_decay,
+                ..
+            } => (momentum == 0.0).then_some((learning_rate, weight_decay)),
+            _ => None,
+        };
+        if net.fused_sgd.is_some() {
+            // Fused layers never write their weight gradient: keep no buffer for it.
+            for node in &net.nodes {
+                if let Op::Dense { param, .. } = node.op {
+                    net.grads[param] = Vec::new();
+                }
+            }
+        }
+        net.bufs = net.buffers(batch.max(1), true);
+        net.load_optimizer(optimizer)?;
+        Ok(net)
+    }
+
+    /// The network with the weights of `model`, for [`FastNet::outputs`] and
+    /// [`FastNet::evaluate`] only: no optimizer state, no gradient buffers.
+    pub fn for_inference(
+        spec: &ExperimentSpec,
+        summary: &Summary,
+        model: &Model,
     ) -> Result<Self, EngineError> {
         Self::supports(spec).map_err(|r| EngineError::Device(format!("CPU path: {r}")))?;
         let weights: HashMap<String, Tensor> = model.state_dict()?.into_iter().collect();
@@ -248,42 +284,23 @@ impl FastNet {
             shape = info.output.clone();
         }
         let classes = shape.iter().product();
-        let lens: Vec<usize> = params.iter().map(Vec::len).collect();
-        let mut net = FastNet {
-            grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
-            optim: optim::Optim::new(&spec.optimizer, &lens),
+        Ok(FastNet {
+            grads: Vec::new(),
+            optim: optim::Optim::new(&spec.optimizer, &[]),
             input_len: summary.input.iter().product(),
             classes,
             first_param_layer: first_param_layer.unwrap_or(usize::MAX),
-            fused_sgd: match spec.optimizer {
-                crate::spec::OptimizerSpec::Sgd {
-                    learning_rate,
-                    momentum,
-                    weight_decay,
-                    ..
-                } => (momentum == 0.0).then_some((learning_rate, weight_decay)),
-                _ => None,
-            },
-            updated: vec![false; lens.len()],
+            fused_sgd: None,
+            updated: Vec::new(),
             bufs: Buffers::default(),
+            pool: std::sync::Mutex::new(Vec::new()),
             profile: None,
             nodes,
             names,
             shapes,
             params,
             transposed,
-        };
-        if net.fused_sgd.is_some() {
-            // Fused layers never write their weight gradient: keep no buffer for it.
-            for node in &net.nodes {
-                if let Op::Dense { param, .. } = node.op {
-                    net.grads[param] = Vec::new();
-                }
-            }
-        }
-        net.bufs = net.buffers(batch.max(1), true);
-        net.load_optimizer(optimizer)?;
-        Ok(net)
+        })
     }
 
     fn buffers(&self, cap: usize, train: bool) -> Buffers {
@@ -597,6 +614,34 @@ impl FastNet {
             times[l] = t0.elapsed().as_secs_f64();
         }
         (loss, correct)
+    }
+
+    /// The last layer's output (after its activation), `[n, classes]`, for `n` rows of
+    /// `x`, in inference mode. Safe to call from many threads at once.
+    pub fn outputs(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let rows = EVAL_ROWS.min(n).max(1);
+        let pooled = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+        let mut b = match pooled {
+            Some(b) if b.cap >= rows => b,
+            _ => self.buffers(rows, false),
+        };
+        let c = self.classes;
+        let mut out = Vec::with_capacity(n * c);
+        for xs in x[..n * self.input_len].chunks(b.cap * self.input_len) {
+            let m = xs.len() / self.input_len;
+            b.input[..xs.len()].copy_from_slice(xs);
+            self.forward(&mut b, m, None);
+            out.extend_from_slice(&b.outs[self.nodes.len() - 1][..m * c]);
+        }
+        if let Ok(mut p) = self.pool.lock() {
+            p.push(b);
+        }
+        out
+    }
+
+    /// Classes the network outputs.
+    pub fn classes(&self) -> usize {
+        self.classes
     }
 
     /// Summed loss and correct predictions over `y.len()` rows of `x`, in inference mode.
