@@ -171,24 +171,19 @@ fn same_padding_strides_avg_pool_dropout_and_adam_match_the_graph() {
 
 #[test]
 fn pointwise_conv_log_softmax_and_adamw_match_the_graph() {
+    let layers = json!([
+        {"type": "conv2d", "name": "c1", "filters": 4, "kernel": 5, "stride": 3, "activation": "relu"},
+        {"type": "conv2d", "name": "c2", "filters": 6, "kernel": 1, "activation": "none"},
+        {"type": "flatten"},
+        {"type": "dense", "name": "fc1", "units": 16, "activation": "tanh"},
+        {"type": "dropout", "rate": 0.5},
+        {"type": "dense", "name": "fc2", "units": 10, "activation": "log_softmax"}
+    ]);
     let spec = spec_of(
-        json!([
-            {"type": "conv2d", "name": "c1", "filters": 4, "kernel": 5, "stride": 3, "activation": "relu"},
-            {"type": "conv2d", "name": "c2", "filters": 6, "kernel": 1, "activation": "none"},
-            {"type": "flatten"},
-            {"type": "dense", "name": "fc1", "units": 16, "activation": "tanh"},
-            {"type": "dropout", "rate": 0.5},
-            {"type": "dense", "name": "fc2", "units": 10, "activation": "log_softmax"}
-        ]),
+        layers.clone(),
         json!({"type": "adamw", "learning_rate": 0.002}),
-        json!({"model": {"init": "torch", "layers": [
-            {"type": "conv2d", "name": "c1", "filters": 4, "kernel": 5, "stride": 3, "activation": "relu"},
-            {"type": "conv2d", "name": "c2", "filters": 6, "kernel": 1, "activation": "none"},
-            {"type": "flatten"},
-            {"type": "dense", "name": "fc1", "units": 16, "activation": "tanh"},
-            {"type": "dropout", "rate": 0.5},
-            {"type": "dense", "name": "fc2", "units": 10, "activation": "log_softmax"}
-        ]}}),
+        // PyTorch's init this time.
+        json!({"model": {"init": "torch", "layers": layers}}),
     );
     assert_paths_agree(&spec);
 }

@@ -98,40 +98,19 @@ impl Optim {
                         betas,
                         eps,
                         weight_decay,
-                    },
-                    Slot::Adam { step, m, v },
-                ) => adam(
-                    p,
-                    g,
-                    step,
-                    m,
-                    v,
-                    learning_rate,
-                    betas,
-                    eps,
-                    weight_decay,
-                    false,
-                ),
-                (
-                    &OptimizerSpec::Adamw {
+                    }
+                    | &OptimizerSpec::Adamw {
                         learning_rate,
                         betas,
                         eps,
                         weight_decay,
                     },
                     Slot::Adam { step, m, v },
-                ) => adam(
-                    p,
-                    g,
-                    step,
-                    m,
-                    v,
-                    learning_rate,
-                    betas,
-                    eps,
-                    weight_decay,
-                    true,
-                ),
+                ) => {
+                    let decoupled = matches!(self.spec, OptimizerSpec::Adamw { .. });
+                    let h = (learning_rate, betas, eps, weight_decay, decoupled);
+                    adam(p, g, step, m, v, h)
+                }
                 _ => unreachable!("slots are made from the spec"),
             }
         }
@@ -139,18 +118,16 @@ impl Optim {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `(lr, betas, eps, weight_decay, decoupled)`: AdamW when decoupled.
+type AdamHyper = (f64, [f64; 2], f64, f64, bool);
+
 fn adam(
     p: &mut [f32],
     g: &[f32],
     step: &mut u64,
     m: &mut [f32],
     v: &mut [f32],
-    lr: f64,
-    [beta1, beta2]: [f64; 2],
-    eps: f64,
-    weight_decay: f64,
-    decoupled: bool,
+    (lr, [beta1, beta2], eps, weight_decay, decoupled): AdamHyper,
 ) {
     *step += 1;
     let t = *step as f64;
