@@ -178,18 +178,49 @@ pub fn dense_backward_sgd(
     lr: f64,
     wd: f64,
 ) {
-    if let Some(dx) = dx {
-        matmul(dx, M::n(gy, n, o), M::t(wt, i, o), 1.0, 0.0, Threads::All);
-    }
     let keep = (1.0 - lr * wd) as f32;
-    matmul(
-        wt,
-        M::t(x, n, i),
-        M::n(gy, n, o),
-        -lr as f32,
-        keep,
-        Threads::All,
-    );
+    match dx {
+        // One pass over the weights: each block of WT_ROWS rows of `wt` (256 KB for
+        // keras-cnn) first gives its columns of dx, then takes its update, while it is in
+        // cache. Both products are computed transposed so every block is contiguous.
+        Some(dx) => {
+            let xt = transpose(&x[..n * i], n, i);
+            let mut dxt = vec![0f32; i * n];
+            wt.par_chunks_mut(WT_ROWS * o)
+                .zip(dxt.par_chunks_mut(WT_ROWS * n))
+                .zip(xt.par_chunks(WT_ROWS * n))
+                .for_each(|((wb, dxb), xb)| {
+                    let rows = wb.len() / o;
+                    // dx^T[rows] = wt[rows] @ gy^T
+                    matmul(
+                        dxb,
+                        M::n(wb, rows, o),
+                        M::t(gy, n, o),
+                        1.0,
+                        0.0,
+                        Threads::One,
+                    );
+                    // wt[rows] = keep * wt[rows] - lr * x^T[rows] @ gy
+                    matmul(
+                        wb,
+                        M::n(xb, rows, n),
+                        M::n(gy, n, o),
+                        -lr as f32,
+                        keep,
+                        Threads::One,
+                    );
+                });
+            dx[..n * i].copy_from_slice(&transpose(&dxt, i, n));
+        }
+        None => matmul(
+            wt,
+            M::t(x, n, i),
+            M::n(gy, n, o),
+            -lr as f32,
+            keep,
+            Threads::All,
+        ),
+    }
     column_sums(gy, db, n, o);
     let (lr, wd) = (-lr as f32, wd as f32);
     for (b, &g) in b.iter_mut().zip(db.iter()) {
@@ -197,6 +228,9 @@ pub fn dense_backward_sgd(
         *b += d * lr;
     }
 }
+
+/// Rows of a dense layer's `[in, out]` weights per block of the fused SGD backward.
+const WT_ROWS: usize = 64;
 
 /// `[r, c]` row-major to `[c, r]` row-major.
 pub fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
