@@ -33,6 +33,9 @@ impl Pool {
 /// Max pooling; `arg` receives each output's source index within its plane.
 pub fn max_pool(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
     let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
+    if (p.kh, p.kw, p.sh, p.sw) == (2, 2, 2, 2) {
+        return max_pool_2x2(p, x, y, arg);
+    }
     y.par_chunks_mut(ohw)
         .zip(arg.par_chunks_mut(ohw))
         .zip(x.par_chunks(hw))
@@ -50,6 +53,35 @@ pub fn max_pool(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
                                 max = v;
                                 best = at;
                             }
+                        }
+                    }
+                    y[oy * p.ow + ox] = max;
+                    arg[oy * p.ow + ox] = best as u32;
+                }
+            }
+        });
+}
+
+/// The common 2x2 window with stride 2 (keras-cnn's), unrolled; same choices as the
+/// general loop (first maximum in row-major order; a NaN wins over numbers).
+fn max_pool_2x2(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
+    let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
+    y.par_chunks_mut(ohw)
+        .zip(arg.par_chunks_mut(ohw))
+        .zip(x.par_chunks(hw))
+        .for_each(|((y, arg), x)| {
+            for oy in 0..p.oh {
+                let r0 = 2 * oy * p.w;
+                let r1 = r0 + p.w;
+                for ox in 0..p.ow {
+                    let c = 2 * ox;
+                    let mut best = r0 + c;
+                    let mut max = x[best];
+                    for at in [r0 + c + 1, r1 + c, r1 + c + 1] {
+                        let v = x[at];
+                        if v > max || v.is_nan() && !max.is_nan() {
+                            max = v;
+                            best = at;
                         }
                     }
                     y[oy * p.ow + ox] = max;
