@@ -80,7 +80,6 @@ def epochs_mode(a):
             print(f"{preset:<10} {who:<10} {secs[-1]:>8.2f} {str([round(s, 2) for s in secs]):<22} "
                   f"{mib:>9.0f} {acc_s:>9}", flush=True)
     print()
-    verdicts = []
     for preset, rows in results.items():
         ty = rows["trainyard"][0][-1]
         pt = rows["pytorch"][0][-1]
@@ -89,15 +88,15 @@ def epochs_mode(a):
             kr = rows["keras"][0][-1]
             target = TARGET_VS_KERAS[preset]
             ok = ty / kr <= target
-            verdicts.append(ok)
             line += f", trainyard/Keras {ty / kr:.2f} (target <= {target}: {'met' if ok else 'NOT met'})"
         if preset == "keras-cnn":
             tm, pm = rows["trainyard"][2], rows["pytorch"][2]
             ok = tm <= pm
-            verdicts.append(ok)
             line += f"; peak memory {tm:.0f} vs PyTorch {pm:.0f} MiB ({'met' if ok else 'NOT met'})"
         print(line)
-    json.dump(results, open(a.json, "w"), indent=1) if a.json else None
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 def steps_mode(a):

@@ -168,6 +168,11 @@ impl Predictor {
             }
             _ => None,
         };
+        if fast.is_some() {
+            // The CPU path answers: the Candle ops would only hold a second copy of the
+            // weights.
+            ops.clear();
+        }
         Ok(Predictor {
             fast,
             ops,

@@ -52,27 +52,19 @@ impl Geom {
     /// Stride 1 without padding: columns can be taken at full input width (see
     /// [`im2col_wide`]).
     fn is_wide(&self) -> bool {
-        self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0 && !self.is_pointwise()
+        self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
     }
     /// Samples whose columns go side by side into one gemm: enough for 256 columns.
     fn batched(&self) -> usize {
-        if self.is_wide() || self.is_pointwise() {
+        if self.is_wide() {
             1
         } else {
             256usize.div_ceil(self.p()).clamp(1, 64)
         }
     }
-    /// Column positions per channel: full input width for the wide layout.
+    /// Column positions per channel in the wide layout: full input width.
     fn pw(&self) -> usize {
-        if self.is_wide() {
-            self.oh * self.w
-        } else {
-            self.p()
-        }
-    }
-    /// A 1x1 convolution with stride 1 and no padding reads the input as its own columns.
-    fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
+        self.oh * self.w
     }
 
     /// Output columns `[lo, hi)` whose input column `ox * sw + j - pl` is inside the image.
@@ -87,11 +79,7 @@ impl Geom {
 
 /// `cols[(ci * kh + i) * kw + j][oy * ow + ox] = x[ci][oy*sh + i - pt][ox*sw + j - pl]`, zero
 /// outside the image. Row order matches the weight layout `[f, c, kh, kw]`.
-pub fn im2col(g: &Geom, x: &[f32], cols: &mut [f32]) {
-    im2col_at(g, x, cols, g.p(), 0);
-}
-
-/// [`im2col`] into columns `[off, off + p)` of a matrix with `ld` columns.
+/// Into columns `[off, off + p)` of a matrix with `ld` columns.
 fn im2col_at(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
     let p = g.p();
     for ci in 0..g.c {
@@ -126,11 +114,7 @@ fn im2col_at(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
 }
 
 /// The adjoint of [`im2col`]: adds each column entry back onto the pixel it was read from.
-pub fn col2im_add(g: &Geom, cols: &[f32], dx: &mut [f32]) {
-    col2im_add_at(g, cols, dx, g.p(), 0);
-}
-
-/// [`col2im_add`] from columns `[off, off + p)` of a matrix with `ld` columns.
+/// From columns `[off, off + p)` of a matrix with `ld` columns.
 fn col2im_add_at(g: &Geom, cols: &[f32], dx: &mut [f32], ld: usize, off: usize) {
     let p = g.p();
     for ci in 0..g.c {
@@ -158,65 +142,35 @@ fn col2im_add_at(g: &Geom, cols: &[f32], dx: &mut [f32], ld: usize, off: usize) 
 
 /// `y[n] = act(w @ cols(x[n]) + b)` for every sample; `w` is `[f, k]`, `y` is `[n, f, p]`.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
-    let (k, p) = (g.k(), g.p());
-    if g.batched() > 1 {
+    if !g.is_wide() {
         return forward_batched(g, x, w, b, y, act);
     }
-    let n = y.len() / g.out_len();
-    let wide = g.is_wide();
+    let (k, p, pw) = (g.k(), g.p(), g.pw());
     y.par_chunks_mut(g.out_len()).enumerate().for_each_init(
-        || {
-            let cols = if g.is_pointwise() { 0 } else { k * g.pw() };
-            (
-                vec![0f32; cols],
-                vec![0f32; if wide { g.f * g.pw() } else { 0 }],
-            )
-        },
+        || (vec![0f32; k * pw], vec![0f32; g.f * pw]),
         |(cols, yw), (s, y_n)| {
-            debug_assert!(s < n);
-            let x_n = &x[s * g.in_len()..];
-            if wide {
-                // Full-width rows: the input planes are the columns' rows as they lie.
-                im2col_wide(g, x_n, cols);
-                matmul(
-                    yw,
-                    M::n(w, g.f, k),
-                    M::n(cols, k, g.pw()),
-                    1.0,
-                    0.0,
-                    Threads::One,
-                );
-                for ((out, rows), &bias) in y_n.chunks_mut(p).zip(yw.chunks(g.pw())).zip(b) {
-                    for (o, r) in out.chunks_mut(g.ow).zip(rows.chunks(g.w)) {
-                        bias_act(o, &r[..g.ow], bias, act);
-                    }
-                }
-                return;
-            }
-            let x_n = &x_n[..g.in_len()];
-            let cols: &[f32] = if g.is_pointwise() {
-                x_n
-            } else {
-                im2col(g, x_n, cols);
-                cols
-            };
+            // Full-width rows: the input planes are the columns' rows as they lie.
+            im2col_wide(g, &x[s * g.in_len()..], cols);
             matmul(
-                y_n,
+                yw,
                 M::n(w, g.f, k),
-                M::n(cols, k, p),
+                M::n(cols, k, pw),
                 1.0,
                 0.0,
                 Threads::One,
             );
-            for (row, &bias) in y_n.chunks_mut(p).zip(b) {
-                bias_act_in_place(row, bias, act);
+            for ((out, rows), &bias) in y_n.chunks_mut(p).zip(yw.chunks(pw)).zip(b) {
+                for (o, r) in out.chunks_mut(g.ow).zip(rows.chunks(g.w)) {
+                    bias_act(o, &r[..g.ow], bias, act);
+                }
             }
         },
     );
 }
 
-/// Small outputs (torch-cnn's 4x4): one gemm per [`Geom::batched`] samples side by side,
-/// `[f, k] @ [k, s * p]`, instead of a gemm too small to reach the kernels' speed.
+/// Strided or padded convolutions: one gemm per [`Geom::batched`] samples side by side,
+/// `[f, k] @ [k, s * p]`, so that small outputs (torch-cnn's 4x4) still make a gemm large
+/// enough to reach the kernels' speed.
 fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
     let (k, p, sb) = (g.k(), g.p(), g.batched());
     y.par_chunks_mut(sb * g.out_len())
@@ -264,28 +218,6 @@ fn bias_act(out: &mut [f32], src: &[f32], bias: f32, act: Activation) {
             let f = scalar_act(act);
             for (o, &v) in out.iter_mut().zip(src) {
                 *o = f(v + bias);
-            }
-        }
-    }
-}
-
-fn bias_act_in_place(row: &mut [f32], bias: f32, act: Activation) {
-    match act {
-        Activation::Relu => {
-            for v in row {
-                let x = *v + bias;
-                *v = x * ((x > 0.0) as u8 as f32);
-            }
-        }
-        Activation::None => {
-            for v in row {
-                *v += bias;
-            }
-        }
-        _ => {
-            let f = scalar_act(act);
-            for v in row {
-                *v = f(*v + bias);
             }
         }
     }
@@ -357,87 +289,63 @@ pub fn backward(
             .collect(),
         None => (0..groups).map(|_| None).collect(),
     };
-    let wide = g.is_wide();
     let pw = g.pw();
-    if g.batched() > 1 {
-        parts
-            .par_chunks_mut(part_len)
-            .zip(dx_groups.par_iter_mut())
-            .enumerate()
-            .for_each(|(gi, (part, dx_g))| {
-                let lo = gi * per;
-                let hi = ((gi + 1) * per).min(n);
-                backward_batched(
-                    g,
-                    &x[lo * g.in_len()..hi * g.in_len()],
-                    w,
-                    &gy[lo * g.out_len()..hi * g.out_len()],
-                    part,
-                    dx_g.as_deref_mut(),
-                );
-            });
-    } else {
-        parts
-            .par_chunks_mut(part_len)
-            .zip(dx_groups.par_iter_mut())
-            .enumerate()
-            .for_each(|(gi, (part, dx_g))| {
-                let (pw_, pb) = part.split_at_mut(f * k);
-                let mut cols = vec![0f32; if g.is_pointwise() { 0 } else { k * pw }];
-                let mut dcols = vec![0f32; k * pw];
-                // The wide layout's output gradient, with zeros at the garbage positions.
-                let mut gw = vec![0f32; if wide { f * pw } else { 0 }];
-                for s in gi * per..((gi + 1) * per).min(n) {
-                    let gy_n = &gy[s * g.out_len()..(s + 1) * g.out_len()];
-                    for (acc, row) in pb.iter_mut().zip(gy_n.chunks(p)) {
-                        *acc += row.iter().sum::<f32>();
-                    }
-                    let (cols, gy_n, cw): (&[f32], &[f32], usize) = if wide {
-                        im2col_wide(g, &x[s * g.in_len()..], &mut cols);
-                        for (wrow, grow) in gw.chunks_mut(pw).zip(gy_n.chunks(p)) {
-                            for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
-                                w[..g.ow].copy_from_slice(gr);
-                            }
-                        }
-                        (&cols, &gw, pw)
-                    } else if g.is_pointwise() {
-                        (&x[s * g.in_len()..(s + 1) * g.in_len()], gy_n, p)
-                    } else {
-                        im2col(g, &x[s * g.in_len()..(s + 1) * g.in_len()], &mut cols);
-                        (&cols, gy_n, p)
-                    };
-                    // dw^T += cols @ gy_n^T (this orientation runs twice as fast as
-                    // gy_n @ cols^T: the large operand is read as stored)
-                    matmul(
-                        pw_,
-                        M::n(cols, k, cw),
-                        M::t(gy_n, f, cw),
-                        1.0,
-                        1.0,
-                        Threads::One,
-                    );
-                    if let Some(dx_g) = dx_g.as_deref_mut() {
-                        let local = s - gi * per;
-                        let dx_n = &mut dx_g[local * g.in_len()..(local + 1) * g.in_len()];
-                        // dcols = w^T @ gy_n
-                        matmul(
-                            &mut dcols,
-                            M::t(w, f, k),
-                            M::n(gy_n, f, cw),
-                            1.0,
-                            0.0,
-                            Threads::One,
-                        );
-                        dx_n.fill(0.0);
-                        if wide {
-                            col2im_wide_add(g, &dcols, dx_n);
-                        } else {
-                            col2im_add(g, &dcols, dx_n);
-                        }
+    parts
+        .par_chunks_mut(part_len)
+        .zip(dx_groups.par_iter_mut())
+        .enumerate()
+        .for_each(|(gi, (part, dx_g))| {
+            let (lo, hi) = (gi * per, ((gi + 1) * per).min(n));
+            let (x, gy) = (
+                &x[lo * g.in_len()..],
+                &gy[lo * g.out_len()..hi * g.out_len()],
+            );
+            let dx_g = dx_g.as_deref_mut();
+            if !g.is_wide() {
+                return backward_batched(g, &x[..(hi - lo) * g.in_len()], w, gy, part, dx_g);
+            }
+            let (pw_, pb) = part.split_at_mut(f * k);
+            let mut cols = vec![0f32; k * pw];
+            let mut dcols = vec![0f32; k * pw];
+            // The wide layout's output gradient, with zeros at the garbage positions.
+            let mut gw = vec![0f32; f * pw];
+            let mut dx_g = dx_g;
+            for (s, gy_n) in gy.chunks(g.out_len()).enumerate() {
+                for ((acc, wrow), grow) in pb.iter_mut().zip(gw.chunks_mut(pw)).zip(gy_n.chunks(p))
+                {
+                    *acc += grow.iter().sum::<f32>();
+                    for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
+                        w[..g.ow].copy_from_slice(gr);
                     }
                 }
-            });
-    }
+                // Reads past this sample into the next (or zeros): garbage positions only.
+                im2col_wide(g, &x[s * g.in_len()..], &mut cols);
+                // dw^T += cols @ gw^T (this orientation runs twice as fast as gw @ cols^T:
+                // the large operand is read as stored)
+                matmul(
+                    pw_,
+                    M::n(&cols, k, pw),
+                    M::t(&gw, f, pw),
+                    1.0,
+                    1.0,
+                    Threads::One,
+                );
+                if let Some(dx_g) = dx_g.as_deref_mut() {
+                    let dx_n = &mut dx_g[s * g.in_len()..(s + 1) * g.in_len()];
+                    // dcols = w^T @ gw
+                    matmul(
+                        &mut dcols,
+                        M::t(w, f, k),
+                        M::n(&gw, f, pw),
+                        1.0,
+                        0.0,
+                        Threads::One,
+                    );
+                    dx_n.fill(0.0);
+                    col2im_wide_add(g, &dcols, dx_n);
+                }
+            }
+        });
     dw.fill(0.0);
     db.fill(0.0);
     for part in parts.chunks(part_len) {

@@ -216,7 +216,8 @@ pub fn dense_backward_sgd(
         // keras-cnn) first gives its columns of dx, then takes its update, while it is in
         // cache. Both products are computed transposed so every block is contiguous.
         Some(dx) => {
-            let xt = transpose(&x[..n * i], n, i);
+            let mut xt = vec![0f32; n * i];
+            transpose_into(&x[..n * i], n, i, &mut xt);
             let mut dxt = vec![0f32; i * n];
             wt.par_chunks_mut(WT_ROWS * o)
                 .zip(dxt.par_chunks_mut(WT_ROWS * n))
@@ -242,7 +243,7 @@ pub fn dense_backward_sgd(
                         Threads::One,
                     );
                 });
-            dx[..n * i].copy_from_slice(&transpose(&dxt, i, n));
+            transpose_into(&dxt, i, n, &mut dx[..n * i]);
         }
         None => matmul(
             wt,
@@ -267,12 +268,17 @@ const WT_ROWS: usize = 64;
 /// `[r, c]` row-major to `[c, r]` row-major.
 pub fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0.0; v.len()];
+    transpose_into(v, r, c, &mut out);
+    out
+}
+
+/// [`transpose`] into `out` (`r * c` values).
+fn transpose_into(v: &[f32], r: usize, c: usize, out: &mut [f32]) {
     for (i, row) in v.chunks(c).enumerate() {
         for (j, &x) in row.iter().enumerate() {
             out[j * r + i] = x;
         }
     }
-    out
 }
 
 /// An elementwise activation, as Candle's path computes it.

@@ -619,24 +619,33 @@ impl FastNet {
     /// The last layer's output (after its activation), `[n, classes]`, for `n` rows of
     /// `x`, in inference mode. Safe to call from many threads at once.
     pub fn outputs(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let rows = EVAL_ROWS.min(n).max(1);
+        let c = self.classes;
+        let mut out = Vec::with_capacity(n * c);
+        self.inference_chunks(&x[..n * self.input_len], |b, _, m| {
+            out.extend_from_slice(&b.outs[self.nodes.len() - 1][..m * c]);
+        });
+        out
+    }
+
+    /// Runs the forward pass over `x` in chunks of up to `EVAL_ROWS` rows, calling `f` with
+    /// the buffers, the chunk's first row and its row count. Buffers come from (and go
+    /// back to) the pool, so repeated calls allocate nothing.
+    fn inference_chunks(&self, x: &[f32], mut f: impl FnMut(&Buffers, usize, usize)) {
+        let rows = EVAL_ROWS.min(x.len() / self.input_len).max(1);
         let pooled = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
         let mut b = match pooled {
             Some(b) if b.cap >= rows => b,
             _ => self.buffers(rows, false),
         };
-        let c = self.classes;
-        let mut out = Vec::with_capacity(n * c);
-        for xs in x[..n * self.input_len].chunks(b.cap * self.input_len) {
+        for (k, xs) in x.chunks(b.cap * self.input_len).enumerate() {
             let m = xs.len() / self.input_len;
             b.input[..xs.len()].copy_from_slice(xs);
             self.forward(&mut b, m, None);
-            out.extend_from_slice(&b.outs[self.nodes.len() - 1][..m * c]);
+            f(&b, k * b.cap, m);
         }
         if let Ok(mut p) = self.pool.lock() {
             p.push(b);
         }
-        out
     }
 
     /// Classes the network outputs.
@@ -646,19 +655,16 @@ impl FastNet {
 
     /// Summed loss and correct predictions over `y.len()` rows of `x`, in inference mode.
     pub fn evaluate(&self, x: &[f32], y: &[u32]) -> (f64, usize) {
-        let mut b = self.buffers(EVAL_ROWS.min(y.len()).max(1), false);
         let (mut loss, mut correct) = (0f64, 0usize);
         let c = self.classes;
         let on_logits = self.loss_on_logits();
-        for (xs, ys) in x.chunks(b.cap * self.input_len).zip(y.chunks(b.cap)) {
-            let n = ys.len();
-            b.input[..xs.len()].copy_from_slice(xs);
-            self.forward(&mut b, n, None);
+        self.inference_chunks(&x[..y.len() * self.input_len], |b, lo, n| {
+            let ys = &y[lo..lo + n];
             let out = &b.outs[self.nodes.len() - 1][..n * c];
             correct += layers::correct(out, ys, c);
             let z = if on_logits { &b.logits[..n * c] } else { out };
             loss += layers::cross_entropy(z, ys, c, n as f32, None);
-        }
+        });
         (loss, correct)
     }
 }
