@@ -169,8 +169,8 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Ac
 }
 
 /// Strided or padded convolutions: one gemm per [`Geom::batched`] samples side by side,
-/// `[f, k] @ [k, s * p]`, so that small outputs (torch-cnn's 4x4) still make a gemm large
-/// enough to reach the kernels' speed.
+/// `[f, k] @ [k, s * p]`, so that small outputs still make a gemm large enough to reach
+/// the kernels' speed.
 fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
     let (k, p, sb) = (g.k(), g.p(), g.batched());
     y.par_chunks_mut(sb * g.out_len())
