@@ -54,9 +54,15 @@ impl Geom {
     fn is_wide(&self) -> bool {
         self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
     }
+    /// One gemm per sample on full-width columns: stride 1, no padding, and an output
+    /// large enough to make a per-sample gemm worth its call (keras-cnn's 24x24, not
+    /// torch-cnn's 4x4, which goes batched).
+    fn per_sample(&self) -> bool {
+        self.is_wide() && self.p() >= 256
+    }
     /// Samples whose columns go side by side into one gemm: enough for 256 columns.
     fn batched(&self) -> usize {
-        if self.is_wide() {
+        if self.per_sample() {
             1
         } else {
             256usize.div_ceil(self.p()).clamp(1, 64)
@@ -100,8 +106,12 @@ fn im2col_at(g: &Geom, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
                     out[..lo].fill(0.0);
                     out[hi..].fill(0.0);
                     if g.sw == 1 {
+                        // An element loop, not copy_from_slice: rows are a few floats
+                        // long (torch-cnn's 4), too short to pay for a memcpy call.
                         let start = lo + j - g.pl;
-                        out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                        for (o, &v) in out[lo..hi].iter_mut().zip(&src[start..]) {
+                            *o = v;
+                        }
                     } else {
                         for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
                             *o = src[ox * g.sw + j - g.pl];
@@ -142,7 +152,7 @@ fn col2im_add_at(g: &Geom, cols: &[f32], dx: &mut [f32], ld: usize, off: usize) 
 
 /// `y[n] = act(w @ cols(x[n]) + b)` for every sample; `w` is `[f, k]`, `y` is `[n, f, p]`.
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
-    if !g.is_wide() {
+    if !g.per_sample() {
         return forward_batched(g, x, w, b, y, act);
     }
     let (k, p, pw) = (g.k(), g.p(), g.pw());
@@ -301,7 +311,7 @@ pub fn backward(
                 &gy[lo * g.out_len()..hi * g.out_len()],
             );
             let dx_g = dx_g.as_deref_mut();
-            if !g.is_wide() {
+            if !g.per_sample() {
                 return backward_batched(g, &x[..(hi - lo) * g.in_len()], w, gy, part, dx_g);
             }
             let (pw_, pb) = part.split_at_mut(f * k);
@@ -466,6 +476,8 @@ mod tests {
         };
         vec![
             mk(1, 8, 8, 3, 3, 3, 1, 1, 0, 0, 6, 6),
+            // Large enough for the per-sample wide path.
+            mk(2, 20, 18, 3, 3, 3, 1, 1, 0, 0, 18, 16),
             mk(2, 7, 9, 4, 3, 2, 2, 3, 1, 0, 4, 3),
             mk(3, 5, 5, 2, 1, 1, 1, 1, 0, 0, 5, 5),
             mk(2, 6, 6, 2, 3, 3, 2, 2, 0, 1, 3, 3),

@@ -191,6 +191,9 @@ fn column_sums(gy: &[f32], db: &mut [f32], n: usize, o: usize) {
     }
 }
 
+/// Weights (floats) below which the dense update is not blocked.
+const SMALL_WEIGHTS: usize = 1 << 16;
+
 /// [`dense_backward`] fused with a plain SGD step, for layers too large to write their
 /// weight gradient out and read it back (keras-cnn's 9.4M weights: 38 MB each way, per
 /// step). `dx` is computed from the old weights first; then one gemm applies
@@ -212,6 +215,18 @@ pub fn dense_backward_sgd(
 ) {
     let keep = (1.0 - lr * wd) as f32;
     match dx {
+        // Small weights stay in cache anyway: two plain products, each on all threads.
+        Some(dx) if i * o <= SMALL_WEIGHTS => {
+            matmul(dx, M::n(gy, n, o), M::t(wt, i, o), 1.0, 0.0, Threads::All);
+            matmul(
+                wt,
+                M::t(x, n, i),
+                M::n(gy, n, o),
+                -lr as f32,
+                keep,
+                Threads::All,
+            );
+        }
         // One pass over the weights: each block of WT_ROWS rows of `wt` (256 KB for
         // keras-cnn) first gives its columns of dx, then takes its update, while it is in
         // cache. Both products are computed transposed so every block is contiguous.
