@@ -124,7 +124,8 @@ def steps_mode(a):
         pt = reference("torch_bench.py", model)
         line = (f"{model:<10} {batch:>5} {fast[model]:>12.1f} {graph[model]:>9.1f} {pt:>11.1f} "
                 f"{fast[model] / pt:>6.2f}")
-        if a.keras:
+        # keras_bench.py times keras-cnn only; torch-cnn's Keras figure comes from epochs mode.
+        if a.keras and model == "keras-cnn":
             kr = reference("keras_bench.py", model)
             line += f" {kr:>9.1f} {fast[model] / kr:>6.2f}"
         print(line, flush=True)
