@@ -1,5 +1,6 @@
-//! 2-D convolution as im2col + one gemm per sample, with the bias and the activation fused
-//! into the pass that writes the output.
+//! 2-D convolution as im2col + one gemm per sample (or per few samples side by side when
+//! the output is small), with the bias and the activation fused into the pass that writes
+//! the output.
 //!
 //! Samples run in parallel, each on one thread with its own column buffer (a keras-cnn
 //! sample's columns are 288 x 576 floats, cache-sized), so the products are many
@@ -178,7 +179,7 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Ac
     );
 }
 
-/// Strided or padded convolutions: one gemm per [`Geom::batched`] samples side by side,
+/// Small, strided or padded outputs: one gemm per [`Geom::batched`] samples side by side,
 /// `[f, k] @ [k, s * p]`, so that small outputs still make a gemm large enough to reach
 /// the kernels' speed.
 fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
