@@ -4,6 +4,7 @@
 //! configured by flags on a laptop and by environment in a container.
 
 mod bench;
+mod housekeep;
 mod predict;
 mod service;
 mod train;
@@ -52,6 +53,8 @@ pub enum Command {
         #[command(flatten)]
         worker: service::WorkerArgs,
     },
+    /// Sweep ended experiments (optimizer state; with --retention-days, old experiments).
+    Housekeep(housekeep::HousekeepArgs),
     /// Apply the database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -122,6 +125,7 @@ impl Cli {
             Command::Serve(a) => service::serve(a),
             Command::Worker { db, worker } => service::worker(db, worker),
             Command::Migrate { db } => service::migrate(db),
+            Command::Housekeep(a) => housekeep::run(a),
             Command::FetchData { datasets, data } => {
                 for name in datasets {
                     let name: crate::spec::DatasetName =

@@ -26,6 +26,7 @@
 pub mod checkpoints;
 pub mod events;
 pub mod experiments;
+pub mod housekeeping;
 pub mod listen;
 pub mod queue;
 

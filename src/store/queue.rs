@@ -150,6 +150,16 @@ impl Store {
         .bind(weights.len() as i64)
         .execute(&mut *tx)
         .await?;
+        // Only the newest checkpoint's optimizer state is ever read (to resume): the
+        // older ones keep their weights only (see `housekeeping`).
+        sqlx::query(
+            "UPDATE checkpoints SET optimizer = ''::bytea
+             WHERE experiment_id = $1 AND epoch < $2 AND length(optimizer) > 0",
+        )
+        .bind(id)
+        .bind(m.epoch as i32)
+        .execute(&mut *tx)
+        .await?;
         let recorded_at = insert_metrics(&mut tx, id, m).await?;
         let (best,): (Option<i32>,) = sqlx::query_as(
             "UPDATE experiments SET epochs_done = $2, updated_at = now(),
