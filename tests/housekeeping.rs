@@ -119,6 +119,17 @@ async fn retention_deletes_only_experiments_that_ended_before_it(pool: PgPool) {
     assert_eq!(kept["status"], "cancelled");
     let (_, queued) = s.get_json(&format!("/experiments/{}", ids[2])).await;
     assert_eq!(queued["status"], "queued");
+    // The counts follow.
+    let (status, stats) = s.get_json("/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        stats["experiments"],
+        json!({"queued": 1, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 1})
+    );
+    assert!(
+        stats["oldest_queued_seconds"].as_f64().unwrap() >= 0.0,
+        "{stats}"
+    );
     // Its events went with it.
     let (events,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM experiment_events WHERE experiment_id = $1::uuid")

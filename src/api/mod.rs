@@ -10,6 +10,7 @@ pub mod experiments;
 pub mod health;
 pub mod openapi;
 pub mod predict;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -63,6 +64,7 @@ pub fn app(state: AppState) -> Router {
         .merge(json)
         .merge(images)
         .merge(health::router())
+        .merge(stats::router())
         .merge(openapi::router())
         .fallback(|| async { error::ApiError::NotFound("route") })
         .with_state(state)

@@ -17,7 +17,7 @@ use super::AppState;
         super::experiments::create, super::experiments::list, super::experiments::show,
         super::experiments::cancel, super::experiments::metrics, super::curve::curve,
         super::checkpoints::list, super::checkpoints::download, super::predict::predict,
-        super::health::healthz, super::health::readyz,
+        super::health::healthz, super::health::readyz, super::stats::stats,
     ),
     components(schemas(super::error::Problem, crate::spec::FieldError)),
     tags(

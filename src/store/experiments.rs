@@ -254,13 +254,13 @@ impl Store {
         self.experiment(id).await
     }
 
-    /// Counts by status (for dashboards and the housekeeping report).
-    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>> {
-        Ok(
-            sqlx::query_as("SELECT status, count(*) FROM experiments GROUP BY status ORDER BY 1")
-                .fetch_all(&self.pool)
-                .await?,
+    /// Per status: how many experiments, and when the oldest of them was created.
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64, DateTime<Utc>)>> {
+        Ok(sqlx::query_as(
+            "SELECT status, count(*), min(created_at) FROM experiments GROUP BY status ORDER BY 1",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 
