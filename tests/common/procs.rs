@@ -123,7 +123,7 @@ impl Harness {
         let out = File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainyard"));
         cmd.args(args)
-            .env("TRAINYARD_LOG_JSON", "1")
+            .env("TRAINYARD_LOG_JSON", "true")
             .env("RUST_LOG", "info,sqlx=warn")
             .env_remove("TRAINYARD_WORKERS")
             .stdin(Stdio::null())
