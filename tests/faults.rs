@@ -131,8 +131,7 @@ async fn wait_mid_epoch(listener: &mut PgListener, id: Uuid, epoch: u64) -> Valu
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(Instant::now() < deadline, "no progress in epoch {epoch}");
-        let Ok(n) = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await
-        else {
+        let Ok(n) = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await else {
             continue;
         };
         let p: Value = serde_json::from_str(n.unwrap().payload()).unwrap();
@@ -197,7 +196,10 @@ async fn a_worker_killed_mid_epoch_is_rescued_and_the_run_resumes_exactly(pool: 
     assert_eq!(epoch_writers(&pool, id).await, [(1, 1), (2, 2), (3, 2)]);
     assert_eq!(
         claims(&pool, id, a.pid).await,
-        [(1, Some("rescued".to_string()), true), (2, Some("succeeded".to_string()), false)]
+        [
+            (1, Some("rescued".to_string()), true),
+            (2, Some("succeeded".to_string()), false)
+        ]
     );
     // B resumed from epoch 1's checkpoint: the curve is the uninterrupted run's, exactly.
     assert_eq!(stored_metrics(&pool, id).await, uninterrupted_slow3().await);
@@ -280,14 +282,21 @@ async fn a_stopped_worker_whose_lease_was_taken_over_writes_nothing_and_drops_it
     let late = tokio::time::timeout(Duration::from_millis(500), progress.recv()).await;
     if let Ok(n) = late {
         let p: Value = serde_json::from_str(n.unwrap().payload()).unwrap();
-        assert_ne!(p["experiment_id"], json!(id), "progress after the lease was lost: {p}");
+        assert_ne!(
+            p["experiment_id"],
+            json!(id),
+            "progress after the lease was lost: {p}"
+        );
     }
     assert_eq!(snapshot(&pool, id).await, before);
     assert_eq!(epoch_writers(&pool, id).await, [(1, 1), (2, 2), (3, 2)]);
     assert_eq!(stored_metrics(&pool, id).await, uninterrupted_slow3().await);
     assert_eq!(
         claims(&pool, id, a.pid).await,
-        [(1, Some("rescued".to_string()), true), (2, Some("succeeded".to_string()), false)]
+        [
+            (1, Some("rescued".to_string()), true),
+            (2, Some("succeeded".to_string()), false)
+        ]
     );
     assert_eq!(a.logged("experiment ended").len(), 0);
     assert_eq!(procs::check_lease_history(&pool).await, 1);
@@ -350,7 +359,10 @@ async fn hundreds_of_experiments_on_several_workers_each_run_once_on_one_worker(
         (n as usize == N).then_some(n)
     })
     .await;
-    eprintln!("{ended} experiments ended in {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "{ended} experiments ended in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
 
     // Each succeeded on its first and only claim, with one `running` and one terminal
     // event, and two epochs each written once by that claim.
@@ -369,7 +381,12 @@ async fn hundreds_of_experiments_on_several_workers_each_run_once_on_one_worker(
         .iter()
         .filter(|r| **r != ("succeeded".to_string(), 1, 0, 2, 1, 1))
         .collect();
-    assert!(odd.is_empty(), "{} odd of {N}: {:?}", odd.len(), &odd[..odd.len().min(5)]);
+    assert!(
+        odd.is_empty(),
+        "{} odd of {N}: {:?}",
+        odd.len(),
+        &odd[..odd.len().min(5)]
+    );
     assert_eq!(procs::check_lease_history(&pool).await, N);
     // The work was spread over the processes (each took some).
     let per_process: Vec<(String, i64)> = sqlx::query_as(

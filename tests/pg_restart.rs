@@ -190,5 +190,8 @@ async fn workers_api_and_curve_followers_ride_out_a_postgresql_restart(pool: PgP
     .await
     .unwrap();
     assert!(wait < 5.0, "claimed {wait}s after submission");
-    eprintln!("after the restart: claimed {:.0} ms after submission", wait * 1e3);
+    eprintln!(
+        "after the restart: claimed {:.0} ms after submission",
+        wait * 1e3
+    );
 }

@@ -232,7 +232,12 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- log of {} (pid {}) ---\n{}", self.name, self.pid, self.tail(60));
+            eprintln!(
+                "--- log of {} (pid {}) ---\n{}",
+                self.name,
+                self.pid,
+                self.tail(60)
+            );
         }
         self.kill();
     }
@@ -421,7 +426,11 @@ pub async fn check_lease_history(pool: &PgPool) -> usize {
         .await
         .unwrap();
         let numbers: Vec<i32> = claims.iter().map(|c| c.0).collect();
-        assert_eq!(numbers, (1..=*attempt).collect::<Vec<_>>(), "{id}: {claims:?}");
+        assert_eq!(
+            numbers,
+            (1..=*attempt).collect::<Vec<_>>(),
+            "{id}: {claims:?}"
+        );
         for pair in claims.windows(2) {
             let released = pair[0].3.unwrap_or_else(|| panic!("{id}: {claims:?}"));
             assert!(released <= pair[1].2, "{id}: overlapping claims {claims:?}");
@@ -431,7 +440,8 @@ pub async fn check_lease_history(pool: &PgPool) -> usize {
                 "running" => assert!(last.3.is_none(), "{id}: {claims:?}"),
                 "queued" => assert!(last.3.is_some(), "{id}: {claims:?}"),
                 s => assert!(
-                    last.4.as_deref() == Some(s) || last.4.as_deref() == Some("rescued")
+                    last.4.as_deref() == Some(s)
+                        || last.4.as_deref() == Some("rescued")
                         || last.4.as_deref() == Some("handed_back"),
                     "{id} is {s}: {claims:?}"
                 ),
