@@ -3,8 +3,18 @@
 //! Shutdown is cooperative. SIGINT or SIGTERM flips one watch channel: the HTTP server
 //! stops accepting and drains requests, SSE streams end, and workers stop claiming and
 //! hand their running experiment back at the next batch boundary. Then the process exits.
+//! It is also bounded: whatever still runs a grace period after the signal (a batch that
+//! never ends, a database that never answers) is abandoned and the process exits 1; the
+//! abandoned experiment's lease then expires and another worker rescues it. A second
+//! signal exits at once the same way.
+//!
+//! Neither process needs PostgreSQL to stay up: pooled connections are checked before
+//! use and re-opened (retrying while the server refuses connections), the `LISTEN`
+//! connection re-subscribes with backoff (see [`crate::store::listen`]), and workers
+//! retry their writes while their lease can still hold.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use sqlx::migrate::MigrateDatabase;
 use tokio::sync::watch;
@@ -16,39 +26,66 @@ use crate::store::listen::Hub;
 use crate::worker::{self, WorkerConfig};
 
 /// Connects, creating the database if it does not exist, and applies the migrations.
-pub async fn connect_and_migrate(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+/// Sessions idle in a transaction for `idle_in_transaction` are ended by the server
+/// (see [`Store::connect_with`]).
+pub async fn connect_and_migrate(
+    url: &str,
+    max_connections: u32,
+    idle_in_transaction: Duration,
+) -> anyhow::Result<Store> {
     if !sqlx::Postgres::database_exists(url).await.unwrap_or(true) {
         tracing::info!("creating the database");
         sqlx::Postgres::create_database(url).await?;
     }
-    let store = Store::connect(url, max_connections).await?;
+    let store = Store::connect_with(url, max_connections, idle_in_transaction).await?;
     store.migrate().await?;
     Ok(store)
 }
 
-/// A channel that turns true on SIGINT or SIGTERM.
-pub fn shutdown_on_signals() -> watch::Receiver<bool> {
+/// A channel that turns true on SIGINT or SIGTERM. The process exits with status 1 if it
+/// is still running `grace` after that signal, or at once on a second signal.
+pub fn shutdown_on_signals(grace: Duration) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
+    // Installed now, before connecting: a signal during start-up is a shutdown too.
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(not(unix))]
+    let mut term = None::<()>;
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term => {}
-        }
-        tracing::info!("shutting down");
+        next_signal(&mut term).await;
+        tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down");
         let _ = tx.send(true);
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {
+                tracing::error!(grace_secs = grace.as_secs_f64(),
+                    "still running after the shutdown grace period; exiting");
+            }
+            _ = next_signal(&mut term) => tracing::warn!("second signal; exiting now"),
+        }
+        std::process::exit(1);
     });
     rx
+}
+
+#[cfg(unix)]
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    let term = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_signal(_: &mut Option<()>) {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// API and workers in one process until `shutdown`.

@@ -84,6 +84,37 @@ async fn ended_experiments_keep_their_weights_and_lose_their_optimizer_state(poo
 }
 
 #[sqlx::test]
+async fn workers_sweep_ended_experiments_on_their_own(pool: PgPool) {
+    let mut cfg = worker_config("w");
+    cfg.housekeeping_secs = 0.2;
+    let s = TestServer::start(pool.clone(), &[cfg]).await;
+    let spec = json!({
+        "preset": "torch-cnn",
+        "dataset": {"train_limit": 100, "test_limit": 50},
+        "optimizer": {"type": "sgd", "learning_rate": 0.05, "momentum": 0.9},
+        "batch_size": 50,
+        "epochs": 1,
+        "device": "cpu"
+    });
+    let (_, exp) = s.submit(&spec).await;
+    let id = exp["id"].as_str().unwrap().to_string();
+    s.wait_status(&id, "succeeded", 120).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while optimizer_bytes(&pool, &id)
+        .await
+        .iter()
+        .any(|(_, n)| *n > 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not swept after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.stop().await;
+}
+
+#[sqlx::test]
 async fn retention_deletes_only_experiments_that_ended_before_it(pool: PgPool) {
     // No worker: experiments stay queued unless cancelled.
     let s = TestServer::start(pool.clone(), &[]).await;

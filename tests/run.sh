@@ -42,3 +42,6 @@ ensure_postgres
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# Stops and starts PostgreSQL, breaking every other connection on the machine: run alone,
+# after everything else (the test is #[ignore]d so that a plain `cargo test` skips it).
+cargo test --test pg_restart -- --ignored

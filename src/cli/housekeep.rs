@@ -1,8 +1,6 @@
 //! `trainyard housekeep`: one housekeeping pass from the command line (workers also run it
 //! periodically), reporting what it did and how much room the tables take.
 
-use std::time::Duration;
-
 use clap::Args;
 
 use super::service::DbArgs;
@@ -18,21 +16,20 @@ pub struct HousekeepArgs {
 }
 
 pub fn run(a: HousekeepArgs) -> anyhow::Result<()> {
-    let retention = match a.retention_days {
-        Some(d) if !(d.is_finite() && d >= 0.0) => {
-            anyhow::bail!("--retention-days must be a number of days >= 0, got {d}")
-        }
-        d => d.map(|d| Duration::from_secs_f64(d * 86400.0)),
-    };
     let h = Housekeeping {
-        retention,
+        retention: super::service::retention(a.retention_days)?,
         ..Housekeeping::default()
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
-            let store = crate::server::connect_and_migrate(&a.db.database_url, 2).await?;
+            let store = crate::server::connect_and_migrate(
+                &a.db.database_url,
+                2,
+                crate::store::DEFAULT_IDLE_IN_TRANSACTION,
+            )
+            .await?;
             let before = store.checkpoint_bytes().await?;
             let mut total = Swept::default();
             loop {

@@ -8,6 +8,7 @@ use clap::Args;
 use super::DataArgs;
 use crate::api::predict::BatchConfig;
 use crate::spec::DeviceSpec;
+use crate::store::housekeeping::Housekeeping;
 use crate::worker::WorkerConfig;
 
 #[derive(Debug, Clone, Args)]
@@ -41,6 +42,17 @@ pub struct WorkerArgs {
     /// Train on this device whatever the spec says (auto, cpu, cuda, cuda:N).
     #[arg(long, env = "TRAINYARD_DEVICE")]
     pub device: Option<DeviceSpec>,
+    /// Seconds after SIGTERM/SIGINT within which the process must have stopped: a job
+    /// still running then is abandoned (its lease expires) and the process exits 1.
+    #[arg(long, env = "TRAINYARD_SHUTDOWN_GRACE_SECS", default_value_t = 30.0)]
+    pub shutdown_grace_secs: f64,
+    /// Seconds between housekeeping rounds: ended experiments' checkpoints drop their
+    /// optimizer state (0: never).
+    #[arg(long, env = "TRAINYARD_HOUSEKEEPING_SECS", default_value_t = 300.0)]
+    pub housekeeping_secs: f64,
+    /// Housekeeping also deletes experiments that ended more than this many days ago.
+    #[arg(long, env = "TRAINYARD_RETENTION_DAYS")]
+    pub retention_days: Option<f64>,
     /// MiB of prepared training data kept for the next job on the same data (0: none).
     #[arg(long, env = "TRAINYARD_PREPARED_CACHE_MIB", default_value_t = 512)]
     pub prepared_cache_mib: usize,
@@ -56,6 +68,15 @@ impl WorkerArgs {
             "--heartbeat-secs must be positive and below --lease-secs"
         );
         anyhow::ensure!(self.poll_secs > 0.0, "--poll-secs must be positive");
+        anyhow::ensure!(
+            self.shutdown_grace_secs > 0.0 && self.shutdown_grace_secs <= 86_400.0,
+            "--shutdown-grace-secs must be positive (at most a day)"
+        );
+        anyhow::ensure!(
+            self.housekeeping_secs >= 0.0 && self.housekeeping_secs.is_finite(),
+            "--housekeeping-secs must be a number of seconds >= 0"
+        );
+        let retention = retention(self.retention_days)?;
         Ok(WorkerConfig {
             workers: self.workers,
             lease_secs: self.lease_secs,
@@ -65,8 +86,23 @@ impl WorkerArgs {
             data_dir: self.data.data_dir.clone(),
             download: !self.data.no_download,
             prepared_cache_bytes: self.prepared_cache_mib.saturating_mul(1 << 20),
+            housekeeping_secs: self.housekeeping_secs,
+            housekeeping: Housekeeping {
+                retention,
+                ..Housekeeping::default()
+            },
             ..WorkerConfig::default()
         })
+    }
+}
+
+/// `--retention-days` as a duration.
+pub fn retention(days: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match days {
+        Some(d) if !(d.is_finite() && (0.0..=36_500.0).contains(&d)) => {
+            anyhow::bail!("--retention-days must be a number of days from 0 to 36500, got {d}")
+        }
+        d => Ok(d.map(|d| Duration::from_secs_f64(d * 86400.0))),
     }
 }
 
@@ -122,13 +158,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+impl WorkerArgs {
+    fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_secs)
+    }
+
+    /// A session idle in a transaction longer than a lease belongs to a frozen process.
+    fn idle_in_transaction(&self) -> Duration {
+        Duration::from_secs_f64(self.lease_secs)
+    }
+}
+
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = a.worker.config()?;
     let batching = a.predict.config()?;
     runtime()?.block_on(async {
-        let store =
-            crate::server::connect_and_migrate(&a.db.database_url, a.db.db_connections).await?;
-        let shutdown = crate::server::shutdown_on_signals();
+        let shutdown = crate::server::shutdown_on_signals(a.worker.grace());
+        let store = crate::server::connect_and_migrate(
+            &a.db.database_url,
+            a.db.db_connections,
+            a.worker.idle_in_transaction(),
+        )
+        .await?;
         crate::server::serve(store, a.bind, cfg, batching, shutdown).await
     })
 }
@@ -140,14 +191,25 @@ pub fn worker(db: DbArgs, w: WorkerArgs) -> anyhow::Result<()> {
         "--workers must be at least 1 for `trainyard worker`"
     );
     runtime()?.block_on(async {
-        let store = crate::server::connect_and_migrate(&db.database_url, db.db_connections).await?;
-        crate::server::work(store, cfg, crate::server::shutdown_on_signals()).await
+        let shutdown = crate::server::shutdown_on_signals(w.grace());
+        let store = crate::server::connect_and_migrate(
+            &db.database_url,
+            db.db_connections,
+            w.idle_in_transaction(),
+        )
+        .await?;
+        crate::server::work(store, cfg, shutdown).await
     })
 }
 
 pub fn migrate(db: DbArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        crate::server::connect_and_migrate(&db.database_url, 2).await?;
+        crate::server::connect_and_migrate(
+            &db.database_url,
+            2,
+            crate::store::DEFAULT_IDLE_IN_TRANSACTION,
+        )
+        .await?;
         println!("migrations applied");
         Ok(())
     })

@@ -1,10 +1,11 @@
 //! One `LISTEN` connection per process, fanned out to whoever waits in it.
 //!
 //! Workers wait for new jobs and cancel requests; SSE streams wait for their experiment's
-//! events and progress. A single connection serves them all. When the connection drops,
-//! sqlx reconnects and re-subscribes; since notifications may have been missed meanwhile,
-//! subscribers get a [`Signal::Resync`] and re-read what they need from the tables, which
-//! remain the source of truth.
+//! events and progress. A single connection serves them all. When the connection drops
+//! (PostgreSQL restarted, the network failed), it is re-opened with backoff and
+//! re-subscribed; since notifications may have been missed meanwhile, subscribers then
+//! get a [`Signal::Resync`] and re-read what they need from the tables, which remain the
+//! source of truth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,40 +43,47 @@ pub struct Hub {
 impl Hub {
     /// Connects a listener and spawns the task that feeds the hub.
     pub async fn start(pool: &PgPool) -> Result<Hub, sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener
-            .listen_all([
-                CHANNEL_JOBS,
-                CHANNEL_EVENTS,
-                CHANNEL_PROGRESS,
-                CHANNEL_CANCEL,
-            ])
-            .await?;
+        let listener = subscribe(pool).await?;
         let (signals, _) = broadcast::channel(4096);
         let hub = Hub {
             jobs: Arc::new(Notify::new()),
             signals,
         };
         let h = hub.clone();
-        tokio::spawn(async move { h.pump(listener).await });
+        let pool = pool.clone();
+        tokio::spawn(async move { h.pump(pool, listener).await });
         Ok(hub)
     }
 
-    async fn pump(self, mut listener: PgListener) {
-        let mut backoff = Duration::from_millis(100);
+    /// Feeds the hub forever. When the connection fails, a fresh one is opened with
+    /// backoff (100 ms doubling to 5 s) and subscribed to every channel, and only then
+    /// do subscribers get [`Signal::Resync`]: a re-read made earlier could miss what was
+    /// announced before the new subscription was live.
+    async fn pump(self, pool: PgPool, mut listener: PgListener) {
         loop {
             match listener.try_recv().await {
-                Ok(Some(n)) => {
-                    backoff = Duration::from_millis(100);
-                    self.dispatch(n.channel(), n.payload());
-                }
-                // The connection was lost and has been re-established.
-                Ok(None) => self.resync(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN connection failed; retrying");
+                Ok(Some(n)) => self.dispatch(n.channel(), n.payload()),
+                // The connection was lost and sqlx re-established it, LISTENs included.
+                Ok(None) => {
+                    tracing::info!("LISTEN connection re-established");
                     self.resync();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                    drop(listener);
+                    let mut backoff = Duration::from_millis(100);
+                    listener = loop {
+                        tokio::time::sleep(backoff).await;
+                        match subscribe(&pool).await {
+                            Ok(l) => break l,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "LISTEN reconnect failed; retrying");
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                            }
+                        }
+                    };
+                    tracing::info!("LISTEN connection re-established");
+                    self.resync();
                 }
             }
         }
@@ -124,4 +132,18 @@ impl Hub {
     pub fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.signals.subscribe()
     }
+}
+
+/// A listener connection subscribed to every channel.
+async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener
+        .listen_all([
+            CHANNEL_JOBS,
+            CHANNEL_EVENTS,
+            CHANNEL_PROGRESS,
+            CHANNEL_CANCEL,
+        ])
+        .await?;
+    Ok(listener)
 }

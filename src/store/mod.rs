@@ -31,7 +31,7 @@ pub mod listen;
 pub mod queue;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use experiments::{Experiment, NewExperiment, Status};
 
@@ -63,6 +63,37 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl StoreError {
+    /// Whether retrying may succeed: the connection broke or could not be made (the
+    /// server restarts, fails over, or is overloaded), or a transaction lost a
+    /// serialization race. Errors of the data or of the lease are not transient.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                // 08: connection exception; 57P01-03: admin or crash shutdown, cannot
+                // connect now; 53: insufficient resources; 40001/40P01: serialization
+                // failure, deadlock.
+                c.starts_with("08")
+                    || c.starts_with("57P")
+                    || c.starts_with("53")
+                    || c == "40001"
+                    || c == "40P01"
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// How long a session may sit idle inside a transaction before PostgreSQL ends it. Every
+/// transaction here is a few statements sent back to back, so only a process that was
+/// frozen (SIGSTOP, a VM paused, swapped out) stays idle in one, and it must not keep
+/// the experiment's row locked past its lease: the rescue skips locked rows.
+pub const DEFAULT_IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A handle on the database, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -72,10 +103,29 @@ pub struct Store {
 impl Store {
     /// Connects with a bounded pool.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_with(url, max_connections, DEFAULT_IDLE_IN_TRANSACTION).await
+    }
+
+    /// Connects with a bounded pool whose sessions are ended by the server when idle in
+    /// a transaction for longer than `idle_in_transaction` (a worker passes its lease).
+    ///
+    /// Connections are checked before use, so after the server restarts each broken one
+    /// is replaced on its next use; opening one retries while the server refuses
+    /// connections or is starting up, for up to the acquire timeout.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        idle_in_transaction: std::time::Duration,
+    ) -> Result<Self> {
+        let ms = idle_in_transaction.as_millis().max(1000).to_string();
+        let options = url
+            .parse::<PgConnectOptions>()?
+            .options([("idle_in_transaction_session_timeout", ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(url)
+            .test_before_acquire(true)
+            .connect_with(options)
             .await?;
         Ok(Store { pool })
     }

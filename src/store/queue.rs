@@ -63,6 +63,14 @@ impl Store {
         let Some((id, attempt, spec, epochs_done)) = row else {
             return Ok(None);
         };
+        sqlx::query(
+            "INSERT INTO experiment_claims (experiment_id, attempt, owner) VALUES ($1, $2, $3)",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
         events::append_status(&mut tx, id, Status::Running, None).await?;
         tx.commit().await?;
         Ok(Some(Claim {
@@ -160,7 +168,7 @@ impl Store {
         .bind(m.epoch as i32)
         .execute(&mut *tx)
         .await?;
-        let recorded_at = insert_metrics(&mut tx, id, m).await?;
+        let recorded_at = insert_metrics(&mut tx, id, attempt, m).await?;
         let (best,): (Option<i32>,) = sqlx::query_as(
             "UPDATE experiments SET epochs_done = $2, updated_at = now(),
                 best_epoch = (SELECT epoch FROM epoch_metrics WHERE experiment_id = $1
@@ -187,6 +195,26 @@ impl Store {
         };
         events::append_epoch(&mut tx, id, &stored).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Announces progress within an epoch of `(id, attempt)` to the curve followers;
+    /// fenced like every other write, so a worker whose lease was taken over does not
+    /// show its stale batches. [`StoreError::LeaseLost`] when the attempt no longer runs.
+    pub async fn notify_progress(&self, id: Uuid, attempt: i32, payload: &str) -> Result<()> {
+        let sent = sqlx::query(
+            "SELECT pg_notify($3, $4) FROM experiments
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(super::CHANNEL_PROGRESS)
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        if sent.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
         Ok(())
     }
 
@@ -234,6 +262,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::LeaseLost);
         }
+        release_claim(&mut tx, id, attempt, status.as_str()).await?;
         events::append_status(&mut tx, id, status, error).await?;
         tx.commit().await?;
         Ok(())
@@ -258,6 +287,7 @@ impl Store {
         let Some((status,)) = row else {
             return Err(StoreError::LeaseLost);
         };
+        release_claim(&mut tx, id, attempt, "handed_back").await?;
         requeued_or_ended(&mut tx, id, &status, None).await?;
         tx.commit().await?;
         Ok(())
@@ -268,7 +298,7 @@ impl Store {
     /// cancel was requested meanwhile. Returns how many it touched.
     pub async fn rescue_expired(&self) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        let rows: Vec<(Uuid, String, i32)> = sqlx::query_as(
             "UPDATE experiments SET
                 rescues = rescues + 1,
                 status = CASE WHEN cancel_requested THEN 'cancelled'
@@ -282,11 +312,12 @@ impl Store {
              WHERE id IN (SELECT id FROM experiments
                           WHERE status = 'running' AND lease_expires_at < now()
                           FOR UPDATE SKIP LOCKED)
-             RETURNING id, status",
+             RETURNING id, status, attempt",
         )
         .fetch_all(&mut *tx)
         .await?;
-        for (id, status) in &rows {
+        for (id, status, attempt) in &rows {
+            release_claim(&mut tx, *id, *attempt, "rescued").await?;
             requeued_or_ended(
                 &mut tx,
                 *id,
@@ -388,17 +419,39 @@ async fn requeued_or_ended(
     Ok(())
 }
 
-/// Inserts an epoch's metrics row; returns its `recorded_at`.
+/// Closes attempt `attempt`'s row of the lease history (see the `experiment_claims`
+/// migration): `how` is the ending, `handed_back` or `rescued`.
+async fn release_claim(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    attempt: i32,
+    how: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE experiment_claims SET released_at = clock_timestamp(), released_as = $3
+         WHERE experiment_id = $1 AND attempt = $2 AND released_at IS NULL",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(how)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts an epoch's metrics row, naming the attempt that wrote it; returns its
+/// `recorded_at`.
 async fn insert_metrics(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: Uuid,
+    attempt: i32,
     m: &EpochMetrics,
 ) -> Result<DateTime<Utc>> {
     let (at,): (DateTime<Utc>,) = sqlx::query_as(
         "INSERT INTO epoch_metrics (experiment_id, epoch, train_loss, train_accuracy, val_loss,
             val_accuracy, test_loss, test_accuracy, train_seconds, images_per_second,
-            recorded_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp())
+            recorded_at, attempt)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp(), $11)
          RETURNING recorded_at",
     )
     .bind(id)
@@ -411,6 +464,7 @@ async fn insert_metrics(
     .bind(m.test_accuracy)
     .bind(m.train_seconds)
     .bind(m.images_per_second)
+    .bind(attempt)
     .fetch_one(&mut **tx)
     .await?;
     Ok(at)

@@ -13,7 +13,7 @@ use super::{WorkerConfig, stopped};
 use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
 use crate::store::listen::{Hub, Signal};
 use crate::store::queue::{Claim, Ending};
-use crate::store::{CHANNEL_PROGRESS, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Why training should stop between batches.
 const GO: u8 = 0;
@@ -45,9 +45,12 @@ impl Worker {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // The database is unreachable: back off, but look again at once when
+                    // the LISTEN connection is back (the hub then wakes every waiter).
                     tracing::warn!(error = %e, "claim failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
+                        _ = notified => {}
                         _ = stopped(&mut shutdown) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -78,6 +81,9 @@ impl Worker {
             tokio::spawn(async move {
                 let mut beat = tokio::time::interval(Duration::from_secs_f64(cfg.heartbeat_secs));
                 beat.tick().await;
+                // Once seen, the shutdown stays true: stop polling it (it would be ready
+                // on every turn of the loop and spin until the job ends).
+                let mut shutting_down = false;
                 loop {
                     tokio::select! {
                         _ = beat.tick() => match store.heartbeat(id, attempt, cfg.lease_secs).await {
@@ -89,7 +95,10 @@ impl Worker {
                         s = signals.recv() => if let Ok(Signal::Cancel(c)) = s && c == id {
                             set(&stop, CANCEL);
                         },
-                        _ = stopped(&mut shutdown) => set(&stop, SHUTDOWN),
+                        _ = stopped(&mut shutdown), if !shutting_down => {
+                            shutting_down = true;
+                            set(&stop, SHUTDOWN);
+                        }
                         _ = done_rx.changed() => return,
                     }
                 }
@@ -98,7 +107,13 @@ impl Worker {
 
         // Progress goes out as NOTIFYs, at most ten a second.
         let (progress_tx, progress_rx) = mpsc::channel::<(BatchProgress, DateTime<Utc>)>(16);
-        let progress = tokio::spawn(forward_progress(self.store.clone(), id, progress_rx));
+        let progress = tokio::spawn(forward_progress(
+            self.store.clone(),
+            id,
+            attempt,
+            stop.clone(),
+            progress_rx,
+        ));
 
         let result = self.train(&claim, stop.clone(), progress_tx).await;
         let _ = done_tx.send(true);
@@ -111,9 +126,9 @@ impl Worker {
             (Err(JobError::LeaseLost), _) => None,
             (Ok(Outcome::Completed { .. }), _) => Some(Ending::Succeeded),
             (Ok(Outcome::Stopped { .. }), CANCEL) => Some(Ending::Cancelled),
-            (Ok(Outcome::Stopped { .. }), _) => {
-                match self.store.hand_back(id, attempt).await {
-                    Ok(()) => tracing::info!(%id, "handed back on shutdown"),
+            (Ok(Outcome::Stopped { .. }) | Err(JobError::Interrupted), _) => {
+                match self.retry(|| self.store.hand_back(id, attempt)).await {
+                    Ok(()) => tracing::info!(%id, attempt, "handed back on shutdown"),
                     Err(e) => tracing::warn!(%id, error = %e, "hand back failed"),
                 }
                 None
@@ -121,12 +136,34 @@ impl Worker {
             (Err(JobError::Failed(msg)), _) => Some(Ending::Failed(msg)),
         };
         match ending {
-            Some(e) => match self.store.finish(id, attempt, &e).await {
+            Some(e) => match self.retry(|| self.store.finish(id, attempt, &e)).await {
                 Ok(()) => tracing::info!(%id, ending = ?e, "experiment ended"),
                 Err(err) => tracing::warn!(%id, error = %err, "could not record the ending"),
             },
             None if why == LOST => tracing::warn!(%id, attempt, "lease lost; dropped the job"),
             None => {}
+        }
+    }
+
+    /// Runs a fenced write, retrying with backoff while the database is unreachable
+    /// (restarting, failing over) for as long as the lease could still hold; a write
+    /// that never lands leaves the experiment to the lease rescue.
+    async fn retry<F, Fut>(&self, write: F) -> Result<(), StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs_f64(self.cfg.lease_secs + 10.0);
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match write().await {
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "database unreachable; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                r => return r,
+            }
         }
     }
 
@@ -187,6 +224,7 @@ impl Worker {
                 stop,
                 progress,
                 lost: false,
+                interrupted: false,
                 started: None,
             };
             let outcome = trainer.run(&mut obs);
@@ -196,6 +234,9 @@ impl Worker {
             }
             if obs.lost {
                 return Err(JobError::LeaseLost);
+            }
+            if obs.interrupted {
+                return Err(JobError::Interrupted);
             }
             outcome.map_err(failed)
         });
@@ -214,6 +255,9 @@ fn ms(d: Duration) -> f64 {
 
 enum JobError {
     LeaseLost,
+    /// Shutting down while an epoch could not be stored (the database is unreachable):
+    /// not the experiment's fault, so it goes back to the queue rather than failing.
+    Interrupted,
     Failed(String),
 }
 
@@ -227,6 +271,8 @@ struct JobObserver {
     stop: Arc<AtomicU8>,
     progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
     lost: bool,
+    /// Gave up storing an epoch because the process is shutting down.
+    interrupted: bool,
     /// Storing `training_started_at`, once the first batch begins.
     started: Option<tokio::task::JoinHandle<()>>,
 }
@@ -250,28 +296,39 @@ impl Observer for JobObserver {
     }
 
     fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
-        // A database hiccup should not cost the run: retry with backoff while the lease
-        // still holds (recording an epoch twice is harmless: the second is a no-op).
-        let mut wait = Duration::from_millis(250);
-        let mut tries = 0;
+        // A database outage (a restart, a failover) must not cost the run: retry with
+        // backoff until the epoch is stored or the lease is known to be lost (recording
+        // an epoch twice is harmless: the second is a no-op). A shutdown meanwhile gives
+        // up and leaves the experiment to be handed back or rescued.
+        let mut wait = Duration::from_millis(100);
         loop {
-            tries += 1;
             let r = self.handle.block_on(self.store.record_epoch(
                 self.id,
                 self.attempt,
                 ckpt,
                 self.keep_all,
             ));
+            let stop = self.stop.load(Ordering::SeqCst);
             match r {
                 Ok(()) => return Ok(()),
                 Err(StoreError::LeaseLost) => {
                     self.lost = true;
                     return Err(EngineError::Checkpoint("the lease was lost".into()));
                 }
-                Err(e) if tries < 5 => {
+                Err(_) if stop == LOST => {
+                    self.lost = true;
+                    return Err(EngineError::Checkpoint("the lease was lost".into()));
+                }
+                Err(e) if e.is_transient() && stop == SHUTDOWN => {
+                    self.interrupted = true;
+                    return Err(EngineError::Checkpoint(format!(
+                        "storing the epoch failed while shutting down: {e}"
+                    )));
+                }
+                Err(e) if e.is_transient() => {
                     tracing::warn!(id = %self.id, error = %e, "storing the epoch failed; retrying");
                     std::thread::sleep(wait);
-                    wait *= 2;
+                    wait = (wait * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
                     return Err(EngineError::Checkpoint(format!(
@@ -292,9 +349,13 @@ impl Observer for JobObserver {
     }
 }
 
+/// Sends progress NOTIFYs (fenced: nothing goes out once the attempt lost its lease,
+/// which also tells the job to stop).
 async fn forward_progress(
     store: Store,
     id: uuid::Uuid,
+    attempt: i32,
+    stop: Arc<AtomicU8>,
     mut rx: mpsc::Receiver<(BatchProgress, DateTime<Utc>)>,
 ) {
     let mut last = Instant::now() - Duration::from_secs(1);
@@ -308,10 +369,11 @@ async fn forward_progress(
             "batch": p.batch, "batches": p.batches, "loss": p.loss,
             "at": at.to_rfc3339_opts(SecondsFormat::Micros, true),
         });
-        let _ = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL_PROGRESS)
-            .bind(payload.to_string())
-            .execute(store.pool())
-            .await;
+        if let Err(StoreError::LeaseLost) = store
+            .notify_progress(id, attempt, &payload.to_string())
+            .await
+        {
+            let _ = stop.compare_exchange(GO, LOST, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 }

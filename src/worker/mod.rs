@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::spec::DeviceSpec;
 use crate::store::Store;
+use crate::store::housekeeping::Housekeeping;
 use crate::store::listen::Hub;
 
 /// How workers behave.
@@ -44,6 +45,10 @@ pub struct WorkerConfig {
     pub prepared_cache_bytes: usize,
     /// Identifies this process in `lease_owner`.
     pub name: String,
+    /// Seconds between housekeeping rounds of ended experiments (0: never).
+    pub housekeeping_secs: f64,
+    /// What housekeeping does.
+    pub housekeeping: Housekeeping,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +63,8 @@ impl Default for WorkerConfig {
             download: true,
             prepared_cache_bytes: 512 << 20,
             name: format!("{}-{}", hostname(), std::process::id()),
+            housekeeping_secs: 300.0,
+            housekeeping: Housekeeping::default(),
         }
     }
 }
@@ -89,6 +96,9 @@ pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Rec
         };
         tasks.spawn(w.run(shutdown.clone()));
     }
+    if cfg.housekeeping_secs > 0.0 {
+        tasks.spawn(housekeeper(store.clone(), cfg.clone(), shutdown.clone()));
+    }
     tasks.spawn(rescuer(store, cfg.clone(), shutdown));
     while tasks.join_next().await.is_some() {}
 }
@@ -105,6 +115,25 @@ async fn rescuer(store: Store, cfg: Arc<WorkerConfig>, mut shutdown: watch::Rece
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Periodically sweeps ended experiments (see [`crate::store::housekeeping`]); several
+/// processes may do it at once, each taking rows the others have not locked.
+async fn housekeeper(store: Store, cfg: Arc<WorkerConfig>, mut shutdown: watch::Receiver<bool>) {
+    let period = Duration::from_secs_f64(cfg.housekeeping_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        match store.housekeep(&cfg.housekeeping).await {
+            Ok(s) if s.swept + s.deleted > 0 => {
+                tracing::info!(swept = s.swept, deleted = s.deleted, "housekeeping")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
     }
 }

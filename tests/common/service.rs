@@ -29,8 +29,10 @@ pub fn worker_config(name: &str) -> WorkerConfig {
         device: Some(trainyard::spec::DeviceSpec::Cpu),
         data_dir: super::data_dir(),
         download: false,
-        prepared_cache_bytes: WorkerConfig::default().prepared_cache_bytes,
         name: name.to_string(),
+        // Tests run housekeeping themselves unless they ask for it.
+        housekeeping_secs: 0.0,
+        ..WorkerConfig::default()
     }
 }
 

@@ -1,0 +1,470 @@
+//! Real `trainyard serve` and `trainyard worker` processes (the binary cargo builds for
+//! the integration tests) against one `#[sqlx::test]` database, so that faults can be
+//! what they are in production: signals to whole processes, a database server restart.
+//!
+//! Each process logs JSON lines to its own file; a test waits on those logs and on the
+//! database, never on sleeps alone. A process still running when its handle drops is
+//! killed (SIGKILL) and reaped, and when the test failed its log's tail is printed.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::service::SseEvent;
+
+/// The URL of the test's own database: `DATABASE_URL` with the database name of `pool`.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let name = pool
+        .connect_options()
+        .get_database()
+        .expect("a #[sqlx::test] pool names its database")
+        .to_string();
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base.as_str(), None),
+    };
+    let (server, _) = head.rsplit_once('/').expect("a database URL has a path");
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// Lease, heartbeat and poll intervals of the processes a test starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub lease_secs: f64,
+    pub heartbeat_secs: f64,
+    pub poll_secs: f64,
+    pub grace_secs: f64,
+}
+
+impl Default for Timing {
+    /// Short enough that a lost worker is rescued within about three seconds.
+    fn default() -> Self {
+        Timing {
+            lease_secs: 2.0,
+            heartbeat_secs: 0.3,
+            poll_secs: 0.5,
+            grace_secs: 10.0,
+        }
+    }
+}
+
+/// Starts processes of one test and keeps their logs in one temporary folder.
+pub struct Harness {
+    pub url: String,
+    pub timing: Timing,
+    logs: tempfile::TempDir,
+}
+
+impl Harness {
+    pub fn new(pool: &PgPool, timing: Timing) -> Harness {
+        Harness {
+            url: database_url(pool),
+            timing,
+            logs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn common_args(&self, workers: usize) -> Vec<String> {
+        let t = self.timing;
+        let data_dir = super::data_dir().to_str().unwrap().to_string();
+        let mut args = Vec::new();
+        for (flag, value) in [
+            ("--database-url", self.url.clone()),
+            ("--db-connections", "4".into()),
+            ("--workers", workers.to_string()),
+            ("--lease-secs", t.lease_secs.to_string()),
+            ("--heartbeat-secs", t.heartbeat_secs.to_string()),
+            ("--poll-secs", t.poll_secs.to_string()),
+            ("--shutdown-grace-secs", t.grace_secs.to_string()),
+            ("--device", "cpu".into()),
+            ("--data-dir", data_dir),
+        ] {
+            args.push(flag.to_string());
+            args.push(value);
+        }
+        args.push("--no-download".into());
+        args
+    }
+
+    /// `trainyard worker` with `workers` worker tasks; returns once it is working.
+    pub fn worker(&self, name: &str, workers: usize, env: &[(&str, &str)]) -> Proc {
+        let mut args = vec!["worker".to_string()];
+        args.extend(self.common_args(workers));
+        let p = self.spawn(name, &args, env);
+        p.wait_log(|l| message(l) == "working", Duration::from_secs(60));
+        p
+    }
+
+    /// `trainyard serve` on a free loopback port with `workers` worker tasks; returns once
+    /// it serves, with its base URL.
+    pub fn serve(&self, name: &str, workers: usize) -> (Proc, String) {
+        let mut args = vec!["serve".to_string(), "--bind".into(), "127.0.0.1:0".into()];
+        args.extend(self.common_args(workers));
+        let p = self.spawn(name, &args, &[]);
+        let line = p.wait_log(|l| message(l) == "serving", Duration::from_secs(60));
+        let address = line["fields"]["address"].as_str().unwrap().to_string();
+        (p, format!("http://{address}"))
+    }
+
+    fn spawn(&self, name: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
+        let log = self.logs.path().join(format!("{name}.log"));
+        let out = File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainyard"));
+        cmd.args(args)
+            .env("TRAINYARD_LOG_JSON", "true")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env_remove("TRAINYARD_WORKERS")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Proc {
+            name: name.to_string(),
+            pid: child.id() as i32,
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+/// The `message` field of a JSON log line.
+pub fn message(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or("")
+}
+
+/// A running trainyard process.
+pub struct Proc {
+    pub name: String,
+    pub pid: i32,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Sends `sig` (libc::SIGKILL, SIGTERM, SIGSTOP, SIGCONT).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        let r = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(r, 0, "kill({}, {sig}) failed", self.pid);
+    }
+
+    /// SIGKILL, then reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every JSON log line so far.
+    pub fn log_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The log lines whose message is `m`.
+    pub fn logged(&self, m: &str) -> Vec<Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| message(l) == m)
+            .collect()
+    }
+
+    /// Waits for a log line matching `f` (panics with the log after `timeout`).
+    pub fn wait_log(&self, f: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| f(l)) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no such log line after {timeout:?}:\n{}",
+                self.name,
+                self.tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last `n` lines of the log, as written.
+    pub fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of {} (pid {}) ---\n{}",
+                self.name,
+                self.pid,
+                self.tail(60)
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some` (panics with `what` after `secs`).
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An experiment's `status` column.
+pub async fn status(pool: &PgPool, id: uuid::Uuid) -> String {
+    sqlx::query_scalar("SELECT status FROM experiments WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Submits a spec through the API; returns the experiment's id.
+pub async fn submit(client: &reqwest::Client, base: &str, spec: &Value) -> uuid::Uuid {
+    let r = client
+        .post(format!("{base}/experiments"))
+        .json(spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// What a reconnecting curve follower received.
+#[derive(Debug, Default)]
+pub struct Followed {
+    pub events: Vec<SseEvent>,
+    /// Connections made (1 when the stream never broke).
+    pub connections: usize,
+}
+
+/// Follows a curve as a browser's `EventSource` would: whenever the stream breaks before
+/// its `end` event (or cannot be opened), it reconnects after 200 ms with the
+/// `Last-Event-ID` of the last event received. Each change of `breaks` drops the current
+/// connection the same way (a client's network failing). Returns once `end` arrives.
+pub async fn follow_curve(
+    client: &reqwest::Client,
+    url: &str,
+    secs: u64,
+    mut breaks: Option<tokio::sync::watch::Receiver<u32>>,
+) -> Followed {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut out = Followed::default();
+    let mut last_id: Option<String> = None;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no end event after {secs}s and {} connections: {:?}",
+            out.connections,
+            out.events
+        );
+        let mut req = client.get(url).header("accept", "text/event-stream");
+        if let Some(id) = &last_id {
+            req = req.header("last-event-id", id);
+        }
+        out.connections += 1;
+        let resp = match tokio::time::timeout_at(deadline, req.send()).await {
+            Ok(Ok(r)) if r.status() == 200 => r,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        loop {
+            let broken = async {
+                match breaks.as_mut() {
+                    Some(b) => {
+                        if b.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let chunk = tokio::select! {
+                c = tokio::time::timeout_at(deadline, stream.next()) => c,
+                _ = broken => break,
+            };
+            let chunk = match chunk {
+                Ok(Some(Ok(c))) => c,
+                // Ended or broke without `end`, or the deadline (checked above): reconnect.
+                _ => break,
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(pos) = buf.find("\n\n") {
+                let block: String = buf.drain(..pos + 2).collect();
+                let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                if id.is_some() {
+                    last_id = id.clone();
+                }
+                let end = event == "end";
+                out.events.push(SseEvent {
+                    id,
+                    event,
+                    data: serde_json::from_str(&data).unwrap(),
+                });
+                if end {
+                    return out;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The durable event ids a follower received (`status` and `epoch`), in order.
+pub fn durable_ids(f: &Followed) -> Vec<i64> {
+    f.events
+        .iter()
+        .filter(|e| e.event == "status" || e.event == "epoch")
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// An experiment's stored event ids, in order.
+pub async fn stored_event_ids(pool: &PgPool, id: uuid::Uuid) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM experiment_events WHERE experiment_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Checks the lease history of every experiment: attempts numbered 1..=attempt, each
+/// released before the next was claimed (never two holders at once), every epoch row
+/// written by exactly one attempt while that attempt held the lease, epochs 1..=n once
+/// each, and a finished experiment's last attempt released with its final status.
+/// Returns the number of experiments checked.
+pub async fn check_lease_history(pool: &PgPool) -> usize {
+    let exps: Vec<(uuid::Uuid, String, i32, i32)> =
+        sqlx::query_as("SELECT id, status, attempt, epochs_done FROM experiments")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    for (id, status, attempt, epochs_done) in &exps {
+        type Claim = (
+            i32,
+            String,
+            chrono::DateTime<chrono::Utc>,
+            Option<chrono::DateTime<chrono::Utc>>,
+            Option<String>,
+        );
+        let claims: Vec<Claim> = sqlx::query_as(
+            "SELECT attempt, owner, claimed_at, released_at, released_as
+             FROM experiment_claims WHERE experiment_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let numbers: Vec<i32> = claims.iter().map(|c| c.0).collect();
+        assert_eq!(
+            numbers,
+            (1..=*attempt).collect::<Vec<_>>(),
+            "{id}: {claims:?}"
+        );
+        for pair in claims.windows(2) {
+            let released = pair[0].3.unwrap_or_else(|| panic!("{id}: {claims:?}"));
+            assert!(released <= pair[1].2, "{id}: overlapping claims {claims:?}");
+        }
+        if let Some(last) = claims.last() {
+            match status.as_str() {
+                "running" => assert!(last.3.is_none(), "{id}: {claims:?}"),
+                "queued" => assert!(last.3.is_some(), "{id}: {claims:?}"),
+                s => assert!(
+                    last.4.as_deref() == Some(s)
+                        || last.4.as_deref() == Some("rescued")
+                        || last.4.as_deref() == Some("handed_back"),
+                    "{id} is {s}: {claims:?}"
+                ),
+            }
+        }
+        let epochs: Vec<(i32, Option<i32>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT epoch, attempt, recorded_at FROM epoch_metrics
+             WHERE experiment_id = $1 ORDER BY epoch",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let numbers: Vec<i32> = epochs.iter().map(|e| e.0).collect();
+        assert_eq!(numbers, (1..=*epochs_done).collect::<Vec<_>>(), "{id}");
+        for (epoch, by, at) in &epochs {
+            let by = by.unwrap_or_else(|| panic!("{id}: epoch {epoch} names no attempt"));
+            let c = &claims[(by - 1) as usize];
+            assert!(
+                c.2 <= *at && c.3.is_none_or(|r| *at <= r),
+                "{id}: epoch {epoch} recorded at {at} outside attempt {by}'s lease {c:?}"
+            );
+        }
+    }
+    exps.len()
+}
