@@ -42,3 +42,7 @@ ensure_postgres
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+
+# Generated requests from the OpenAPI document against a real `trainyard serve`
+# (schemathesis from PyPI, in a cached venv): no 5xx, nothing the document does not say.
+bash tests/schemathesis.sh
