@@ -42,6 +42,10 @@ ensure_postgres
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# Generated requests from the OpenAPI document against a real `trainyard serve`
+# (schemathesis from PyPI, in a cached venv): no 5xx, nothing the document does not say.
+bash tests/schemathesis.sh
+
 # Stops and starts PostgreSQL, breaking every other connection on the machine: run alone,
 # after everything else (the test is #[ignore]d so that a plain `cargo test` skips it).
 cargo test --test pg_restart -- --ignored

@@ -1,12 +1,13 @@
 //! `/experiments/{id}/checkpoints`: list and download weights (safetensors).
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::experiments::parse_id;
+use super::experiments::{parse_id, path_id};
 use super::{AppState, error::ApiError};
 use crate::store::checkpoints::{CheckpointInfo, Which};
 
@@ -18,16 +19,16 @@ pub fn router() -> Router<AppState> {
 
 /// The stored checkpoints (the best and the last epoch, or every epoch when the spec asks).
 #[utoipa::path(get, path = "/experiments/{id}/checkpoints", tag = "checkpoints",
-    params(("id" = String, Path, description = "Experiment id")),
+    params(("id" = uuid::Uuid, Path, description = "Experiment id")),
     responses(
         (status = 200, body = Vec<CheckpointInfo>),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn list(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<CheckpointInfo>>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(id)?;
     state.store.experiment(id).await?;
     Ok(Json(state.store.checkpoints(id).await?))
 }
@@ -35,17 +36,22 @@ async fn list(
 /// Download a checkpoint's weights: PyTorch state-dict names, spec in the metadata.
 #[utoipa::path(get, path = "/experiments/{id}/checkpoints/{which}", tag = "checkpoints",
     params(
-        ("id" = String, Path, description = "Experiment id"),
+        ("id" = uuid::Uuid, Path, description = "Experiment id"),
         ("which" = String, Path, description = "`best`, `last` or an epoch number"),
     ),
     responses(
-        (status = 200, description = "safetensors file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "safetensors file", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(
+                ("X-Checkpoint-Epoch" = i32, description = "The epoch the weights are from"),
+                ("Content-Disposition" = String, description = "`attachment` with a file name"),
+            )),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn download(
     State(state): State<AppState>,
-    Path((id, which)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path((id, which)) = path.map_err(|_| ApiError::NotFound("checkpoint"))?;
     let id = parse_id(&id)?;
     let which: Which = which
         .parse()

@@ -22,6 +22,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -31,7 +32,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::experiments::{ExperimentView, parse_id};
+use super::experiments::{ExperimentView, path_id};
 use super::{AppState, error::ApiError};
 use crate::store::listen::Signal;
 use crate::store::{Status, Store, events};
@@ -51,22 +52,38 @@ fn last_event_id(headers: &HeaderMap) -> i64 {
         .unwrap_or(0)
 }
 
+/// One server-sent event of the curve, as the OpenAPI document describes the stream's
+/// items (what `text/event-stream` carries: an event name, an id and a data line).
+#[derive(utoipa::ToSchema)]
+pub struct CurveEvent {
+    /// `status`, `epoch`, `progress` or `end`.
+    #[schema(pattern = "^(status|epoch|progress|end)$")]
+    pub event: String,
+    /// The durable event id (`progress`: `<last durable id>.<n>`); send it back as
+    /// `Last-Event-ID` to resume.
+    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$")]
+    pub id: String,
+    /// The event's JSON payload (see the operation's description).
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
 /// Follow an experiment's curve.
 #[utoipa::path(get, path = "/experiments/{id}/curve", tag = "experiments",
     params(
-        ("id" = String, Path, description = "Experiment id"),
+        ("id" = uuid::Uuid, Path, description = "Experiment id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
     ),
     responses(
-        (status = 200, description = "Events `status` (`{status, error}`), `epoch` (a `/metrics` row, with `recorded_at`), `progress` (`{epoch, epochs, batch, batches, loss, at}`, `at` when the batch finished), then `end` (the experiment)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Events `status` (`{status, error}`), `epoch` (a `/metrics` row, with `recorded_at`), `progress` (`{epoch, epochs, batch, batches, loss, at}`, `at` when the batch finished), then `end` (the experiment)", content_type = "text/event-stream", body = CurveEvent),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn curve(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(id)?;
     // Subscribe before the first read so that nothing falls between them.
     let signals = state.hub.subscribe();
     state.store.experiment(id).await?;

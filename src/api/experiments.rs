@@ -1,7 +1,7 @@
 //! `/experiments`: submit, list, read, cancel, metrics.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,9 +33,43 @@ pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound("experiment"))
 }
 
-/// A query string that does not parse: 422 naming the query.
+/// The experiment id of a path. A segment that does not even decode (percent-encoded
+/// bytes that are not UTF-8) names nothing that exists either: 404, as a problem, never
+/// axum's plain-text 400.
+pub(crate) fn path_id(p: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(id) = p.map_err(|_| ApiError::NotFound("experiment"))?;
+    parse_id(&id)
+}
+
+/// A query string that does not parse: 422 naming the parameter at fault when the
+/// message says which (`limit: invalid digit ...`, ``duplicate field `limit` ``), the
+/// whole `query` otherwise.
 pub(crate) fn query_error(e: QueryRejection) -> ApiError {
-    ApiError::field("query", e.body_text())
+    let text = e.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    let is_name = |f: &&str| {
+        !f.is_empty() && f.len() <= 64 && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let field = detail
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(f, _)| f)
+        .or_else(|| detail.split_once(": ").map(|(f, _)| f))
+        .filter(is_name)
+        .unwrap_or("query");
+    ApiError::field(field, detail)
+}
+
+/// An optional integer query parameter, named in the 422 when it is not one.
+fn int_param<T: std::str::FromStr>(field: &str, v: Option<&str>) -> Result<Option<T>, ApiError> {
+    v.map(|s| {
+        s.trim()
+            .parse()
+            .map_err(|_| ApiError::field(field, format!("{s:?} is not an integer in range")))
+    })
+    .transpose()
 }
 
 /// A body that could not be read: too large (413) or broken (400).
@@ -64,17 +98,21 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateParams {
     /// Higher runs first (-100 to 100, default 0).
-    pub priority: Option<i32>,
+    #[param(value_type = Option<i32>, minimum = -100, maximum = 100)]
+    pub priority: Option<String>,
 }
 
 /// Queue an experiment.
 #[utoipa::path(post, path = "/experiments", tag = "experiments",
-    params(CreateParams, ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body return the same experiment")),
-    request_body(content = Object, content_type = "application/json", description = "An experiment spec (see README)"),
+    params(CreateParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[ -~]+$", description = "Retries with the same key and body return the same experiment")),
+    request_body(content = Object, content_type = "application/json", description = "An experiment spec (see README): a preset name with overrides, or every field written out",
+        example = json!({"preset": "torch-cnn", "epochs": 1, "dataset": {"train_limit": 100, "test_limit": 100}})),
     responses(
-        (status = 201, description = "Queued (or, for a repeated Idempotency-Key, the experiment queued then)", body = ExperimentView),
+        (status = 201, description = "Queued (or, for a repeated Idempotency-Key, the experiment queued then)", body = ExperimentView,
+            headers(("Location" = String, description = "The experiment's URL"))),
         (status = 409, description = "Idempotency-Key reused with another body", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = super::error::Problem, content_type = "application/problem+json"),
@@ -89,7 +127,7 @@ async fn create(
     require_json(&headers)?;
     let Query(params) = params.map_err(query_error)?;
     let body = body.map_err(body_error)?;
-    let priority = params.priority.unwrap_or(0);
+    let priority: i32 = int_param("priority", params.priority.as_deref())?.unwrap_or(0);
     if !(-100..=100).contains(&priority) {
         return Err(ApiError::field("priority", "must be between -100 and 100"));
     }
@@ -99,7 +137,11 @@ async fn create(
             let k = v
                 .to_str()
                 .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+                .filter(|k| {
+                    // `to_str` lets a tab through; the document promises printable ASCII.
+                    (1..=MAX_KEY_LEN).contains(&k.len())
+                        && k.bytes().all(|b| (b' '..=b'~').contains(&b))
+                })
                 .ok_or_else(|| {
                     ApiError::field(
                         "Idempotency-Key",
@@ -180,13 +222,17 @@ impl ExperimentView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only experiments in this status.
+    #[param(value_type = Option<Status>)]
     pub status: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,17}_[0-9a-f]{32}$")]
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
-    pub limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -201,12 +247,17 @@ fn encode_cursor((at, id): (DateTime<Utc>, Uuid)) -> String {
     format!("{}_{}", at.timestamp_micros(), id.simple())
 }
 
+/// Latest instant a cursor may name: the end of year 9999. A cursor names a row's
+/// `created_at`; one far outside what PostgreSQL stores would fail in the database.
+const MAX_CURSOR_MICROS: i64 = 253_402_300_799_999_999;
+
 fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let (t, id) = s.split_once('_')?;
-    Some((
-        DateTime::from_timestamp_micros(t.parse().ok()?)?,
-        id.parse().ok()?,
-    ))
+    let micros: i64 = t
+        .parse()
+        .ok()
+        .filter(|m| (0..=MAX_CURSOR_MICROS).contains(m))?;
+    Some((DateTime::from_timestamp_micros(micros)?, id.parse().ok()?))
 }
 
 /// List experiments, newest first.
@@ -236,7 +287,7 @@ async fn list(
                 .ok_or_else(|| ApiError::field("cursor", "not a cursor this API returned"))?,
         ),
     };
-    let limit = p.limit.unwrap_or(20);
+    let limit: i64 = int_param("limit", p.limit.as_deref())?.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::field(
             "limit",
@@ -256,22 +307,22 @@ async fn list(
 
 /// One experiment.
 #[utoipa::path(get, path = "/experiments/{id}", tag = "experiments",
-    params(("id" = String, Path, description = "Experiment id")),
+    params(("id" = uuid::Uuid, Path, description = "Experiment id")),
     responses(
         (status = 200, body = ExperimentView),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ExperimentView>, ApiError> {
-    let exp = state.store.experiment(parse_id(&id)?).await?;
+    let exp = state.store.experiment(path_id(id)?).await?;
     Ok(Json(ExperimentView::new(exp, None)))
 }
 
 /// Cancel: a queued experiment at once, a running one at its next batch.
 #[utoipa::path(post, path = "/experiments/{id}/cancel", tag = "experiments",
-    params(("id" = String, Path, description = "Experiment id")),
+    params(("id" = uuid::Uuid, Path, description = "Experiment id")),
     responses(
         (status = 200, description = "Cancelled, or cancel requested (`cancel_requested`) while running", body = ExperimentView),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
@@ -279,9 +330,9 @@ async fn show(
     ))]
 async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ExperimentView>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(id)?;
     let before = state.store.experiment(id).await?;
     if matches!(before.status, Status::Succeeded | Status::Failed) {
         return Err(ApiError::Conflict(format!(
@@ -317,18 +368,20 @@ fn csv(rows: &[StoredEpoch]) -> String {
 
 /// Per-epoch metrics (JSON, or CSV with `Accept: text/csv`).
 #[utoipa::path(get, path = "/experiments/{id}/metrics", tag = "experiments",
-    params(("id" = String, Path, description = "Experiment id")),
+    params(("id" = uuid::Uuid, Path, description = "Experiment id")),
     responses(
-        (status = 200, description = "One row per finished epoch, with when it was stored", body = Vec<StoredEpoch>, content_type = "application/json"),
-        (status = 200, description = "The same as CSV", body = String, content_type = "text/csv"),
+        (status = 200, description = "One row per finished epoch, with when it was stored (as CSV with `Accept: text/csv`)", content(
+            (Vec<StoredEpoch> = "application/json"),
+            (String = "text/csv"),
+        )),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn metrics(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(id)?;
     state.store.experiment(id).await?;
     let rows = state.store.stored_epochs(id).await?;
     let wants_csv = headers

@@ -67,6 +67,9 @@ pub fn app(state: AppState) -> Router {
         .merge(stats::router())
         .merge(openapi::router())
         .fallback(|| async { error::ApiError::NotFound("route") })
+        // After every route: a known path with another method is a 405 problem (axum
+        // still adds the Allow header).
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(TraceLayer::new_for_http())
 }

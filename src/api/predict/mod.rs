@@ -35,12 +35,15 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PredictParams {
-    /// The experiment whose weights answer.
+    /// The experiment whose weights answer (required; a missing one is a 422 naming it).
+    #[param(required = true, value_type = String, format = Uuid)]
     pub experiment: Option<String>,
     /// `best` (default), `last`, or an epoch number.
     pub checkpoint: Option<String>,
     /// How many classes to list in `top_k` (1 to 10, default 3).
+    #[param(minimum = 1, maximum = 10)]
     pub top_k: Option<usize>,
 }
 
@@ -92,11 +95,24 @@ fn class_name(dataset: DatasetName, label: usize) -> String {
     }
 }
 
+/// An image file, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ImageBytes(pub Vec<u8>);
+
+/// Image parts (any names; each part one image file), for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+pub struct ImageParts(pub std::collections::HashMap<String, ImageBytes>);
+
 /// Classify images.
 #[utoipa::path(post, path = "/predict", tag = "predict", params(PredictParams),
-    request_body(description = "One image (image/png, image/jpeg, image/x-portable-graymap) or multipart/form-data with image parts", content = Vec<u8>),
+    request_body(description = "One image (image/png, image/jpeg, image/x-portable-graymap) or multipart/form-data with image parts", content(
+        (ImageBytes = "image/png"), (ImageBytes = "image/jpeg"), (ImageBytes = "image/x-portable-graymap"),
+        (ImageParts = "multipart/form-data"),
+    )),
     responses(
         (status = 200, body = PredictResponse),
+        (status = 400, description = "Malformed multipart body", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown experiment or checkpoint", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The experiment has no checkpoint yet", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json"),

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Generated requests against a real `trainyard serve`: schemathesis reads the checked-in
+# OpenAPI document (openapi/openapi.json), generates valid and invalid requests for every
+# operation and fails on any 5xx, any status code the document does not list, and any
+# response whose content type, headers or body break the document.
+#
+# The server runs on a fresh database with no workers (`--workers 0`), so nothing a
+# generated request queues can train and take over the machine. Before it starts, one
+# worker process trains one tiny experiment and exits, so that generated requests reach
+# metrics, checkpoints and /predict with real weights too: its id (and a queued one's) are
+# offered to the generator as likely values of `id` and `experiment`.
+#
+# Usage: tests/schemathesis.sh   (needs python3 with venv and pip, PostgreSQL on
+# 127.0.0.1:5432 as tests/run.sh starts it, and ../shared/data/mnist).
+# SCHEMATHESIS_MAX_EXAMPLES (default 100) bounds the test cases per operation; the seed is
+# fixed (SCHEMATHESIS_SEED, default 1) so a failure reproduces. Extra arguments go to
+# `schemathesis run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ST_VERSION=4.32.5
+VENV="${TRAINYARD_SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/trainyard/schemathesis-$ST_VERSION}"
+if [ ! -x "$VENV/bin/schemathesis" ]; then
+  echo "installing schemathesis $ST_VERSION into $VENV" >&2
+  if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$ST_VERSION"
+fi
+
+# The debug binary (`cargo test --all-targets` has built it already when run.sh calls
+# this), or TRAINYARD_BIN.
+if [ -z "${TRAINYARD_BIN:-}" ]; then
+  cargo build -q --bin trainyard
+  TARGET_DIR=$(cargo metadata -q --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  TRAINYARD_BIN="$TARGET_DIR/debug/trainyard"
+fi
+BIN="$TRAINYARD_BIN"
+
+ADMIN_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+DB="trainyard_schemathesis_$$"
+DB_URL="${ADMIN_URL%/*}/$DB"
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BASE="http://127.0.0.1:$PORT"
+WORK=$(mktemp -d)
+SERVER_PID=""
+WORKER_PID=""
+
+cleanup() {
+  local pid
+  for pid in "$WORKER_PID" "$SERVER_PID"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# METHOD PATH [JSON BODY]: the response body; fails on a status other than 2xx.
+http() {
+  python3 - "$BASE$2" "$1" "${3:-}" <<'PY'
+import sys, urllib.request
+url, method, body = sys.argv[1:]
+req = urllib.request.Request(url, method=method, data=body.encode() or None,
+                             headers={"content-type": "application/json"})
+with urllib.request.urlopen(req, timeout=10) as r:
+    sys.stdout.write(r.read().decode())
+PY
+}
+
+export TRAINYARD_DATA_DIR=../shared/data TRAINYARD_NO_DOWNLOAD=true TRAINYARD_DEVICE=cpu
+export DATABASE_URL="$DB_URL" RUST_LOG="${RUST_LOG:-warn}"
+# serve creates the database and applies the migrations.
+"$BIN" serve --bind "127.0.0.1:$PORT" --workers 0 >"$WORK/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+  http GET /readyz >/dev/null 2>&1 && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; exit 1; }
+  sleep 0.2
+done
+http GET /readyz >/dev/null || { echo "the server did not become ready" >&2; cat "$WORK/serve.log" >&2; exit 1; }
+
+# The id of a queued experiment.
+submit() {
+  http POST /experiments "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])'
+}
+T0=$SECONDS
+# Trained: one epoch on a slice, by one worker process on one thread, which then exits.
+TRAINED=$(submit '{"preset": "torch-cnn", "epochs": 1, "batch_size": 50,
+  "dataset": {"train_limit": 200, "test_limit": 100}, "device": "cpu"}')
+RAYON_NUM_THREADS=1 "$BIN" worker --workers 1 --poll-secs 0.5 >"$WORK/worker.log" 2>&1 &
+WORKER_PID=$!
+status=""
+for _ in $(seq 1 300); do
+  status=$(http GET "/experiments/$TRAINED" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])')
+  case "$status" in succeeded | failed | cancelled) break ;; esac
+  sleep 0.2
+done
+kill -TERM "$WORKER_PID"
+wait "$WORKER_PID" || { echo "the worker did not stop cleanly" >&2; cat "$WORK/worker.log" >&2; exit 1; }
+WORKER_PID=""
+if [ "$status" != succeeded ]; then
+  echo "the seed experiment ended $status" >&2
+  cat "$WORK/worker.log" >&2
+  exit 1
+fi
+echo "seed experiment trained in $((SECONDS - T0))s" >&2
+# Queued (nothing works on it now), and one cancelled.
+QUEUED=$(submit '{"preset": "keras-cnn", "epochs": 1}')
+CANCELLED=$(submit '{"preset": "torch-cnn", "epochs": 1}')
+http POST "/experiments/$CANCELLED/cancel" >/dev/null
+
+cat >"$WORK/schemathesis.toml" <<EOF
+# Generated by tests/schemathesis.sh for one run.
+request-timeout = 5.0
+# Each run starts from nothing: no state kept in the checkout.
+[cache]
+enabled = false
+[generation]
+max-examples = ${SCHEMATHESIS_MAX_EXAMPLES:-100}
+database = "none"
+[dictionaries.experiments]
+values = ["$TRAINED", "$QUEUED", "$CANCELLED"]
+[dictionaries.checkpoints]
+values = ["best", "last", "1", "2"]
+[parameters]
+"path.id" = { dictionary = "experiments", probability = 0.5 }
+"query.experiment" = { dictionary = "experiments", probability = 0.5 }
+"path.which" = { dictionary = "checkpoints", probability = 0.5 }
+# A stream of an experiment that has not ended stays open: read what it sent first.
+[[operations]]
+include-path = "/experiments/{id}/curve"
+request-timeout = 1.0
+# A JSON Schema cannot say everything that makes a spec valid (layer shapes, the budget)
+# or a body an image, so a schema-valid request may honestly get a 422 or 415 here.
+[[operations]]
+include-path = "/experiments"
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
+[[operations]]
+include-path = "/predict"
+checks.positive_data_acceptance.enabled = false
+EOF
+
+SCHEMATHESIS_HOOKS=tests/schemathesis_hooks.py \
+  "$VENV/bin/schemathesis" --config-file "$WORK/schemathesis.toml" run openapi/openapi.json \
+  --url "$BASE" --seed "${SCHEMATHESIS_SEED:-1}" --workers 2 --no-color "$@" || {
+  status=$?
+  echo "schemathesis found problems (server log follows)" >&2
+  tail -n 50 "$WORK/serve.log" >&2
+  exit "$status"
+}
+# A panic that schemathesis saw only as a dropped connection still fails the step.
+if ! kill -0 "$SERVER_PID" 2>/dev/null || grep -q "panicked" "$WORK/serve.log"; then
+  echo "the server died or panicked during the run:" >&2
+  tail -n 50 "$WORK/serve.log" >&2
+  exit 1
+fi
