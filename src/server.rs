@@ -94,6 +94,7 @@ pub async fn serve(
     bind: SocketAddr,
     workers: WorkerConfig,
     batching: BatchConfig,
+    max_sse_streams: usize,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let hub = Hub::start(store.pool()).await?;
@@ -105,8 +106,9 @@ pub async fn serve(
         predict_max_batch = batching.max_batch,
         "serving"
     );
-    let state =
-        AppState::new(store.clone(), hub.clone(), shutdown.clone()).with_predict_batching(batching);
+    let state = AppState::new(store.clone(), hub.clone(), shutdown.clone())
+        .with_predict_batching(batching)
+        .with_max_sse_streams(max_sse_streams);
     let app = api::app(state);
     let worker_task = (workers.workers > 0)
         .then(|| tokio::spawn(worker::run(store, hub, workers, shutdown.clone())));

@@ -77,6 +77,7 @@ pub struct CurveEvent {
     responses(
         (status = 200, description = "Events `status` (`{status, error}`), `epoch` (a `/metrics` row, with `recorded_at`), `progress` (`{epoch, epochs, batch, batches, loss, at}`, `at` when the batch finished), then `end` (the experiment)", content_type = "text/event-stream", body = CurveEvent),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many curve streams are open (`--max-sse-streams`); retry after `Retry-After` seconds", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn curve(
     State(state): State<AppState>,
@@ -84,6 +85,14 @@ async fn curve(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = path_id(id)?;
+    // Each stream holds a permit until its follower ends (the client left, the experiment
+    // ended, or shutdown): memory and database work stay bounded however many connect.
+    let permit = state.sse_streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "{} curve streams are open, the most this server keeps; retry later",
+            state.max_sse_streams
+        ))
+    })?;
     // Subscribe before the first read so that nothing falls between them.
     let signals = state.hub.subscribe();
     state.store.experiment(id).await?;
@@ -97,6 +106,7 @@ async fn curve(
         tx,
     );
     tokio::spawn(async move {
+        let _permit = permit;
         tokio::select! {
             _ = follower => {}
             _ = crate::worker::stopped(&mut shutdown) => {}

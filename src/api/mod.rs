@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tower_http::trace::TraceLayer;
 
 use crate::store::Store;
@@ -24,6 +24,9 @@ use crate::store::listen::Hub;
 
 /// Largest JSON body (a spec).
 pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+
+/// Curve (SSE) streams a server keeps open at once, unless configured otherwise.
+pub const DEFAULT_MAX_SSE_STREAMS: usize = 1000;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -33,6 +36,9 @@ pub struct AppState {
     pub models: Arc<predict::ModelCache>,
     /// Turns true on shutdown: long-lived streams end so the server can stop.
     pub shutdown: watch::Receiver<bool>,
+    /// One permit per open curve stream; a stream past the limit gets a 503.
+    pub sse_streams: Arc<Semaphore>,
+    pub max_sse_streams: usize,
 }
 
 impl AppState {
@@ -42,7 +48,16 @@ impl AppState {
             hub,
             models: Arc::default(),
             shutdown,
+            sse_streams: Arc::new(Semaphore::new(DEFAULT_MAX_SSE_STREAMS)),
+            max_sse_streams: DEFAULT_MAX_SSE_STREAMS,
         }
+    }
+
+    /// The same state with at most `n` curve streams open at once.
+    pub fn with_max_sse_streams(mut self, n: usize) -> Self {
+        self.sse_streams = Arc::new(Semaphore::new(n));
+        self.max_sse_streams = n;
+        self
     }
 
     /// The same state with `/predict` batching as configured (the default otherwise).

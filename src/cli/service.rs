@@ -150,6 +150,9 @@ pub struct ServeArgs {
     pub worker: WorkerArgs,
     #[command(flatten)]
     pub predict: PredictArgs,
+    /// Curve (SSE) streams kept open at once; one more gets a 503 with Retry-After.
+    #[arg(long, env = "TRAINYARD_MAX_SSE_STREAMS", default_value_t = crate::api::DEFAULT_MAX_SSE_STREAMS)]
+    pub max_sse_streams: usize,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -172,6 +175,10 @@ impl WorkerArgs {
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = a.worker.config()?;
     let batching = a.predict.config()?;
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&a.max_sse_streams),
+        "--max-sse-streams must be between 1 and 1000000"
+    );
     runtime()?.block_on(async {
         let shutdown = crate::server::shutdown_on_signals(a.worker.grace());
         let store = crate::server::connect_and_migrate(
@@ -180,7 +187,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             a.worker.idle_in_transaction(),
         )
         .await?;
-        crate::server::serve(store, a.bind, cfg, batching, shutdown).await
+        crate::server::serve(store, a.bind, cfg, batching, a.max_sse_streams, shutdown).await
     })
 }
 
