@@ -165,6 +165,27 @@ fn a_bomb_is_refused_from_its_header_before_any_pixel_buffer() {
     }
 }
 
+/// Found by fuzzing (`fuzz/`, target `image`): png 0.18.1 panics when a palette's length
+/// is not a multiple of 3. An 8x8 4-bit paletted PNG with a 5-byte palette.
+fn png_with_a_ragged_palette() -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    png_chunk(&mut out, b"IHDR", &[0, 0, 0, 8, 0, 0, 0, 8, 4, 3, 0, 0, 0]);
+    png_chunk(&mut out, b"PLTE", &[0, 1, 2, 3, 4]);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(&[0u8; 8 * 5]).unwrap();
+    png_chunk(&mut out, b"IDAT", &z.finish().unwrap());
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+#[test]
+fn a_png_palette_of_a_ragged_length_is_refused_not_a_panic() {
+    match decode_to_28x28(&png_with_a_ragged_palette()) {
+        Err(ImageError::Corrupt(reason)) => assert!(reason.contains("palette"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn an_image_at_the_size_limit_still_decodes() {
     let big = png_declaring(MAX_IMAGE_DIMENSION, 8, 0, 8);
@@ -266,6 +287,7 @@ async fn bad_images_get_a_4xx_naming_the_image(pool: PgPool) {
     corrupt_png[n / 2..n - 12].fill(0x55);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("truncated png", cut_png, 422),
+        ("ragged palette", png_with_a_ragged_palette(), 422),
         ("corrupt png", corrupt_png, 422),
         ("png bomb", png_declaring(100_000, 100_000, 2, 8), 422),
         ("jpeg bomb", jpeg_declaring(65_500, 65_500), 422),

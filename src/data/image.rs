@@ -11,7 +11,8 @@
 //! against [`MAX_IMAGE_DIMENSION`] before any pixel buffer exists, and the decoders'
 //! own allocations are capped at [`MAX_DECODE_BYTES`] (the `image` crate's `Limits`).
 //! A decoded image then costs at most that buffer plus one luma plane of
-//! `MAX_IMAGE_DIMENSION`² bytes; callers bound how many decodes run at once.
+//! `MAX_IMAGE_DIMENSION`² bytes; callers bound how many decodes run at once. A decoder
+//! that panics on crafted input fails that image only (see `fuzz/`).
 
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
@@ -56,9 +57,39 @@ fn reader(bytes: &[u8]) -> Result<ImageReader<std::io::Cursor<&[u8]>>, ImageErro
     ) {
         return Err(ImageError::Unsupported);
     }
+    if format == ImageFormat::Png {
+        check_png_palette(bytes)?;
+    }
     let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     reader.limits(limits());
     Ok(reader)
+}
+
+/// png 0.18.1 panics on a palette (`PLTE`) whose length is not a multiple of 3, which
+/// the PNG format forbids anyway (found by fuzzing): refuse one before decoding. Reads
+/// only the chunk headers.
+fn check_png_palette(bytes: &[u8]) -> Result<(), ImageError> {
+    let mut at = 8usize;
+    while let Some(head) = bytes.get(at..at.saturating_add(8)) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if &head[4..] == b"PLTE" && len % 3 != 0 {
+            return Err(ImageError::Corrupt(format!(
+                "the PNG palette is {len} bytes long, not a multiple of 3"
+            )));
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
+}
+
+/// Runs a decoder, turning a panic in it (a bug in a decoder, triggered by crafted input)
+/// into an error for this image instead of a dropped request.
+fn guarded<T>(decode: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(ImageError::Corrupt(
+            "the decoder failed on this image".into(),
+        ))
+    })
 }
 
 fn decode_error(e: image::ImageError) -> ImageError {
@@ -72,7 +103,7 @@ fn decode_error(e: image::ImageError) -> ImageError {
 /// Fails as [`decode_to_28x28`] would for a format it does not take, an unreadable header
 /// or dimensions over the limit.
 pub fn declared_dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
-    let (w, h) = reader(bytes)?.into_dimensions().map_err(decode_error)?;
+    let (w, h) = guarded(|| reader(bytes)?.into_dimensions().map_err(decode_error))?;
     if w > MAX_IMAGE_DIMENSION || h > MAX_IMAGE_DIMENSION {
         return Err(ImageError::TooLarge(format!("{w}x{h} declared")));
     }
@@ -83,7 +114,7 @@ pub fn declared_dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
 pub fn decode_to_28x28(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
     // `decode` reads the header, checks the declared dimensions and the buffer they need
     // against the limits, and only then allocates.
-    let img = reader(bytes)?.decode().map_err(decode_error)?;
+    let img = guarded(|| reader(bytes)?.decode().map_err(decode_error))?;
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
         return Err(ImageError::Corrupt("the image has no pixels".into()));
