@@ -72,7 +72,7 @@ fn check_png_palette(bytes: &[u8]) -> Result<(), ImageError> {
     let mut at = 8usize;
     while let Some(head) = bytes.get(at..at.saturating_add(8)) {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if &head[4..] == b"PLTE" && len % 3 != 0 {
+        if &head[4..] == b"PLTE" && !len.is_multiple_of(3) {
             return Err(ImageError::Corrupt(format!(
                 "the PNG palette is {len} bytes long, not a multiple of 3"
             )));
