@@ -4,10 +4,17 @@
 //! PIL's `convert("L")` does (ITU-R 601-2 weights in fixed point, alpha ignored), 16-bit
 //! samples are reduced to 8 bits, and an image that is not
 //! 28x28 is resized with PIL's bilinear filter (aspect ratio not preserved). MNIST digits
-//! are white on black; images are not inverted. Dimensions and decoder memory are capped
-//! so a small file that declares a huge image (a decompression bomb) fails fast.
+//! are white on black; images are not inverted.
+//!
+//! The bytes come from strangers, so nothing here trusts them. A small file can declare a
+//! huge image (a decompression bomb): the header is read first and its dimensions checked
+//! against [`MAX_IMAGE_DIMENSION`] before any pixel buffer exists, and the decoders'
+//! own allocations are capped at [`MAX_DECODE_BYTES`] (the `image` crate's `Limits`).
+//! A decoded image then costs at most that buffer plus one luma plane of
+//! `MAX_IMAGE_DIMENSION`² bytes; callers bound how many decodes run at once. A decoder
+//! that panics on crafted input fails that image only (see `fuzz/`).
 
-use image::{ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
 use super::resize::resize_bilinear_u8;
 
@@ -18,16 +25,31 @@ pub const MAX_DECODE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    #[error("the image is empty (0 bytes)")]
+    Empty,
     #[error("unsupported image format: send PNG, JPEG or PGM")]
     Unsupported,
-    #[error("the image is larger than {MAX_IMAGE_DIMENSION}x{MAX_IMAGE_DIMENSION}")]
-    TooLarge,
+    #[error(
+        "the image is too large: {0}; at most {MAX_IMAGE_DIMENSION}x{MAX_IMAGE_DIMENSION} pixels and {mib} MiB decoded",
+        mib = MAX_DECODE_BYTES >> 20
+    )]
+    TooLarge(String),
     #[error("the image cannot be decoded: {0}")]
     Corrupt(String),
 }
 
-/// Decodes PNG, JPEG or PGM/PNM bytes (format sniffed from the content) to 28x28 u8.
-pub fn decode_to_28x28(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_DIMENSION);
+    limits.max_image_height = Some(MAX_IMAGE_DIMENSION);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+fn reader(bytes: &[u8]) -> Result<ImageReader<std::io::Cursor<&[u8]>>, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
     let format = image::guess_format(bytes).map_err(|_| ImageError::Unsupported)?;
     if !matches!(
         format,
@@ -35,35 +57,92 @@ pub fn decode_to_28x28(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
     ) {
         return Err(ImageError::Unsupported);
     }
+    if format == ImageFormat::Png {
+        check_png_palette(bytes)?;
+    }
     let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_DIMENSION);
-    limits.max_image_height = Some(MAX_IMAGE_DIMENSION);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => ImageError::TooLarge,
+    reader.limits(limits());
+    Ok(reader)
+}
+
+/// png 0.18.1 panics on a palette (`PLTE`) whose length is not a multiple of 3, which
+/// the PNG format forbids anyway (found by fuzzing): refuse one before decoding. Reads
+/// only the chunk headers.
+fn check_png_palette(bytes: &[u8]) -> Result<(), ImageError> {
+    let mut at = 8usize;
+    while let Some(head) = bytes.get(at..at.saturating_add(8)) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if &head[4..] == b"PLTE" && !len.is_multiple_of(3) {
+            return Err(ImageError::Corrupt(format!(
+                "the PNG palette is {len} bytes long, not a multiple of 3"
+            )));
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
+}
+
+/// Runs a decoder, turning a panic in it (a bug in a decoder, triggered by crafted input)
+/// into an error for this image instead of a dropped request.
+fn guarded<T>(decode: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(ImageError::Corrupt(
+            "the decoder failed on this image".into(),
+        ))
+    })
+}
+
+fn decode_error(e: image::ImageError) -> ImageError {
+    match e {
+        image::ImageError::Limits(l) => ImageError::TooLarge(l.to_string()),
         other => ImageError::Corrupt(other.to_string()),
-    })?;
+    }
+}
+
+/// The width and height the image's header declares, read without decoding any pixels.
+/// Fails as [`decode_to_28x28`] would for a format it does not take, an unreadable header
+/// or dimensions over the limit.
+pub fn declared_dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    let (w, h) = guarded(|| reader(bytes)?.into_dimensions().map_err(decode_error))?;
+    if w > MAX_IMAGE_DIMENSION || h > MAX_IMAGE_DIMENSION {
+        return Err(ImageError::TooLarge(format!("{w}x{h} declared")));
+    }
+    Ok((w, h))
+}
+
+/// Decodes PNG, JPEG or PGM/PNM bytes (format sniffed from the content) to 28x28 u8.
+pub fn decode_to_28x28(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
+    // `decode` reads the header, checks the declared dimensions and the buffer they need
+    // against the limits, and only then allocates.
+    let img = guarded(|| reader(bytes)?.decode().map_err(decode_error))?;
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
-        return Err(ImageError::Corrupt("the image is empty".into()));
+        return Err(ImageError::Corrupt("the image has no pixels".into()));
     }
-    let px: Vec<u8> = match img {
-        image::DynamicImage::ImageLuma8(g) => g.into_raw(),
-        other if !other.color().has_color() => other.to_luma8().into_raw(),
-        other => other
-            .to_rgb8()
-            .pixels()
-            .map(|p| {
-                let [r, g, b] = p.0.map(u32::from);
-                ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
-            })
-            .collect(),
-    };
+    let px = to_luma(img);
     Ok(if (w, h) == (28, 28) {
         px
     } else {
         resize_bilinear_u8(&px, h as usize, w as usize, 28, 28)
     })
+}
+
+/// PIL's `convert("L")`: `(r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16` on 8-bit
+/// samples. 8-bit colour is read in place; anything else is converted to 8-bit RGB first.
+fn to_luma(img: DynamicImage) -> Vec<u8> {
+    fn luma(r: u8, g: u8, b: u8) -> u8 {
+        let [r, g, b] = [r, g, b].map(u32::from);
+        ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
+    }
+    match img {
+        DynamicImage::ImageLuma8(g) => g.into_raw(),
+        DynamicImage::ImageRgb8(c) => c.pixels().map(|p| luma(p[0], p[1], p[2])).collect(),
+        DynamicImage::ImageRgba8(c) => c.pixels().map(|p| luma(p[0], p[1], p[2])).collect(),
+        other if !other.color().has_color() => other.to_luma8().into_raw(),
+        other => other
+            .to_rgb8()
+            .pixels()
+            .map(|p| luma(p[0], p[1], p[2]))
+            .collect(),
+    }
 }

@@ -474,6 +474,7 @@ pub fn from_value(value: serde_json::Value) -> Result<ExperimentSpec, SpecErrors
     let value = presets::resolve(value)?;
     match deserialize_at::<ExperimentSpec>("", value.clone()) {
         Ok(spec) => Ok(spec),
+        Err(e) if e.0[0].field == "optimizer" => Err(locate_optimizer_error(&value).unwrap_or(e)),
         Err(e) => Err(locate_layer_error(&value).unwrap_or(e)),
     }
 }
@@ -482,16 +483,83 @@ fn deserialize_at<T: serde::de::DeserializeOwned>(
     prefix: &str,
     value: serde_json::Value,
 ) -> Result<T, SpecErrors> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
-        let field = match (prefix, path.as_str()) {
-            (p, ".") => p.to_string(),
-            ("", p) => p.to_string(),
-            (pre, p) => format!("{pre}.{p}"),
-        };
-        SpecErrors::one(field, e.into_inner().to_string())
+        let at = value_at(&value, e.path());
+        let reason = e.into_inner().to_string();
+        let mut field = join_path(prefix, &path);
+        // serde names a missing field only in its message, at the parent's path, and an
+        // unknown one raw at the end of the path: name both by their own path, quoting a
+        // key that is not a plain name (`dataset["a.b"]`).
+        // (A "missing" field of something that is not an object is that thing's fault.)
+        if let Some(name) = named_field(&reason)
+            && (reason.starts_with("unknown") || at.is_some_and(|v| v.is_object()))
+        {
+            let parent = if field == name {
+                ""
+            } else {
+                field
+                    .strip_suffix(name)
+                    .and_then(|p| p.strip_suffix('.'))
+                    .unwrap_or(&field)
+            };
+            let plain = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            field = match (parent.is_empty(), plain) {
+                (true, true) => name.to_string(),
+                (false, true) => format!("{parent}.{name}"),
+                (_, false) => format!("{parent}[{}]", serde_json::Value::from(name)),
+            };
+        }
+        SpecErrors::one(field, reason)
     })
 }
+
+/// The value a serde_path_to_error path leads to.
+fn value_at<'a>(
+    value: &'a serde_json::Value,
+    path: &serde_path_to_error::Path,
+) -> Option<&'a serde_json::Value> {
+    use serde_path_to_error::Segment;
+    path.iter().try_fold(value, |v, s| match s {
+        Segment::Seq { index } => v.get(index),
+        Segment::Map { key } => v.get(key),
+        Segment::Enum { .. } => Some(v),
+        Segment::Unknown => None,
+    })
+}
+
+fn join_path(prefix: &str, path: &str) -> String {
+    match (prefix, path) {
+        (p, ".") => p.to_string(),
+        ("", p) => p.to_string(),
+        (pre, p) => format!("{pre}.{p}"),
+    }
+}
+
+/// The field serde's `missing field `x`` and `unknown field `x`, expected ...` errors name.
+fn named_field(reason: &str) -> Option<&str> {
+    if let Some(rest) = reason.strip_prefix("missing field `") {
+        return rest.strip_suffix('`');
+    }
+    let rest = reason.strip_prefix("unknown field `")?;
+    let end = rest
+        .rfind("`, expected")
+        .or_else(|| rest.rfind("`, there are no fields"))?;
+    Some(&rest[..end])
+}
+
+const LAYER_TYPES: [&str; 7] = [
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "flatten",
+    "dense",
+    "dropout",
+    "batch_norm",
+];
 
 /// serde cannot follow the path into an internally tagged enum, so a layer's type error
 /// would only name the layer: deserialise each layer's fields on their own to find it.
@@ -499,22 +567,58 @@ fn locate_layer_error(value: &serde_json::Value) -> Option<SpecErrors> {
     let layers = value.get("model")?.get("layers")?.as_array()?;
     for (i, layer) in layers.iter().enumerate() {
         let mut fields = layer.as_object()?.clone();
-        let kind = fields.remove("type")?;
         let at = format!("model.layers[{i}]");
+        let Some(kind) = fields.remove("type") else {
+            return Some(SpecErrors::one(
+                format!("{at}.type"),
+                format!("missing field `type`: one of {}", LAYER_TYPES.join(", ")),
+            ));
+        };
         let rest = serde_json::Value::Object(fields);
-        let r = match kind.as_str()? {
-            "conv2d" => deserialize_at::<Conv2d>(&at, rest).err(),
-            "max_pool2d" | "avg_pool2d" => deserialize_at::<Pool2d>(&at, rest).err(),
-            "dense" => deserialize_at::<Dense>(&at, rest).err(),
-            "dropout" => deserialize_at::<Dropout>(&at, rest).err(),
-            "batch_norm" => deserialize_at::<BatchNorm>(&at, rest).err(),
-            _ => None,
+        let r = match kind.as_str() {
+            Some("conv2d") => deserialize_at::<Conv2d>(&at, rest).err(),
+            Some("max_pool2d" | "avg_pool2d") => deserialize_at::<Pool2d>(&at, rest).err(),
+            Some("dense") => deserialize_at::<Dense>(&at, rest).err(),
+            Some("dropout") => deserialize_at::<Dropout>(&at, rest).err(),
+            Some("batch_norm") => deserialize_at::<BatchNorm>(&at, rest).err(),
+            Some("flatten") => None,
+            _ => Some(SpecErrors::one(
+                format!("{at}.type"),
+                format!(
+                    "unknown layer type {kind}: expected one of {}",
+                    LAYER_TYPES.join(", ")
+                ),
+            )),
         };
         if r.is_some() {
             return r;
         }
     }
     None
+}
+
+/// The optimizer is internally tagged too: find the field at fault the same way.
+fn locate_optimizer_error(value: &serde_json::Value) -> Option<SpecErrors> {
+    /// Every optimizer field with its type; which ones a `type` takes is serde's check.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Fields {
+        learning_rate: Option<f64>,
+        momentum: Option<f64>,
+        nesterov: Option<bool>,
+        weight_decay: Option<f64>,
+        betas: Option<[f64; 2]>,
+        eps: Option<f64>,
+    }
+    let mut fields = value.get("optimizer")?.as_object()?.clone();
+    let kind = fields.remove("type")?;
+    if !matches!(kind.as_str(), Some("sgd" | "adam" | "adamw")) {
+        return Some(SpecErrors::one(
+            "optimizer.type",
+            format!("unknown optimizer type {kind}: expected one of sgd, adam, adamw"),
+        ));
+    }
+    deserialize_at::<Fields>("optimizer", serde_json::Value::Object(fields)).err()
 }
 
 /// Parses and validates: the one call a caller needs before training.

@@ -82,6 +82,17 @@ pub fn validate(spec: &ExperimentSpec) -> Result<Summary, SpecErrors> {
             ),
         );
     }
+    // Free text, stored with the spec: PostgreSQL's jsonb takes no NUL, and nobody needs
+    // control characters or a megabyte here.
+    if let Some(p) = &spec.model.preset
+        && (p.is_empty() || p.chars().count() > 64 || p.chars().any(char::is_control))
+    {
+        err(
+            &mut e,
+            "model.preset",
+            "must be 1 to 64 characters, none of them a control character",
+        );
+    }
     let d = &spec.dataset;
     if d.train_limit == Some(0) {
         err(&mut e, "dataset.train_limit", "must be at least 1");

@@ -9,14 +9,21 @@
 //! usual MNIST-sized request: a few hundred bytes, 28x28) decodes in microseconds, less
 //! than handing it to a blocking thread costs, so it is decoded in place; anything whose
 //! header declares more pixels goes to a blocking thread so the runtime never stalls.
+//! One such decode may hold about a hundred MiB (a 4096x4096 image is 64 MiB decoded),
+//! and a few kilobytes of PNG can declare that much, so at most one large decode per core
+//! runs at once: the others wait their turn. Memory stays bounded however many clients
+//! send them, and the CPU would not go faster with more.
+
+use std::sync::{Arc, LazyLock};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header;
+use tokio::sync::Semaphore;
 
 use super::{AppState, MAX_BODY_BYTES, MAX_IMAGES};
 use crate::api::error::ApiError;
-use crate::data::image::{ImageError, decode_to_28x28};
+use crate::data::image::{ImageError, declared_dimensions, decode_to_28x28};
 
 const IMAGE_TYPES: [&str; 3] = ["image/png", "image/jpeg", "image/x-portable-graymap"];
 
@@ -24,6 +31,13 @@ const IMAGE_TYPES: [&str; 3] = ["image/png", "image/jpeg", "image/x-portable-gra
 const INLINE_PIXELS: u64 = 64 * 64;
 /// ... and at most this many bytes.
 const INLINE_BYTES: usize = 16 * 1024;
+
+/// Large decodes running at once: one per core.
+static LARGE_DECODES: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ))
+});
 
 /// One decoded image: its multipart file name, if any, and 28x28 pixels.
 pub type Image = (Option<String>, Vec<u8>);
@@ -37,6 +51,15 @@ pub async fn read_images(req: Request<Body>, state: &AppState) -> Result<Vec<Ima
         .unwrap_or("")
         .to_ascii_lowercase();
     let mime = ct.split(';').next().unwrap_or("").trim().to_string();
+    // A body that says it is too large is refused before a byte of it is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
+    }
     if mime == "multipart/form-data" {
         let mut mp = Multipart::from_request(req, state)
             .await
@@ -75,35 +98,42 @@ pub async fn read_images(req: Request<Body>, state: &AppState) -> Result<Vec<Ima
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
-    if bytes.is_empty() {
-        return Err(ApiError::field("", "the body is empty: send an image"));
-    }
     Ok(vec![(None, decode(bytes, "image").await?)])
-}
-
-/// Whether the image is small enough to decode without leaving the runtime: its header
-/// (read without decoding) declares at most [`INLINE_PIXELS`].
-fn small(bytes: &[u8]) -> bool {
-    if bytes.len() > INLINE_BYTES {
-        return false;
-    }
-    let Ok(reader) = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()
-    else {
-        return false;
-    };
-    matches!(reader.into_dimensions(), Ok((w, h)) if u64::from(w) * u64::from(h) <= INLINE_PIXELS)
 }
 
 /// Decodes one image; `field` names it in errors.
 async fn decode(bytes: Bytes, field: &str) -> Result<Vec<u8>, ApiError> {
-    let decoded = if small(&bytes) {
-        decode_to_28x28(&bytes)
+    let decoded = if bytes.len() <= INLINE_BYTES {
+        // A short file's header is read in place, and rejects most bad images (no known
+        // format, an unreadable header, too many pixels) without leaving the runtime.
+        let (w, h) = declared_dimensions(&bytes).map_err(|e| image_error(field, e))?;
+        if u64::from(w) * u64::from(h) <= INLINE_PIXELS {
+            decode_to_28x28(&bytes)
+        } else {
+            decode_large(bytes).await?
+        }
     } else {
-        tokio::task::spawn_blocking(move || decode_to_28x28(&bytes))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+        decode_large(bytes).await?
     };
     decoded.map_err(|e| image_error(field, e))
+}
+
+/// Decodes on a blocking thread, once a turn among the [`LARGE_DECODES`] is free. The
+/// thread holds the turn: a client that hangs up mid-decode frees it only when the decode
+/// (and its memory) is done.
+async fn decode_large(bytes: Bytes) -> Result<Result<Vec<u8>, ImageError>, ApiError> {
+    let turn = LARGE_DECODES
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || {
+        let decoded = decode_to_28x28(&bytes);
+        drop(turn);
+        decoded
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn image_error(field: &str, e: ImageError) -> ApiError {
