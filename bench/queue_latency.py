@@ -181,6 +181,33 @@ def follow(port, exp_id, timeout, on_progress=None):
         conn.close()
 
 
+def start_api(procs, exe, port, env):
+    """Starts `trainyard serve --workers 0` on `port`; returns (process, Api) once ready."""
+    server, _ = procs.start("serve", [exe, "serve", "--workers", "0", "--bind", f"127.0.0.1:{port}"],
+                            env)
+    api = Api(port)
+
+    def ready():
+        if server.poll() is not None:
+            raise RuntimeError(f"serve exited; see {procs.logdir}/serve.log")
+        try:
+            return api.request("GET", "/readyz")[0] == 200
+        except OSError:
+            api.conn.close()
+            return False
+
+    wait_for("the server", ready, 60)
+    return server, api
+
+
+def cancel_leftovers(api):
+    """Cancels what an interrupted earlier run left queued or running in the database."""
+    for status in ("queued", "running"):
+        _, page = api.request("GET", f"/experiments?status={status}&limit=100")
+        for e in page["items"]:
+            api.request("POST", f"/experiments/{e['id']}/cancel")
+
+
 def wait_for(what, check, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -282,27 +309,10 @@ def main():
     # SIGTERM (and SIGINT, as KeyboardInterrupt) unwind through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        server, _ = procs.start(
-            "serve", [args.trainyard, "serve", "--workers", "0", "--bind", f"127.0.0.1:{port}"],
-            env)
-        api = Api(port)
-
-        def ready():
-            if server.poll() is not None:
-                raise RuntimeError(f"serve exited; see {logdir}/serve.log")
-            try:
-                return api.request("GET", "/readyz")[0] == 200
-            except OSError:
-                api.conn.close()
-                return False
-
-        wait_for("the server", ready, 60)
+        server, api = start_api(procs, args.trainyard, port, env)
         # A previous run that was interrupted may have left work behind: cancel it, so the
         # worker is idle when the measurements begin.
-        for status in ("queued", "running"):
-            _, page = api.request("GET", f"/experiments?status={status}&limit=100")
-            for e in page["items"]:
-                api.request("POST", f"/experiments/{e['id']}/cancel")
+        cancel_leftovers(api)
 
         def start_worker(i):
             worker, log = procs.start(

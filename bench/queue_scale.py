@@ -28,7 +28,7 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from queue_latency import ROOT, Api, Processes, free_port, summary, wait_for  # noqa: E402
+from queue_latency import ROOT, Api, Processes, free_port, start_api, summary, wait_for  # noqa: E402
 
 CLAIM_SQL = """
 BEGIN;
@@ -96,20 +96,7 @@ def main():
     procs = Processes(logdir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        server, _ = procs.start(
-            "serve", [args.trainyard, "serve", "--workers", "0", "--bind", f"127.0.0.1:{port}"], env)
-        api = Api(port)
-
-        def ready():
-            if server.poll() is not None:
-                raise RuntimeError(f"serve exited; see {logdir}/serve.log")
-            try:
-                return api.request("GET", "/readyz")[0] == 200
-            except OSError:
-                api.conn.close()
-                return False
-
-        wait_for("the server", ready, 60)
+        server, api = start_api(procs, args.trainyard, port, env)
 
         # Submissions from 8 client threads, each on its own kept-alive connection.
         def submit_many(k):

@@ -34,7 +34,8 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from queue_latency import ROOT, Api, Processes, free_port, parse_time, summary, wait_for  # noqa: E402
+from queue_latency import (  # noqa: E402
+    ROOT, Processes, cancel_leftovers, free_port, parse_time, start_api, summary)
 
 
 def rss_mib(pid):
@@ -137,24 +138,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stalled = None
     try:
-        server, _ = procs.start(
-            "serve", [args.trainyard, "serve", "--workers", "0", "--bind", f"127.0.0.1:{port}"], env)
-        api = Api(port)
-
-        def ready():
-            if server.poll() is not None:
-                raise RuntimeError(f"serve exited; see {logdir}/serve.log")
-            try:
-                return api.request("GET", "/readyz")[0] == 200
-            except OSError:
-                api.conn.close()
-                return False
-
-        wait_for("the server", ready, 60)
-        for status in ("queued", "running"):
-            _, page = api.request("GET", f"/experiments?status={status}&limit=100")
-            for e in page["items"]:
-                api.request("POST", f"/experiments/{e['id']}/cancel")
+        server, api = start_api(procs, args.trainyard, port, env)
+        cancel_leftovers(api)
         # Submitted before any worker runs, so every follower sees the whole run live.
         ids = [api.submit(spec)[1] for _ in range(args.experiments)]
         time.sleep(0.5)

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::service::SseEvent;
+use super::service::{SseEvent, next_event};
 
 /// The URL of the test's own database: `DATABASE_URL` with the database name of `pool`.
 pub fn database_url(pool: &PgPool) -> String {
@@ -347,30 +347,13 @@ pub async fn follow_curve(
                 _ => break,
             };
             buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(pos) = buf.find("\n\n") {
-                let block: String = buf.drain(..pos + 2).collect();
-                let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim());
-                    }
+            while let Some(ev) = next_event(&mut buf) {
+                let Some(ev) = ev else { continue }; // a keep-alive comment
+                if ev.id.is_some() {
+                    last_id = ev.id.clone();
                 }
-                if data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                if id.is_some() {
-                    last_id = id.clone();
-                }
-                let end = event == "end";
-                out.events.push(SseEvent {
-                    id,
-                    event,
-                    data: serde_json::from_str(&data).unwrap(),
-                });
+                let end = ev.event == "end";
+                out.events.push(ev);
                 if end {
                     return out;
                 }

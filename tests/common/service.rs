@@ -152,6 +152,31 @@ pub struct SseEvent {
     pub data: Value,
 }
 
+/// Takes the next complete block off `buf`: `None` when no block is complete yet,
+/// `Some(None)` for a keep-alive comment, else the event.
+pub fn next_event(buf: &mut String) -> Option<Option<SseEvent>> {
+    let pos = buf.find("\n\n")?;
+    let block: String = buf.drain(..pos + 2).collect();
+    let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim());
+        }
+    }
+    if data.is_empty() {
+        return Some(None);
+    }
+    Some(Some(SseEvent {
+        id,
+        event,
+        data: serde_json::from_str(&data).unwrap(),
+    }))
+}
+
 /// Reads a curve until its `end` event (or `max` events, or `secs`).
 pub async fn read_curve(
     client: &reqwest::Client,
@@ -183,26 +208,8 @@ pub async fn read_curve(
             .unwrap_or_else(|_| panic!("no end event after {secs}s; got {events:?}"));
         let Some(chunk) = chunk else { return events };
         buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(pos) = buf.find("\n\n") {
-            let block: String = buf.drain(..pos + 2).collect();
-            let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = Some(v.trim().to_string());
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if data.is_empty() {
-                continue; // a keep-alive comment
-            }
-            let ev = SseEvent {
-                id,
-                event,
-                data: serde_json::from_str(&data).unwrap(),
-            };
+        while let Some(ev) = next_event(&mut buf) {
+            let Some(ev) = ev else { continue };
             let end = ev.event == "end";
             events.push(ev);
             if end {
