@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::gemm::{M, Threads, matmul};
 use super::layers::scalar_act;
+use super::scratch;
 use crate::spec::Activation;
 
 /// Shapes of one convolution.
@@ -157,26 +158,28 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Ac
         return forward_batched(g, x, w, b, y, act);
     }
     let (k, p, pw) = (g.k(), g.p(), g.pw());
-    y.par_chunks_mut(g.out_len()).enumerate().for_each_init(
-        || (vec![0f32; k * pw], vec![0f32; g.f * pw]),
-        |(cols, yw), (s, y_n)| {
-            // Full-width rows: the input planes are the columns' rows as they lie.
-            im2col_wide(g, &x[s * g.in_len()..], cols);
-            matmul(
-                yw,
-                M::n(w, g.f, k),
-                M::n(cols, k, pw),
-                1.0,
-                0.0,
-                Threads::One,
-            );
-            for ((out, rows), &bias) in y_n.chunks_mut(p).zip(yw.chunks(pw)).zip(b) {
-                for (o, r) in out.chunks_mut(g.ow).zip(rows.chunks(g.w)) {
-                    bias_act(o, &r[..g.ow], bias, act);
+    y.par_chunks_mut(g.out_len())
+        .enumerate()
+        .for_each(|(s, y_n)| {
+            scratch::with((k + g.f) * pw, |buf| {
+                let (cols, yw) = buf.split_at_mut(k * pw);
+                // Full-width rows: the input planes are the columns' rows as they lie.
+                im2col_wide(g, &x[s * g.in_len()..], cols);
+                matmul(
+                    yw,
+                    M::n(w, g.f, k),
+                    M::n(cols, k, pw),
+                    1.0,
+                    0.0,
+                    Threads::One,
+                );
+                for ((out, rows), &bias) in y_n.chunks_mut(p).zip(yw.chunks(pw)).zip(b) {
+                    for (o, r) in out.chunks_mut(g.ow).zip(rows.chunks(g.w)) {
+                        bias_act(o, &r[..g.ow], bias, act);
+                    }
                 }
-            }
-        },
-    );
+            })
+        });
 }
 
 /// Small, strided or padded outputs: one gemm per [`Geom::batched`] samples side by side,
@@ -186,9 +189,9 @@ fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act
     let (k, p, sb) = (g.k(), g.p(), g.batched());
     y.par_chunks_mut(sb * g.out_len())
         .zip(x.par_chunks(sb * g.in_len()))
-        .for_each_init(
-            || (vec![0f32; k * sb * p], vec![0f32; g.f * sb * p]),
-            |(cols, out), (y, x)| {
+        .for_each(|(y, x)| {
+            scratch::with((k + g.f) * sb * p, |buf| {
+                let (cols, out) = buf.split_at_mut(k * sb * p);
                 let s = y.len() / g.out_len();
                 let ld = s * p;
                 for (i, x_n) in x.chunks(g.in_len()).enumerate() {
@@ -207,8 +210,8 @@ fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act
                         bias_act(row, &out[fi * ld + i * p..fi * ld + (i + 1) * p], bias, act);
                     }
                 }
-            },
-        );
+            })
+        });
 }
 
 /// `out = act(src + bias)`, in the arithmetic of the Candle path (ReLU as `x * (x > 0)`).
@@ -287,7 +290,7 @@ pub fn backward(
     db: &mut [f32],
     dx: Option<&mut [f32]>,
 ) {
-    let (k, p, f) = (g.k(), g.p(), g.f);
+    let (k, f) = (g.k(), g.f);
     let n = gy.len() / g.out_len();
     let per = n.div_ceil(GROUPS).max(1);
     let groups = n.div_ceil(per);
@@ -316,46 +319,12 @@ pub fn backward(
                 return backward_batched(g, &x[..(hi - lo) * g.in_len()], w, gy, part, dx_g);
             }
             let (pw_, pb) = part.split_at_mut(f * k);
-            let mut cols = vec![0f32; k * pw];
-            let mut dcols = vec![0f32; k * pw];
-            // The wide layout's output gradient, with zeros at the garbage positions.
-            let mut gw = vec![0f32; f * pw];
-            let mut dx_g = dx_g;
-            for (s, gy_n) in gy.chunks(g.out_len()).enumerate() {
-                for ((acc, wrow), grow) in pb.iter_mut().zip(gw.chunks_mut(pw)).zip(gy_n.chunks(p))
-                {
-                    *acc += grow.iter().sum::<f32>();
-                    for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
-                        w[..g.ow].copy_from_slice(gr);
-                    }
-                }
-                // Reads past this sample into the next (or zeros): garbage positions only.
-                im2col_wide(g, &x[s * g.in_len()..], &mut cols);
-                // dw^T += cols @ gw^T (this orientation runs twice as fast as gw @ cols^T:
-                // the large operand is read as stored)
-                matmul(
-                    pw_,
-                    M::n(&cols, k, pw),
-                    M::t(&gw, f, pw),
-                    1.0,
-                    1.0,
-                    Threads::One,
-                );
-                if let Some(dx_g) = dx_g.as_deref_mut() {
-                    let dx_n = &mut dx_g[s * g.in_len()..(s + 1) * g.in_len()];
-                    // dcols = w^T @ gw
-                    matmul(
-                        &mut dcols,
-                        M::t(w, f, k),
-                        M::n(&gw, f, pw),
-                        1.0,
-                        0.0,
-                        Threads::One,
-                    );
-                    dx_n.fill(0.0);
-                    col2im_wide_add(g, &dcols, dx_n);
-                }
-            }
+            scratch::with((2 * k + f) * pw, |buf| {
+                let (cols, rest) = buf.split_at_mut(k * pw);
+                // The wide layout's output gradient, with zeros at the garbage positions.
+                let (dcols, gw) = rest.split_at_mut(k * pw);
+                backward_wide(g, x, w, gy, (pw_, pb), dx_g, (cols, dcols, gw));
+            })
         });
     dw.fill(0.0);
     db.fill(0.0);
@@ -373,6 +342,55 @@ pub fn backward(
     }
 }
 
+/// One group's weight and bias gradients (accumulated into `dwt` and `db`) and input
+/// gradients, one sample at a time on full-width columns.
+fn backward_wide(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    (pw_, pb): (&mut [f32], &mut [f32]),
+    mut dx_g: Option<&mut [f32]>,
+    (cols, dcols, gw): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let (k, p, f, pw) = (g.k(), g.p(), g.f, g.pw());
+    for (s, gy_n) in gy.chunks(g.out_len()).enumerate() {
+        for ((acc, wrow), grow) in pb.iter_mut().zip(gw.chunks_mut(pw)).zip(gy_n.chunks(p)) {
+            *acc += grow.iter().sum::<f32>();
+            for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
+                w[..g.ow].copy_from_slice(gr);
+                w[g.ow..].fill(0.0);
+            }
+        }
+        // Reads past this sample into the next (or zeros): garbage positions only.
+        im2col_wide(g, &x[s * g.in_len()..], cols);
+        // dw^T += cols @ gw^T (this orientation runs twice as fast as gw @ cols^T:
+        // the large operand is read as stored)
+        matmul(
+            pw_,
+            M::n(cols, k, pw),
+            M::t(gw, f, pw),
+            1.0,
+            1.0,
+            Threads::One,
+        );
+        if let Some(dx_g) = dx_g.as_deref_mut() {
+            let dx_n = &mut dx_g[s * g.in_len()..(s + 1) * g.in_len()];
+            // dcols = w^T @ gw
+            matmul(
+                dcols,
+                M::t(w, f, k),
+                M::n(gw, f, pw),
+                1.0,
+                0.0,
+                Threads::One,
+            );
+            dx_n.fill(0.0);
+            col2im_wide_add(g, dcols, dx_n);
+        }
+    }
+}
+
 /// One group's weight and bias gradients (accumulated into `part`, `[f*k | f]`) and input
 /// gradients, [`Geom::batched`] samples per gemm.
 fn backward_batched(
@@ -381,20 +399,35 @@ fn backward_batched(
     w: &[f32],
     gy: &[f32],
     part: &mut [f32],
-    mut dx: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
 ) {
     let (k, p, f, sb) = (g.k(), g.p(), g.f, g.batched());
     let (pw_, pb) = part.split_at_mut(f * k);
-    let mut cols = vec![0f32; k * sb * p];
-    let mut gb = vec![0f32; f * sb * p];
-    let mut dcols = vec![0f32; k * sb * p];
+    scratch::with((2 * k + f) * sb * p, |buf| {
+        let (cols, rest) = buf.split_at_mut(k * sb * p);
+        let (dcols, gb) = rest.split_at_mut(k * sb * p);
+        backward_batched_in(g, x, w, gy, (pw_, pb), dx, (cols, dcols, gb))
+    })
+}
+
+/// [`backward_batched`] in the scratch buffers it was given.
+fn backward_batched_in(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    gy: &[f32],
+    (pw_, pb): (&mut [f32], &mut [f32]),
+    mut dx: Option<&mut [f32]>,
+    (cols, dcols, gb): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let (k, p, f, sb) = (g.k(), g.p(), g.f, g.batched());
     let n = gy.len() / g.out_len();
     for lo in (0..n).step_by(sb) {
         let s = sb.min(n - lo);
         let ld = s * p;
         for i in 0..s {
             let x_n = &x[(lo + i) * g.in_len()..(lo + i + 1) * g.in_len()];
-            im2col_at(g, x_n, &mut cols, ld, i * p);
+            im2col_at(g, x_n, cols, ld, i * p);
             let gy_n = &gy[(lo + i) * g.out_len()..(lo + i + 1) * g.out_len()];
             for (fi, row) in gy_n.chunks(p).enumerate() {
                 gb[fi * ld + i * p..fi * ld + (i + 1) * p].copy_from_slice(row);
@@ -423,7 +456,7 @@ fn backward_batched(
             for i in 0..s {
                 let dx_n = &mut dx[(lo + i) * g.in_len()..(lo + i + 1) * g.in_len()];
                 dx_n.fill(0.0);
-                col2im_add_at(g, &dcols, dx_n, ld, i * p);
+                col2im_add_at(g, dcols, dx_n, ld, i * p);
             }
         }
     }

@@ -6,6 +6,8 @@
 //! strides, never copied.
 
 use gemm::Parallelism;
+
+use super::skinny;
 use rayon::prelude::*;
 
 /// An operand: `rows x cols` as stored, read transposed when `t` is set.
@@ -92,6 +94,12 @@ pub fn matmul(dst: &mut [f32], a: M, b: M, alpha: f32, beta: f32, threads: Threa
         a: a.data.as_ptr(),
         b: b.data.as_ptr(),
     };
+    if !b.t
+        && (m <= SKINNY_ROWS || n <= NARROW_COLS || k * n <= skinny::SMALL_B)
+        && skinny::available()
+    {
+        return skinny_matmul(raw, (m, n, k), (a_cs, a_rs), alpha, beta, threads);
+    }
     // A skinny product (a batch of 32 against a dense layer's weights) spends its time
     // packing `b`, and the crate's own threading packs it no faster: split the columns
     // instead, one single-threaded gemm per thread on its own share of `b`. Measured on
@@ -139,8 +147,39 @@ pub fn matmul(dst: &mut [f32], a: M, b: M, alpha: f32, beta: f32, threads: Threa
     };
 }
 
-/// Most rows of `a` for which [`matmul`] splits the columns across threads.
+/// Most rows of `a` for which [`matmul`] splits the columns across threads, or takes the
+/// hand-written kernels of [`skinny`] (which also take products whose `b` stays in cache).
 const SKINNY_ROWS: usize = 64;
+/// Most columns of the result for which [`matmul`] takes the hand-written kernels.
+const NARROW_COLS: usize = 32;
+
+/// A skinny or narrow product on [`skinny`]'s kernels, which read `b` in place: split by
+/// columns across threads when wide enough, else by rows when tall enough.
+fn skinny_matmul(
+    raw: Raw,
+    (m, n, k): (usize, usize, usize),
+    (a_cs, a_rs): (isize, isize),
+    alpha: f32,
+    beta: f32,
+    threads: usize,
+) {
+    // SAFETY: `matmul` checked every operand's extent; each task writes its own block of
+    // rows or columns of `dst`, which aliases neither operand.
+    let run = |rows, cols| unsafe { raw.skinny(rows, cols, (n, k), (a_cs, a_rs), alpha, beta) };
+    if threads > 1 && n >= threads * SKINNY_MIN_COLS {
+        let per = n.div_ceil(threads).next_multiple_of(16);
+        (0..n.div_ceil(per))
+            .into_par_iter()
+            .for_each(|t| run((0, m), (t * per, ((t + 1) * per).min(n))));
+    } else if threads > 1 && m >= threads * 48 {
+        let per = m.div_ceil(threads).next_multiple_of(24);
+        (0..m.div_ceil(per))
+            .into_par_iter()
+            .for_each(|t| run((t * per, ((t + 1) * per).min(m)), (0, n)));
+    } else {
+        run((0, m), (0, n));
+    }
+}
 /// Fewest columns per thread worth a split.
 const SKINNY_MIN_COLS: usize = 128;
 
@@ -157,6 +196,40 @@ unsafe impl Send for Raw {}
 unsafe impl Sync for Raw {}
 
 impl Raw {
+    /// Rows `[i0, i1)` and columns `[j0, j1)` of an `m x n x k` product on [`skinny`]'s
+    /// kernels, `b` and `dst` row-major with `n` columns.
+    ///
+    /// # Safety
+    /// As [`Raw::gemm`].
+    unsafe fn skinny(
+        self,
+        (i0, i1): (usize, usize),
+        (j0, j1): (usize, usize),
+        (n, k): (usize, usize),
+        (a_cs, a_rs): (isize, isize),
+        alpha: f32,
+        beta: f32,
+    ) {
+        unsafe {
+            skinny::gemm(
+                (i1 - i0, j1 - j0, k),
+                skinny::Lhs {
+                    ptr: self.a.add(i0 * a_rs as usize),
+                    rs: a_rs as usize,
+                    cs: a_cs as usize,
+                },
+                skinny::Rm {
+                    ptr: self.b.add(j0),
+                    ld: n,
+                },
+                self.dst.add(i0 * n + j0),
+                n,
+                alpha,
+                beta,
+            )
+        }
+    }
+
     /// `dst[.., dst_off..] = beta * dst + alpha * a @ b[.., b_off..]` for an `m x n x k`
     /// product; `dst` has row stride `dst_rs`.
     ///

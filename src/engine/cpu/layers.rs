@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{M, Threads, matmul};
+use super::skinny;
 use crate::spec::Activation;
 
 /// A pooling window's geometry over `[c, h, w]` planes.
@@ -34,7 +35,7 @@ impl Pool {
 pub fn max_pool(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
     let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
     if (p.kh, p.kw, p.sh, p.sw) == (2, 2, 2, 2) {
-        return max_pool_2x2(p, x, y, arg);
+        return super::maxpool::max_pool_2x2(p, x, y, arg);
     }
     y.par_chunks_mut(ohw)
         .zip(arg.par_chunks_mut(ohw))
@@ -53,35 +54,6 @@ pub fn max_pool(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
                                 max = v;
                                 best = at;
                             }
-                        }
-                    }
-                    y[oy * p.ow + ox] = max;
-                    arg[oy * p.ow + ox] = best as u32;
-                }
-            }
-        });
-}
-
-/// The common 2x2 window with stride 2 (keras-cnn's), unrolled; same choices as the
-/// general loop (first maximum in row-major order; a NaN wins over numbers).
-fn max_pool_2x2(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
-    let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
-    y.par_chunks_mut(ohw)
-        .zip(arg.par_chunks_mut(ohw))
-        .zip(x.par_chunks(hw))
-        .for_each(|((y, arg), x)| {
-            for oy in 0..p.oh {
-                let r0 = 2 * oy * p.w;
-                let r1 = r0 + p.w;
-                for ox in 0..p.ow {
-                    let c = 2 * ox;
-                    let mut best = r0 + c;
-                    let mut max = x[best];
-                    for at in [r0 + c + 1, r1 + c, r1 + c + 1] {
-                        let v = x[at];
-                        if v > max || v.is_nan() && !max.is_nan() {
-                            max = v;
-                            best = at;
                         }
                     }
                     y[oy * p.ow + ox] = max;
@@ -227,6 +199,9 @@ pub fn dense_backward_sgd(
                 Threads::All,
             );
         }
+        Some(dx) if skinny::available() => {
+            fused_sgd_skinny(x, wt, gy, dx, (n, i, o), -lr as f32, keep)
+        }
         // One pass over the weights: each block of WT_ROWS rows of `wt` (256 KB for
         // keras-cnn) first gives its columns of dx, then takes its update, while it is in
         // cache. Both products are computed transposed so every block is contiguous.
@@ -234,6 +209,7 @@ pub fn dense_backward_sgd(
             let mut xt = vec![0f32; n * i];
             transpose_into(&x[..n * i], n, i, &mut xt);
             let mut dxt = vec![0f32; i * n];
+            let gyt = transpose(&gy[..n * o], n, o);
             wt.par_chunks_mut(WT_ROWS * o)
                 .zip(dxt.par_chunks_mut(WT_ROWS * n))
                 .zip(xt.par_chunks(WT_ROWS * n))
@@ -243,7 +219,7 @@ pub fn dense_backward_sgd(
                     matmul(
                         dxb,
                         M::n(wb, rows, o),
-                        M::t(gy, n, o),
+                        M::n(&gyt, o, n),
                         1.0,
                         0.0,
                         Threads::One,
@@ -277,8 +253,85 @@ pub fn dense_backward_sgd(
     }
 }
 
+/// The blocked pass of [`dense_backward_sgd`] on [`skinny`]'s kernels, which read `x`
+/// transposed in place and write each block's part of `dx` while it is in cache: nothing
+/// the size of `x` or `dx` is transposed or allocated.
+fn fused_sgd_skinny(
+    x: &[f32],
+    wt: &mut [f32],
+    gy: &[f32],
+    dx: &mut [f32],
+    (n, i, o): (usize, usize, usize),
+    neg_lr: f32,
+    keep: f32,
+) {
+    assert!(x.len() >= n * i && wt.len() >= i * o && gy.len() >= n * o && dx.len() >= n * i);
+    let gyt = transpose(&gy[..n * o], n, o);
+    let dxp = SendPtr(dx.as_mut_ptr());
+    wt[..i * o]
+        .par_chunks_mut(WT_ROWS * o)
+        .enumerate()
+        .for_each_init(Vec::new, |dxt, (blk, wb)| {
+            let rows = wb.len() / o;
+            let r0 = blk * WT_ROWS;
+            dxt.resize(rows * n, 0.0);
+            // SAFETY: every product stays inside the slices asserted above; `dxt` and `wb`
+            // are this task's own, and it writes only columns [r0, r0 + rows) of `dx`.
+            unsafe {
+                // dx^T[rows] = wt[rows] @ gy^T
+                skinny::gemm(
+                    (rows, n, o),
+                    skinny::Lhs {
+                        ptr: wb.as_ptr(),
+                        rs: o,
+                        cs: 1,
+                    },
+                    skinny::Rm {
+                        ptr: gyt.as_ptr(),
+                        ld: n,
+                    },
+                    dxt.as_mut_ptr(),
+                    n,
+                    1.0,
+                    0.0,
+                );
+                let dx = dxp;
+                for s in 0..n {
+                    let out = dx.0.add(s * i + r0);
+                    for r in 0..rows {
+                        *out.add(r) = dxt[r * n + s];
+                    }
+                }
+                // wt[rows] = keep * wt[rows] - lr * x^T[rows] @ gy
+                skinny::gemm(
+                    (rows, o, n),
+                    skinny::Lhs {
+                        ptr: x.as_ptr().add(r0),
+                        rs: 1,
+                        cs: i,
+                    },
+                    skinny::Rm {
+                        ptr: gy.as_ptr(),
+                        ld: o,
+                    },
+                    wb.as_mut_ptr(),
+                    o,
+                    neg_lr,
+                    keep,
+                );
+            }
+        });
+}
+
+/// A pointer the blocks of [`fused_sgd_skinny`] write disjoint parts through.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes only its own columns.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
 /// Rows of a dense layer's `[in, out]` weights per block of the fused SGD backward.
-const WT_ROWS: usize = 64;
+const WT_ROWS: usize = 96;
 
 /// `[r, c]` row-major to `[c, r]` row-major.
 pub fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {

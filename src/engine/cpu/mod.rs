@@ -22,7 +22,11 @@
 mod conv;
 pub mod gemm;
 mod layers;
+mod maxpool;
+mod mem;
 mod optim;
+mod scratch;
+mod skinny;
 
 use std::collections::HashMap;
 
@@ -139,7 +143,7 @@ impl FastNet {
     ) -> Result<Self, EngineError> {
         let mut net = Self::for_inference(spec, summary, model)?;
         let lens: Vec<usize> = net.params.iter().map(Vec::len).collect();
-        net.grads = lens.iter().map(|&n| vec![0.0; n]).collect();
+        net.grads = lens.iter().map(|&n| mem::zeroed(n)).collect();
         net.optim = optim::Optim::new(&spec.optimizer, &lens);
         net.updated = vec![false; lens.len()];
         net.fused_sgd = match spec.optimizer {
@@ -193,11 +197,11 @@ impl FastNet {
                     let v = t.flatten_all()?.to_vec1::<f32>()?;
                     match (is_dense && part == "weight", t.dims()) {
                         (true, &[o, i]) => {
-                            params.push(layers::transpose(&v, o, i));
+                            params.push(mem::copied(&layers::transpose(&v, o, i)));
                             transposed.push(Some((i, o)));
                         }
                         _ => {
-                            params.push(v);
+                            params.push(mem::copied(&v));
                             transposed.push(None);
                         }
                     }
@@ -307,10 +311,10 @@ impl FastNet {
         let per = |f: &dyn Fn(&Node) -> usize| -> Vec<usize> { self.nodes.iter().map(f).collect() };
         Buffers {
             cap,
-            input: vec![0.0; cap * self.input_len],
+            input: mem::zeroed(cap * self.input_len),
             outs: per(&|n| n.out_len)
                 .into_iter()
-                .map(|l| vec![0.0; cap * l])
+                .map(|l| mem::zeroed(cap * l))
                 .collect(),
             args: per(&|n| match n.op {
                 Op::MaxPool(_) => n.out_len,
@@ -330,7 +334,7 @@ impl FastNet {
             grads: if train {
                 per(&|n| n.out_len)
                     .into_iter()
-                    .map(|l| vec![0.0; cap * l])
+                    .map(|l| mem::zeroed(cap * l))
                     .collect()
             } else {
                 vec![]
