@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::gather;
 use super::gemm::{M, Threads, matmul};
 use super::layers::scalar_act;
 use super::scratch;
@@ -187,6 +188,7 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Ac
 /// the kernels' speed.
 fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
     let (k, p, sb) = (g.k(), g.p(), g.batched());
+    let plan = gather::Plan::new(g);
     y.par_chunks_mut(sb * g.out_len())
         .zip(x.par_chunks(sb * g.in_len()))
         .for_each(|(y, x)| {
@@ -195,7 +197,10 @@ fn forward_batched(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act
                 let s = y.len() / g.out_len();
                 let ld = s * p;
                 for (i, x_n) in x.chunks(g.in_len()).enumerate() {
-                    im2col_at(g, x_n, cols, ld, i * p);
+                    match &plan {
+                        Some(plan) => plan.im2col(x_n, cols, ld, i * p),
+                        None => im2col_at(g, x_n, cols, ld, i * p),
+                    }
                 }
                 matmul(
                     out,
@@ -304,6 +309,11 @@ pub fn backward(
         None => (0..groups).map(|_| None).collect(),
     };
     let pw = g.pw();
+    let plan = if g.per_sample() {
+        None
+    } else {
+        gather::Plan::new(g)
+    };
     parts
         .par_chunks_mut(part_len)
         .zip(dx_groups.par_iter_mut())
@@ -316,7 +326,8 @@ pub fn backward(
             );
             let dx_g = dx_g.as_deref_mut();
             if !g.per_sample() {
-                return backward_batched(g, &x[..(hi - lo) * g.in_len()], w, gy, part, dx_g);
+                let x = &x[..(hi - lo) * g.in_len()];
+                return backward_batched(g, plan.as_ref(), x, w, gy, part, dx_g);
             }
             let (pw_, pb) = part.split_at_mut(f * k);
             scratch::with((2 * k + f) * pw, |buf| {
@@ -395,6 +406,7 @@ fn backward_wide(
 /// gradients, [`Geom::batched`] samples per gemm.
 fn backward_batched(
     g: &Geom,
+    plan: Option<&gather::Plan>,
     x: &[f32],
     w: &[f32],
     gy: &[f32],
@@ -406,13 +418,15 @@ fn backward_batched(
     scratch::with((2 * k + f) * sb * p, |buf| {
         let (cols, rest) = buf.split_at_mut(k * sb * p);
         let (dcols, gb) = rest.split_at_mut(k * sb * p);
-        backward_batched_in(g, x, w, gy, (pw_, pb), dx, (cols, dcols, gb))
+        backward_batched_in(g, plan, x, w, gy, (pw_, pb), dx, (cols, dcols, gb))
     })
 }
 
 /// [`backward_batched`] in the scratch buffers it was given.
+#[allow(clippy::too_many_arguments)]
 fn backward_batched_in(
     g: &Geom,
+    plan: Option<&gather::Plan>,
     x: &[f32],
     w: &[f32],
     gy: &[f32],
@@ -427,7 +441,10 @@ fn backward_batched_in(
         let ld = s * p;
         for i in 0..s {
             let x_n = &x[(lo + i) * g.in_len()..(lo + i + 1) * g.in_len()];
-            im2col_at(g, x_n, cols, ld, i * p);
+            match plan {
+                Some(plan) => plan.im2col(x_n, cols, ld, i * p),
+                None => im2col_at(g, x_n, cols, ld, i * p),
+            }
             let gy_n = &gy[(lo + i) * g.out_len()..(lo + i + 1) * g.out_len()];
             for (fi, row) in gy_n.chunks(p).enumerate() {
                 gb[fi * ld + i * p..fi * ld + (i + 1) * p].copy_from_slice(row);
@@ -456,7 +473,10 @@ fn backward_batched_in(
             for i in 0..s {
                 let dx_n = &mut dx[(lo + i) * g.in_len()..(lo + i + 1) * g.in_len()];
                 dx_n.fill(0.0);
-                col2im_add_at(g, dcols, dx_n, ld, i * p);
+                match plan {
+                    Some(plan) => plan.col2im_add(dcols, dx_n, ld, i * p),
+                    None => col2im_add_at(g, dcols, dx_n, ld, i * p),
+                }
             }
         }
     }
@@ -491,6 +511,28 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn gathered_columns_and_their_adjoint_equal_the_row_copies() {
+        for g in geoms() {
+            let Some(plan) = gather::Plan::new(&g) else {
+                continue;
+            };
+            let (k, p) = (g.k(), g.p());
+            // Columns [off, off + p) of a wider matrix, as the batched path writes them.
+            let (ld, off) = (2 * p + 3, p + 1);
+            let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.7).sin()).collect();
+            let (mut want, mut got) = (vec![9.0; k * ld], vec![9.0; k * ld]);
+            im2col_at(&g, &x, &mut want, ld, off);
+            plan.im2col(&x, &mut got, ld, off);
+            assert_eq!(want, got, "{g:?}");
+            let cols: Vec<f32> = (0..k * ld).map(|i| (i as f32 * 0.3).cos()).collect();
+            let (mut want, mut got) = (vec![0.5; g.in_len()], vec![0.5; g.in_len()]);
+            col2im_add_at(&g, &cols, &mut want, ld, off);
+            plan.col2im_add(&cols, &mut got, ld, off);
+            assert_eq!(want, got, "{g:?}");
+        }
     }
 
     fn geoms() -> Vec<Geom> {

@@ -20,6 +20,7 @@
 //! Deterministic: no reduction depends on the number of threads.
 
 mod conv;
+mod gather;
 pub mod gemm;
 mod layers;
 mod maxpool;
