@@ -280,6 +280,35 @@ fn col2im_wide_add(g: &Geom, cols: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// The gradient of a convolution's output, and the output itself when it is a ReLU's: its
+/// gradient is then taken here, in the pass that copies the gradient into the layout the
+/// products read, instead of in a pass of its own over the whole batch.
+#[derive(Clone, Copy)]
+struct Grad<'a> {
+    g: &'a [f32],
+    relu_out: Option<&'a [f32]>,
+}
+
+impl<'a> Grad<'a> {
+    /// Sample `s`'s gradient and ReLU output, `len` values each.
+    fn sample(&self, s: usize, len: usize) -> (&'a [f32], Option<&'a [f32]>) {
+        let at = s * len..(s + 1) * len;
+        (&self.g[at.clone()], self.relu_out.map(|y| &y[at]))
+    }
+}
+
+/// `dst = g`, or `g * (y > 0)` as `layers::activate_backward` computes ReLU's gradient.
+fn grad_into(dst: &mut [f32], g: &[f32], relu_out: Option<&[f32]>) {
+    match relu_out {
+        None => dst.copy_from_slice(g),
+        Some(y) => {
+            for ((d, &g), &y) in dst.iter_mut().zip(g).zip(y) {
+                *d = g * ((y > 0.0) as u8 as f32);
+            }
+        }
+    }
+}
+
 /// The sum of `v` in 16 interleaved partial sums, added up at the end. A plain `sum()`
 /// is one chain of dependent adds, which the compiler may not reorder: for keras-cnn's
 /// bias gradients (576 and 676 positions per channel) that chain took longer than the
@@ -304,12 +333,15 @@ const GROUPS: usize = 8;
 
 /// Gradients of a convolution from `gy`, the gradient of its pre-activation output
 /// `[n, f, p]`: `dw` (`[f, k]`) and `db` are overwritten; `dx`, when given, receives the
-/// input gradient (overwritten).
+/// input gradient (overwritten). With `relu_out`, the output is a ReLU's and `gy` the
+/// gradient after it: ReLU's gradient is taken here too.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     g: &Geom,
     x: &[f32],
     w: &[f32],
     gy: &[f32],
+    relu_out: Option<&[f32]>,
     dw: &mut [f32],
     db: &mut [f32],
     dx: Option<&mut [f32]>,
@@ -343,6 +375,10 @@ pub fn backward(
                 &x[lo * g.in_len()..],
                 &gy[lo * g.out_len()..hi * g.out_len()],
             );
+            let gy = Grad {
+                g: gy,
+                relu_out: relu_out.map(|y| &y[lo * g.out_len()..hi * g.out_len()]),
+            };
             let dx_g = dx_g.as_deref_mut();
             if !g.per_sample() {
                 let x = &x[..(hi - lo) * g.in_len()];
@@ -378,19 +414,23 @@ fn backward_wide(
     g: &Geom,
     x: &[f32],
     w: &[f32],
-    gy: &[f32],
+    gy: Grad,
     (pw_, pb): (&mut [f32], &mut [f32]),
     mut dx_g: Option<&mut [f32]>,
     (cols, dcols, gw): (&mut [f32], &mut [f32], &mut [f32]),
 ) {
     let (k, p, f, pw) = (g.k(), g.p(), g.f, g.pw());
-    for (s, gy_n) in gy.chunks(g.out_len()).enumerate() {
-        for ((acc, wrow), grow) in pb.iter_mut().zip(gw.chunks_mut(pw)).zip(gy_n.chunks(p)) {
-            *acc += lane_sum(grow);
-            for (w, gr) in wrow.chunks_mut(g.w).zip(grow.chunks(g.ow)) {
-                w[..g.ow].copy_from_slice(gr);
+    for s in 0..gy.g.len() / g.out_len() {
+        let (gy_n, y_n) = gy.sample(s, g.out_len());
+        for (fi, (acc, wrow)) in pb.iter_mut().zip(gw.chunks_mut(pw)).enumerate() {
+            let plane = fi * p..(fi + 1) * p;
+            let (grow, yrow) = (&gy_n[plane.clone()], y_n.map(|y| &y[plane]));
+            for (r, w) in wrow.chunks_mut(g.w).enumerate() {
+                let at = r * g.ow..(r + 1) * g.ow;
+                grad_into(&mut w[..g.ow], &grow[at.clone()], yrow.map(|y| &y[at]));
                 w[g.ow..].fill(0.0);
             }
+            *acc += lane_sum(wrow);
         }
         // Reads past this sample into the next (or zeros): garbage positions only.
         im2col_wide(g, &x[s * g.in_len()..], cols);
@@ -428,7 +468,7 @@ fn backward_batched(
     plan: Option<&gather::Plan>,
     x: &[f32],
     w: &[f32],
-    gy: &[f32],
+    gy: Grad,
     part: &mut [f32],
     dx: Option<&mut [f32]>,
 ) {
@@ -448,13 +488,13 @@ fn backward_batched_in(
     plan: Option<&gather::Plan>,
     x: &[f32],
     w: &[f32],
-    gy: &[f32],
+    gy: Grad,
     (pw_, pb): (&mut [f32], &mut [f32]),
     mut dx: Option<&mut [f32]>,
     (cols, dcols, gb): (&mut [f32], &mut [f32], &mut [f32]),
 ) {
     let (k, p, f, sb) = (g.k(), g.p(), g.f, g.batched());
-    let n = gy.len() / g.out_len();
+    let n = gy.g.len() / g.out_len();
     for lo in (0..n).step_by(sb) {
         let s = sb.min(n - lo);
         let ld = s * p;
@@ -464,10 +504,12 @@ fn backward_batched_in(
                 Some(plan) => plan.im2col(x_n, cols, ld, i * p),
                 None => im2col_at(g, x_n, cols, ld, i * p),
             }
-            let gy_n = &gy[(lo + i) * g.out_len()..(lo + i + 1) * g.out_len()];
-            for (fi, row) in gy_n.chunks(p).enumerate() {
-                gb[fi * ld + i * p..fi * ld + (i + 1) * p].copy_from_slice(row);
-                pb[fi] += lane_sum(row);
+            let (gy_n, y_n) = gy.sample(lo + i, g.out_len());
+            for fi in 0..f {
+                let dst = &mut gb[fi * ld + i * p..fi * ld + (i + 1) * p];
+                let plane = fi * p..(fi + 1) * p;
+                grad_into(dst, &gy_n[plane.clone()], y_n.map(|y| &y[plane]));
+                pb[fi] += lane_sum(dst);
             }
         }
         let (cols, gb) = (&cols[..k * ld], &gb[..f * ld]);
@@ -554,6 +596,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_relu_output_masks_the_gradient_as_activate_backward_does() {
+        for g in geoms() {
+            let n = 3;
+            let x: Vec<f32> = (0..n * g.in_len())
+                .map(|i| (i as f32 * 0.3).sin())
+                .collect();
+            let w: Vec<f32> = (0..g.f * g.k()).map(|i| (i as f32 * 0.7).cos()).collect();
+            let gy: Vec<f32> = (0..n * g.out_len())
+                .map(|i| (i as f32 * 0.13).cos())
+                .collect();
+            // A ReLU output with zeros at about a third of the positions.
+            let y: Vec<f32> = (0..n * g.out_len())
+                .map(|i| if i % 3 == 0 { 0.0 } else { 1.0 + i as f32 })
+                .collect();
+            let mut masked = gy.clone();
+            crate::engine::cpu::layers::activate_backward(Activation::Relu, &y, &mut masked, 1);
+            let run = |gy: &[f32], relu: Option<&[f32]>| {
+                let (mut dw, mut db, mut dx) =
+                    (vec![0.0; w.len()], vec![0.0; g.f], vec![0.0; x.len()]);
+                backward(&g, &x, &w, gy, relu, &mut dw, &mut db, Some(&mut dx));
+                (dw, db, dx)
+            };
+            assert_eq!(run(&gy, Some(&y)), run(&masked, None), "{g:?}");
+        }
+    }
+
     fn geoms() -> Vec<Geom> {
         let mk = |c, h, w, f, kh, kw, sh, sw, pt, pl, oh, ow| Geom {
             c,
@@ -611,7 +680,7 @@ mod tests {
                 .map(|i| (i as f32 * 0.13).cos())
                 .collect();
             let (mut dw, mut db, mut dx) = (vec![0.0; w.len()], vec![0.0; g.f], vec![0.0; x.len()]);
-            backward(&g, &x, &w, &gy, &mut dw, &mut db, Some(&mut dx));
+            backward(&g, &x, &w, &gy, None, &mut dw, &mut db, Some(&mut dx));
             let dot = |x: &[f32], w: &[f32]| -> f64 {
                 (0..n)
                     .map(|s| {

@@ -565,8 +565,14 @@ impl FastNet {
             };
             match &node.op {
                 Op::Conv { g, act, param } => {
+                    // ReLU's gradient is taken inside the convolution's backward pass.
+                    let mut relu_out = None;
                     if !(l == last && on_logits) {
-                        layers::activate_backward(*act, y, gy, node.out_len);
+                        if *act == Activation::Relu {
+                            relu_out = Some(y);
+                        } else {
+                            layers::activate_backward(*act, y, gy, node.out_len);
+                        }
                     }
                     let (dw, db) = two(&mut self.grads, *param);
                     conv::backward(
@@ -574,6 +580,7 @@ impl FastNet {
                         &x[..n * g.in_len()],
                         &self.params[*param],
                         gy,
+                        relu_out,
                         dw,
                         db,
                         dx,
