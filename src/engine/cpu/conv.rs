@@ -14,7 +14,8 @@ use rayon::prelude::*;
 
 use super::gather;
 use super::gemm::{M, Threads, matmul};
-use super::layers::scalar_act;
+use super::layers::{Pool, scalar_act};
+use super::maxpool;
 use super::scratch;
 use crate::spec::Activation;
 
@@ -154,14 +155,60 @@ fn col2im_add_at(g: &Geom, cols: &[f32], dx: &mut [f32], ld: usize, off: usize) 
 }
 
 /// `y[n] = act(w @ cols(x[n]) + b)` for every sample; `w` is `[f, k]`, `y` is `[n, f, p]`.
+#[cfg(test)]
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Activation) {
+    forward_pooled(g, x, w, b, y, act, None)
+}
+
+/// A 2x2, stride-2 max pooling that follows a convolution: its output and argmax buffers,
+/// filled from each sample's output while it is still in cache.
+pub struct Pooled<'a> {
+    pub pool: &'a Pool,
+    pub y: &'a mut [f32],
+    pub arg: &'a mut [u32],
+}
+
+/// Whether [`forward_pooled`] can pool after `g` (a per-sample convolution) with `p`.
+pub fn can_pool(g: &Geom, p: &Pool) -> bool {
+    g.per_sample() && maxpool::is_2x2(p) && p.in_len() == g.out_len()
+}
+
+/// [`forward`], and the max pooling after it when given (see [`can_pool`]).
+pub fn forward_pooled(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    act: Activation,
+    pooled: Option<Pooled>,
+) {
     if !g.per_sample() {
+        assert!(
+            pooled.is_none(),
+            "pooling fused after a batched convolution"
+        );
         return forward_batched(g, x, w, b, y, act);
     }
     let (k, p, pw) = (g.k(), g.p(), g.pw());
+    let n = y.len() / g.out_len();
+    // Each sample's share of the pooling buffers, or none.
+    let pool = pooled.as_ref().map(|pl| pl.pool);
+    let mut slots: Vec<Option<(&mut [f32], &mut [u32])>> = match pooled {
+        Some(pl) => {
+            let len = pl.pool.c * pl.pool.oh * pl.pool.ow;
+            pl.y[..n * len]
+                .chunks_mut(len)
+                .zip(pl.arg[..n * len].chunks_mut(len))
+                .map(Some)
+                .collect()
+        }
+        None => (0..n).map(|_| None).collect(),
+    };
     y.par_chunks_mut(g.out_len())
+        .zip(slots.par_iter_mut())
         .enumerate()
-        .for_each(|(s, y_n)| {
+        .for_each(|(s, (y_n, slot))| {
             scratch::with((k + g.f) * pw, |buf| {
                 let (cols, yw) = buf.split_at_mut(k * pw);
                 // Full-width rows: the input planes are the columns' rows as they lie.
@@ -179,7 +226,10 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], act: Ac
                         bias_act(o, &r[..g.ow], bias, act);
                     }
                 }
-            })
+            });
+            if let (Some(pool), Some((py, parg))) = (pool, slot.as_mut()) {
+                maxpool::planes_2x2(pool, y_n, py, parg);
+            }
         });
 }
 
@@ -621,6 +671,56 @@ mod tests {
             };
             assert_eq!(run(&gy, Some(&y)), run(&masked, None), "{g:?}");
         }
+    }
+
+    #[test]
+    fn pooling_fused_after_the_convolution_equals_pooling_after_it() {
+        let mut checked = 0;
+        for g in geoms() {
+            let p = Pool {
+                c: g.f,
+                h: g.oh,
+                w: g.ow,
+                kh: 2,
+                kw: 2,
+                sh: 2,
+                sw: 2,
+                oh: g.oh / 2,
+                ow: g.ow / 2,
+            };
+            if !can_pool(&g, &p) {
+                continue;
+            }
+            let n = 3;
+            let x: Vec<f32> = (0..n * g.in_len())
+                .map(|i| (i as f32 * 0.3).sin())
+                .collect();
+            let w: Vec<f32> = (0..g.f * g.k()).map(|i| (i as f32 * 0.7).cos()).collect();
+            let b: Vec<f32> = (0..g.f).map(|i| i as f32 * 0.1 - 0.2).collect();
+            let plen = n * g.f * p.oh * p.ow;
+            let (mut y, mut py, mut parg) =
+                (vec![0.0; n * g.out_len()], vec![0.0; plen], vec![0; plen]);
+            crate::engine::cpu::layers::max_pool(
+                &p,
+                &{
+                    forward(&g, &x, &w, &b, &mut y, Activation::Relu);
+                    y.clone()
+                },
+                &mut py,
+                &mut parg,
+            );
+            let (mut y2, mut py2, mut parg2) =
+                (vec![0.0; n * g.out_len()], vec![0.0; plen], vec![0; plen]);
+            let pooled = Pooled {
+                pool: &p,
+                y: &mut py2,
+                arg: &mut parg2,
+            };
+            forward_pooled(&g, &x, &w, &b, &mut y2, Activation::Relu, Some(pooled));
+            assert_eq!((y, py, parg), (y2, py2, parg2), "{g:?}");
+            checked += 1;
+        }
+        assert!(checked > 0, "no geometry took the fused pooling");
     }
 
     fn geoms() -> Vec<Geom> {

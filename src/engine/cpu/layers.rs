@@ -34,7 +34,7 @@ impl Pool {
 /// Max pooling; `arg` receives each output's source index within its plane.
 pub fn max_pool(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
     let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
-    if (p.kh, p.kw, p.sh, p.sw) == (2, 2, 2, 2) {
+    if super::maxpool::is_2x2(p) {
         return super::maxpool::max_pool_2x2(p, x, y, arg);
     }
     y.par_chunks_mut(ohw)

@@ -10,29 +10,51 @@ use rayon::prelude::*;
 use super::layers::Pool;
 use super::skinny;
 
+/// Whether `p` is the 2x2, stride-2 window this module pools.
+pub fn is_2x2(p: &Pool) -> bool {
+    (p.kh, p.kw, p.sh, p.sw) == (2, 2, 2, 2)
+}
+
 /// Max pooling over 2x2 windows with stride 2; `arg` receives each output's source index
 /// within its plane.
 pub fn max_pool_2x2(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
     let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
-    let simd = skinny::available();
     y.par_chunks_mut(ohw)
         .zip(arg.par_chunks_mut(ohw))
         .zip(x.par_chunks(hw))
-        .for_each(|((y, arg), x)| {
-            for oy in 0..p.oh {
-                let r0 = 2 * oy * p.w;
-                let out = oy * p.ow..(oy + 1) * p.ow;
-                #[cfg(target_arch = "x86_64")]
-                if simd {
-                    // SAFETY: AVX-512 is present; the row reads stay inside the plane
-                    // (rows 2oy and 2oy+1 exist, and 2 * ow <= w).
-                    unsafe { x86::row(x, r0, p.w, &mut y[out.clone()], &mut arg[out]) };
-                    continue;
-                }
-                let _ = simd;
-                row_scalar(x, r0, p.w, &mut y[out.clone()], &mut arg[out]);
-            }
-        });
+        .for_each(|((y, arg), x)| plane(p, x, y, arg));
+}
+
+/// [`max_pool_2x2`] of one sample's planes on this thread (after a convolution wrote
+/// them, while they are in cache).
+pub fn planes_2x2(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
+    let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
+    for ((y, arg), x) in y
+        .chunks_mut(ohw)
+        .zip(arg.chunks_mut(ohw))
+        .zip(x.chunks(hw))
+        .take(p.c)
+    {
+        plane(p, x, y, arg);
+    }
+}
+
+/// One plane.
+fn plane(p: &Pool, x: &[f32], y: &mut [f32], arg: &mut [u32]) {
+    let simd = skinny::available();
+    for oy in 0..p.oh {
+        let r0 = 2 * oy * p.w;
+        let out = oy * p.ow..(oy + 1) * p.ow;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX-512 is present; the row reads stay inside the plane (rows 2oy
+            // and 2oy+1 exist, and 2 * ow <= w).
+            unsafe { x86::row(x, r0, p.w, &mut y[out.clone()], &mut arg[out]) };
+            continue;
+        }
+        let _ = simd;
+        row_scalar(x, r0, p.w, &mut y[out.clone()], &mut arg[out]);
+    }
 }
 
 /// One output row from input rows starting at `r0` and `r0 + w`.

@@ -458,16 +458,37 @@ impl FastNet {
         times: &mut Vec<f64>,
     ) {
         let last = self.nodes.len() - 1;
+        // A max pooling that the convolution before it has already done.
+        let mut pooled = false;
         for (l, node) in self.nodes.iter().enumerate() {
             let t0 = std::time::Instant::now();
             let (before, after) = b.outs.split_at_mut(l);
             let x: &[f32] = if l == 0 { &b.input } else { &before[l - 1] };
-            let y = &mut after[0][..n * node.out_len];
+            let (cur, next) = after.split_at_mut(1);
+            let y = &mut cur[0][..n * node.out_len];
             match &node.op {
                 Op::Conv { g, act, param } => {
                     let (w, bias) = (&self.params[*param], &self.params[param + 1]);
-                    conv::forward(g, &x[..n * g.in_len()], w, bias, y, *act);
+                    // A 2x2 max pooling next is done from each sample's output while it is
+                    // in cache, instead of in a pass of its own over the batch.
+                    let pool = match self.nodes.get(l + 1) {
+                        Some(Node {
+                            op: Op::MaxPool(p),
+                            out_len,
+                            ..
+                        }) if conv::can_pool(g, p) => Some(conv::Pooled {
+                            pool: p,
+                            y: &mut next[0][..n * out_len],
+                            arg: &mut b.args[l + 1],
+                        }),
+                        _ => None,
+                    };
+                    pooled = pool.is_some();
+                    conv::forward_pooled(g, &x[..n * g.in_len()], w, bias, y, *act, pool);
+                    times.push(t0.elapsed().as_secs_f64());
+                    continue;
                 }
+                Op::MaxPool(_) if std::mem::take(&mut pooled) => {}
                 Op::Dense { i, o, act, param } => {
                     let (w, bias) = (&self.params[*param], &self.params[param + 1]);
                     layers::dense(x, w, bias, y, n, *i, *o);
