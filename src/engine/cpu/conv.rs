@@ -745,6 +745,8 @@ mod tests {
             mk(2, 7, 9, 4, 3, 2, 2, 3, 1, 0, 4, 3),
             mk(3, 5, 5, 2, 1, 1, 1, 1, 0, 0, 5, 5),
             mk(2, 6, 6, 2, 3, 3, 2, 2, 0, 1, 3, 3),
+            // A plane of at most 32 pixels (two registers in the gather plan).
+            mk(2, 5, 5, 2, 3, 3, 1, 1, 0, 0, 3, 3),
         ]
     }
 
