@@ -42,6 +42,10 @@ ensure_postgres
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The CPU path again on the kernels a CPU without AVX-512 gets (the gemm crate's, row
+# copies, scalar pooling), against Candle's graph: this machine would otherwise only ever
+# test the AVX-512 ones.
+TRAINYARD_NO_AVX512=1 cargo test --test cpu_path
 # Generated requests from the OpenAPI document against a real `trainyard serve`
 # (schemathesis from PyPI, in a cached venv): no 5xx, nothing the document does not say.
 bash tests/schemathesis.sh
