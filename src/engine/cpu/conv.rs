@@ -650,13 +650,9 @@ mod tests {
     fn a_relu_output_masks_the_gradient_as_activate_backward_does() {
         for g in geoms() {
             let n = 3;
-            let x: Vec<f32> = (0..n * g.in_len())
-                .map(|i| (i as f32 * 0.3).sin())
-                .collect();
-            let w: Vec<f32> = (0..g.f * g.k()).map(|i| (i as f32 * 0.7).cos()).collect();
-            let gy: Vec<f32> = (0..n * g.out_len())
-                .map(|i| (i as f32 * 0.13).cos())
-                .collect();
+            let x = input(n * g.in_len(), 0.3, f32::sin);
+            let w = input(g.f * g.k(), 0.7, f32::cos);
+            let gy = input(n * g.out_len(), 0.13, f32::cos);
             // A ReLU output with zeros at about a third of the positions.
             let y: Vec<f32> = (0..n * g.out_len())
                 .map(|i| if i % 3 == 0 { 0.0 } else { 1.0 + i as f32 })
@@ -692,10 +688,8 @@ mod tests {
                 continue;
             }
             let n = 3;
-            let x: Vec<f32> = (0..n * g.in_len())
-                .map(|i| (i as f32 * 0.3).sin())
-                .collect();
-            let w: Vec<f32> = (0..g.f * g.k()).map(|i| (i as f32 * 0.7).cos()).collect();
+            let x = input(n * g.in_len(), 0.3, f32::sin);
+            let w = input(g.f * g.k(), 0.7, f32::cos);
             let b: Vec<f32> = (0..g.f).map(|i| i as f32 * 0.1 - 0.2).collect();
             let plen = n * g.f * p.oh * p.ow;
             let (mut y, mut py, mut parg) =
@@ -721,6 +715,11 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 0, "no geometry took the fused pooling");
+    }
+
+    /// `len` smooth test values, `f(i * step)`.
+    fn input(len: usize, step: f32, f: fn(f32) -> f32) -> Vec<f32> {
+        (0..len).map(|i| f(i as f32 * step)).collect()
     }
 
     fn geoms() -> Vec<Geom> {
@@ -756,7 +755,7 @@ mod tests {
             let x: Vec<f32> = (0..2 * g.in_len())
                 .map(|i| (i as f32 * 0.3).sin())
                 .collect();
-            let w: Vec<f32> = (0..g.f * g.k()).map(|i| (i as f32 * 0.7).cos()).collect();
+            let w = input(g.f * g.k(), 0.7, f32::cos);
             let b = vec![0.0; g.f];
             let mut y = vec![0.0; 2 * g.out_len()];
             forward(&g, &x, &w, &b, &mut y, Activation::None);
@@ -774,13 +773,9 @@ mod tests {
         // <gy, conv(x; w)> is bilinear: its gradients in x and w are what backward returns.
         for g in geoms() {
             let n = 3;
-            let x: Vec<f32> = (0..n * g.in_len())
-                .map(|i| (i as f32 * 0.3).sin())
-                .collect();
-            let w: Vec<f32> = (0..g.f * g.k()).map(|i| (i as f32 * 0.7).cos()).collect();
-            let gy: Vec<f32> = (0..n * g.out_len())
-                .map(|i| (i as f32 * 0.13).cos())
-                .collect();
+            let x = input(n * g.in_len(), 0.3, f32::sin);
+            let w = input(g.f * g.k(), 0.7, f32::cos);
+            let gy = input(n * g.out_len(), 0.13, f32::cos);
             let (mut dw, mut db, mut dx) = (vec![0.0; w.len()], vec![0.0; g.f], vec![0.0; x.len()]);
             backward(&g, &x, &w, &gy, None, &mut dw, &mut db, Some(&mut dx));
             let dot = |x: &[f32], w: &[f32]| -> f64 {
