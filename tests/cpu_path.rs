@@ -170,6 +170,27 @@ fn same_padding_strides_avg_pool_dropout_and_adam_match_the_graph() {
 }
 
 #[test]
+fn same_padded_even_kernels_at_stride_one_match_the_graph() {
+    // "same" padding of an even kernel pads only the bottom and right: the full-width
+    // column path, which takes stride-1 convolutions without top or left padding, must
+    // not take these (it once did, and read the next row's pixels for the padding). MNIST's
+    // borders are black, so the padded layer comes second, after biases that move.
+    let spec = spec_of(
+        json!([
+            {"type": "conv2d", "name": "c1", "filters": 3, "kernel": 3, "activation": "tanh"},
+            {"type": "conv2d", "name": "c2", "filters": 4, "kernel": 2, "padding": "same",
+             "activation": "relu"},
+            {"type": "max_pool2d", "size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "name": "fc", "units": 10}
+        ]),
+        json!({"type": "sgd", "learning_rate": 0.05}),
+        json!({}),
+    );
+    assert_paths_agree(&spec);
+}
+
+#[test]
 fn pointwise_conv_log_softmax_and_adamw_match_the_graph() {
     let layers = json!([
         {"type": "conv2d", "name": "c1", "filters": 4, "kernel": 5, "stride": 3, "activation": "relu"},

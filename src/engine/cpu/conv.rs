@@ -54,9 +54,15 @@ impl Geom {
         self.f * self.p()
     }
     /// Stride 1 without padding: columns can be taken at full input width (see
-    /// [`im2col_wide`]).
+    /// [`im2col_wide`]). No padding on any side: "same" padding of an even kernel puts
+    /// its one row and column at the bottom and right, where `pt` and `pl` are 0.
     fn is_wide(&self) -> bool {
-        self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
+        self.sh == 1
+            && self.sw == 1
+            && self.pt == 0
+            && self.pl == 0
+            && self.oh + self.kh - 1 <= self.h
+            && self.ow + self.kw - 1 <= self.w
     }
     /// One gemm per sample on full-width columns: stride 1, no padding, and an output
     /// large enough to make a per-sample gemm worth its call (keras-cnn's 24x24, not
@@ -622,6 +628,122 @@ mod tests {
             }
         }
         y
+    }
+
+    /// The gradients by their definitions, in f64: `(dw, db, dx)` for `n` samples.
+    fn direct_backward(
+        g: &Geom,
+        x: &[f32],
+        w: &[f32],
+        gy: &[f32],
+        n: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (mut dw, mut db, mut dx) = (vec![0.0; w.len()], vec![0.0; g.f], vec![0.0; x.len()]);
+        for s in 0..n {
+            for fi in 0..g.f {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let gv = gy[s * g.out_len() + (fi * g.oh + oy) * g.ow + ox] as f64;
+                        db[fi] += gv;
+                        for ci in 0..g.c {
+                            for i in 0..g.kh {
+                                for j in 0..g.kw {
+                                    let iy = (oy * g.sh + i) as isize - g.pt as isize;
+                                    let ix = (ox * g.sw + j) as isize - g.pl as isize;
+                                    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w
+                                    {
+                                        continue;
+                                    }
+                                    let xi = s * g.in_len()
+                                        + (ci * g.h + iy as usize) * g.w
+                                        + ix as usize;
+                                    let wi = ((fi * g.c + ci) * g.kh + i) * g.kw + j;
+                                    dw[wi] += gv * x[xi] as f64;
+                                    dx[xi] += gv * w[wi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (dw, db, dx)
+    }
+
+    /// Geometries as specs make them: "valid" or "same" padding, any stride, kernels up
+    /// to the image, outputs from one pixel to several hundred (the per-sample, batched,
+    /// gathered and in-register paths all occur).
+    fn random_geoms(count: usize) -> Vec<Geom> {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = |lo: usize, hi: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + (state >> 33) as usize % (hi - lo + 1)
+        };
+        (0..count)
+            .map(|_| {
+                let (c, f) = (next(1, 3), next(1, 5));
+                let (h, w) = (next(1, 30), next(1, 30));
+                let (kh, kw) = (next(1, 4.min(h)), next(1, 4.min(w)));
+                let (sh, sw) = (next(1, 3), next(1, 3));
+                let same = next(0, 1) == 1;
+                let dim = |len: usize, k: usize, st: usize| {
+                    if same {
+                        let out = len.div_ceil(st);
+                        let total = ((out - 1) * st + k).saturating_sub(len);
+                        (out, total / 2)
+                    } else {
+                        ((len - k) / st + 1, 0)
+                    }
+                };
+                let ((oh, pt), (ow, pl)) = (dim(h, kh, sh), dim(w, kw, sw));
+                Geom {
+                    c,
+                    h,
+                    w,
+                    f,
+                    kh,
+                    kw,
+                    sh,
+                    sw,
+                    pt,
+                    pl,
+                    oh,
+                    ow,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn random_geometries_match_the_definitions_forward_and_backward() {
+        for g in random_geoms(200) {
+            let n = 2;
+            let x = input(n * g.in_len(), 0.37, f32::sin);
+            let w = input(g.f * g.k(), 0.71, f32::cos);
+            let gy = input(n * g.out_len(), 0.13, f32::cos);
+            let b = vec![0.25; g.f];
+            let mut y = vec![0.0; n * g.out_len()];
+            forward(&g, &x, &w, &b, &mut y, Activation::None);
+            for s in 0..n {
+                let want = direct(&g, &x[s * g.in_len()..(s + 1) * g.in_len()], &w);
+                for (a, b) in y[s * g.out_len()..(s + 1) * g.out_len()].iter().zip(&want) {
+                    assert!((a - (b + 0.25)).abs() < 1e-4, "{g:?}: {a} vs {}", b + 0.25);
+                }
+            }
+            let (mut dw, mut db, mut dx) = (vec![0.0; w.len()], vec![0.0; g.f], vec![0.0; x.len()]);
+            backward(&g, &x, &w, &gy, None, &mut dw, &mut db, Some(&mut dx));
+            let (wdw, wdb, wdx) = direct_backward(&g, &x, &w, &gy, n);
+            for (what, got, want) in [("dw", &dw, &wdw), ("db", &db, &wdb), ("dx", &dx, &wdx)] {
+                for (a, b) in got.iter().zip(want) {
+                    assert!(
+                        (*a as f64 - b).abs() < 1e-3 * (1.0 + b.abs()),
+                        "{g:?} {what}: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
