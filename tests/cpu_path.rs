@@ -264,3 +264,55 @@ fn resuming_on_the_cpu_path_equals_the_uninterrupted_run() {
     assert_eq!(untimed(resumed.history()), untimed(full.history()));
     assert_eq!(weights(&resumed), weights(&full));
 }
+
+#[test]
+fn results_do_not_depend_on_the_number_of_threads() {
+    // Shapes that take every split: a per-sample convolution and its fused pooling;
+    // dense layers wide enough for column shares, one (300 -> 256) whose shares' operand
+    // fits in cache where the whole one does not; plain SGD fused into the backward
+    // pass, and Adam's separate gradient (its input gradient a transposed product on the
+    // gemm crate).
+    for optimizer in [
+        json!({"type": "sgd", "learning_rate": 0.05}),
+        json!({"type": "adam", "learning_rate": 0.001}),
+    ] {
+        let spec = spec_of(
+            json!([
+                {"type": "conv2d", "name": "c1", "filters": 8, "kernel": 3, "activation": "relu"},
+                {"type": "max_pool2d", "size": 2},
+                {"type": "flatten"},
+                {"type": "dense", "name": "fc1", "units": 300, "activation": "relu"},
+                {"type": "dense", "name": "fc2", "units": 256, "activation": "relu"},
+                {"type": "dense", "name": "fc3", "units": 10, "activation": "softmax"}
+            ]),
+            optimizer.clone(),
+            json!({"epochs": 1}),
+        );
+        let runs: Vec<_> = [1, 2, 3]
+            .into_iter()
+            .map(|threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let t = train(&spec, false);
+                    (untimed(t.history()), weights(&t))
+                })
+            })
+            .collect();
+        for (i, run) in runs.iter().enumerate().skip(1) {
+            assert_eq!(
+                run.0,
+                runs[0].0,
+                "{optimizer}: metrics on {} threads",
+                i + 1
+            );
+            assert!(
+                run.1 == runs[0].1,
+                "{optimizer}: weights on {} threads differ from one thread's",
+                i + 1
+            );
+        }
+    }
+}

@@ -79,7 +79,7 @@ pub fn matmul(dst: &mut [f32], a: M, b: M, alpha: f32, beta: f32, threads: Threa
     }
     if k == 0 {
         for v in &mut dst[..m * n] {
-            *v *= beta;
+            *v = if beta == 0.0 { 0.0 } else { *v * beta };
         }
         return;
     }
@@ -102,14 +102,15 @@ pub fn matmul(dst: &mut [f32], a: M, b: M, alpha: f32, beta: f32, threads: Threa
     }
     // A skinny product (a batch of 32 against a dense layer's weights) spends its time
     // packing `b`, and the crate's own threading packs it no faster: split the columns
-    // instead, one single-threaded gemm per thread on its own share of `b`. Measured on
-    // 2 cores in keras-cnn's step (32x9216 @ 9216x1024): 11.1 -> 10.2 ms, alternating
-    // runs; in isolation the crate took 7.9 ms on 2 threads, and 5.0 ms for one half of
-    // the columns on one thread.
-    if threads > 1 && m <= SKINNY_ROWS && n >= threads * SKINNY_MIN_COLS {
-        let per = n.div_ceil(threads).next_multiple_of(16);
-        (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
-            let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+    // instead, one single-threaded gemm per share of `b`. Measured on 2 cores in
+    // keras-cnn's step (32x9216 @ 9216x1024): 11.1 -> 10.2 ms, alternating runs. The
+    // shares are fixed, not one per thread: the crate blocks the inner dimension by the
+    // product's shape, so shares sized by the thread count would make the results
+    // depend on it.
+    if m <= SKINNY_ROWS && n >= 2 * SPLIT_COLS {
+        let tasks = n.div_ceil(SPLIT_COLS);
+        let share = |t: usize| {
+            let (j0, j1) = (t * SPLIT_COLS, ((t + 1) * SPLIT_COLS).min(n));
             // SAFETY: as below; the tasks write disjoint column ranges of `dst`.
             unsafe {
                 raw.gemm(
@@ -123,7 +124,12 @@ pub fn matmul(dst: &mut [f32], a: M, b: M, alpha: f32, beta: f32, threads: Threa
                     Parallelism::None,
                 )
             };
-        });
+        };
+        if threads > 1 {
+            (0..tasks).into_par_iter().for_each(share);
+        } else {
+            (0..tasks).for_each(share);
+        }
         return;
     }
     let par = if threads > 1 {
@@ -182,6 +188,8 @@ fn skinny_matmul(
 }
 /// Fewest columns per thread worth a split.
 const SKINNY_MIN_COLS: usize = 128;
+/// Columns of each share of a skinny product on the gemm crate.
+const SPLIT_COLS: usize = 256;
 
 /// The operands' base pointers, shared by the column-split tasks.
 #[derive(Clone, Copy)]
@@ -336,7 +344,7 @@ mod tests {
     #[test]
     fn skinny_products_split_by_columns_match_the_naive_loop() {
         // Few rows and many columns: the column-split path on a 2-thread pool.
-        let (m, k, n) = (8, 33, 300);
+        let (m, k, n) = (8, 33, 600);
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(&a, &b, m, k, n);

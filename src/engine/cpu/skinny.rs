@@ -169,10 +169,14 @@ mod x86 {
         if k * n <= SMALL_B {
             // All of `b` stays in cache: one pass down the rows of `c`, each row tile
             // across every column, so `c` (the larger operand, often updated in place) is
-            // read and written as contiguous rows.
+            // read and written as contiguous rows. The inner dimension still runs in
+            // blocks of [`KC`], as below: every element is summed the same way whichever
+            // order runs (a column split across threads can change the order).
             for rt in steps(m, mr) {
                 for ct in steps(n, nr) {
-                    tile(0, k, rt, ct, None);
+                    for (k0, kc) in steps(k, KC) {
+                        tile(k0, kc, rt, ct, None);
+                    }
                 }
             }
             return;
@@ -286,11 +290,11 @@ mod x86 {
                     for v in 0..t.pf_vecs.min(NV) {
                         _mm_prefetch::<_MM_HINT_T0>(pf.add(16 * v) as *const i8);
                     }
-                    pf = pf.add(t.ldb);
+                    pf = pf.wrapping_add(t.ldb);
                 }
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for v in 0..NV {
-                    bv[v] = _mm512_maskz_loadu_ps(mask[v], b.add(16 * v));
+                    bv[v] = _mm512_maskz_loadu_ps(mask[v], b.wrapping_add(16 * v));
                 }
                 for r in 0..MR {
                     let av = _mm512_set1_ps(*a.add(r * t.ars));
@@ -298,14 +302,14 @@ mod x86 {
                         acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
                     }
                 }
-                a = a.add(t.acs);
-                b = b.add(t.ldb);
+                a = a.wrapping_add(t.acs);
+                b = b.wrapping_add(t.ldb);
             }
             let alpha = _mm512_set1_ps(t.alpha);
             let beta = _mm512_set1_ps(t.beta);
             for (r, acc) in acc.iter().enumerate() {
                 for v in 0..NV {
-                    let p = t.c.add(r * t.ldc + 16 * v);
+                    let p = t.c.wrapping_add(r * t.ldc + 16 * v);
                     let out = if t.beta == 0.0 {
                         _mm512_mul_ps(alpha, acc[v])
                     } else {
