@@ -49,7 +49,8 @@ impl Plan {
     /// A plan for `g`, when the CPU has AVX-512 and the output rows are short enough for
     /// row copies to lose (under 16 positions).
     pub fn new(g: &Geom) -> Option<Plan> {
-        if !skinny::available() || g.ow >= 16 {
+        // Offsets are i32 lanes: planes past that (far beyond the spec's limits) copy rows.
+        if !skinny::available() || g.ow >= 16 || g.h * g.w > i32::MAX as usize {
             return None;
         }
         let p = g.p();

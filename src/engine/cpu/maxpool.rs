@@ -103,11 +103,11 @@ mod x86 {
                 let p1 = p0.add(w);
                 let (a0, a1) = (
                     _mm512_maskz_loadu_ps(m_lo, p0),
-                    _mm512_maskz_loadu_ps(m_hi, p0.add(16)),
+                    _mm512_maskz_loadu_ps(m_hi, p0.wrapping_add(16)),
                 );
                 let (b0, b1) = (
                     _mm512_maskz_loadu_ps(m_lo, p1),
-                    _mm512_maskz_loadu_ps(m_hi, p1.add(16)),
+                    _mm512_maskz_loadu_ps(m_hi, p1.wrapping_add(16)),
                 );
                 // Window order: top-left, top-right, bottom-left, bottom-right.
                 let vals = [

@@ -11,10 +11,25 @@
 const HUGE_FROM: usize = 4 << 20;
 
 /// A zeroed buffer of `len` floats, on huge pages where the kernel gives them.
+///
+/// # Panics
+/// When the memory cannot be had. A spec can ask for more than the machine has; a panic
+/// fails that experiment (the worker catches it), where `vec!` would abort the process.
 pub fn zeroed(len: usize) -> Vec<f32> {
-    // `vec!` of zeros comes from calloc, which maps large blocks fresh and untouched, so
+    if len == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<f32>(len)
+        .unwrap_or_else(|_| panic!("a buffer of {len} floats is larger than memory can be"));
+    // Zeroed memory comes from calloc, which maps large blocks fresh and untouched, so
     // the advice below applies from their first write.
-    let v = vec![0.0f32; len];
+    // SAFETY: the layout is non-zero in size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
+    if p.is_null() {
+        panic!("out of memory for a buffer of {} MiB", (len * 4) >> 20);
+    }
+    // SAFETY: allocated by the global allocator with this layout, all `len` floats zero.
+    let v = unsafe { Vec::from_raw_parts(p, len, len) };
     advise(&v);
     v
 }

@@ -3,7 +3,7 @@
 //! A convolution needs column buffers of up to a few megabytes per sample. Allocating
 //! them per call (or per rayon split, which is per few samples) meant zeroing tens of
 //! megabytes a step that are overwritten at once; each thread now keeps one buffer and
-//! reuses it. Its contents between calls are whatever the last user left.
+//! reuses it (up to [`KEEP`]). Its contents between calls are whatever the last user left.
 
 use std::cell::Cell;
 
@@ -21,9 +21,16 @@ pub fn with<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         v = mem::zeroed(len);
     }
     let r = f(&mut v[..len]);
-    POOL.set(v);
+    // A spec with huge columns would otherwise leave every compute thread holding its
+    // buffer for the life of the process.
+    if v.len() <= KEEP {
+        POOL.set(v);
+    }
     r
 }
+
+/// Largest buffer (floats) kept between calls: 256 MiB.
+const KEEP: usize = 64 << 20;
 
 #[cfg(test)]
 mod tests {
