@@ -336,6 +336,38 @@ fn col2im_wide_add(g: &Geom, cols: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// The two products of a convolution's backward pass over `n` columns, on this thread:
+/// `dwt += cols @ gout^T` (`cols` `[k, n]`, `gout` `[f, n]`; this orientation runs twice
+/// as fast as `gout @ cols^T`, reading the large operand as stored), and, when asked,
+/// `dcols = w^T @ gout` for the input gradient.
+fn column_products(
+    dwt: &mut [f32],
+    cols: &[f32],
+    gout: &[f32],
+    w: &[f32],
+    dcols: Option<&mut [f32]>,
+    (k, f, n): (usize, usize, usize),
+) {
+    matmul(
+        dwt,
+        M::n(cols, k, n),
+        M::t(gout, f, n),
+        1.0,
+        1.0,
+        Threads::One,
+    );
+    if let Some(dcols) = dcols {
+        matmul(
+            dcols,
+            M::t(w, f, k),
+            M::n(gout, f, n),
+            1.0,
+            0.0,
+            Threads::One,
+        );
+    }
+}
+
 /// The gradient of a convolution's output, and the output itself when it is a ReLU's: its
 /// gradient is then taken here, in the pass that copies the gradient into the layout the
 /// products read, instead of in a pass of its own over the whole batch.
@@ -490,27 +522,10 @@ fn backward_wide(
         }
         // Reads past this sample into the next (or zeros): garbage positions only.
         im2col_wide(g, &x[s * g.in_len()..], cols);
-        // dw^T += cols @ gw^T (this orientation runs twice as fast as gw @ cols^T:
-        // the large operand is read as stored)
-        matmul(
-            pw_,
-            M::n(cols, k, pw),
-            M::t(gw, f, pw),
-            1.0,
-            1.0,
-            Threads::One,
-        );
+        let want_dx = dx_g.is_some();
+        column_products(pw_, cols, gw, w, want_dx.then_some(&mut *dcols), (k, f, pw));
         if let Some(dx_g) = dx_g.as_deref_mut() {
             let dx_n = &mut dx_g[s * g.in_len()..(s + 1) * g.in_len()];
-            // dcols = w^T @ gw
-            matmul(
-                dcols,
-                M::t(w, f, k),
-                M::n(gw, f, pw),
-                1.0,
-                0.0,
-                Threads::One,
-            );
             dx_n.fill(0.0);
             col2im_wide_add(g, dcols, dx_n);
         }
@@ -569,24 +584,16 @@ fn backward_batched_in(
             }
         }
         let (cols, gb) = (&cols[..k * ld], &gb[..f * ld]);
-        // dw^T += cols @ gb^T
-        matmul(
+        let dcols = &mut dcols[..k * ld];
+        column_products(
             pw_,
-            M::n(cols, k, ld),
-            M::t(gb, f, ld),
-            1.0,
-            1.0,
-            Threads::One,
+            cols,
+            gb,
+            w,
+            dx.is_some().then_some(&mut *dcols),
+            (k, f, ld),
         );
         if let Some(dx) = dx.as_deref_mut() {
-            matmul(
-                &mut dcols[..k * ld],
-                M::t(w, f, k),
-                M::n(gb, f, ld),
-                1.0,
-                0.0,
-                Threads::One,
-            );
             for i in 0..s {
                 let dx_n = &mut dx[(lo + i) * g.in_len()..(lo + i + 1) * g.in_len()];
                 dx_n.fill(0.0);
