@@ -77,6 +77,18 @@ def summary(values):
     }
 
 
+def default_trainyard():
+    """The release binary: in $CARGO_TARGET_DIR when set, else in target/."""
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    return os.path.join(target, "release", "trainyard")
+
+
+def database_urls(name):
+    """(the server's URL from DATABASE_URL, the same server's database `name`)."""
+    base = os.environ.get("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432/postgres")
+    return base, urllib.parse.urlsplit(base)._replace(path="/" + name).geturl()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -284,13 +296,11 @@ def main():
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
     if args.trainyard is None:
-        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-        args.trainyard = os.path.join(target, "release", "trainyard")
+        args.trainyard = default_trainyard()
     if not os.access(args.trainyard, os.X_OK):
         sys.exit(f"{args.trainyard} not found: build it with `cargo build --release`")
 
-    base = os.environ.get("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432/postgres")
-    url = urllib.parse.urlsplit(base)._replace(path="/" + args.database).geturl()
+    _, url = database_urls(args.database)
     port = free_port()
     env = dict(os.environ, DATABASE_URL=url, RUST_LOG=os.environ.get("RUST_LOG", "info"))
     spec = {

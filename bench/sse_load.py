@@ -31,11 +31,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from queue_latency import (  # noqa: E402
-    ROOT, Processes, cancel_leftovers, free_port, parse_time, start_api, summary)
+    ROOT, Processes, cancel_leftovers, database_urls, default_trainyard, free_port, parse_time,
+    start_api, summary)
 
 
 def rss_mib(pid):
@@ -120,10 +120,8 @@ def main():
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     args = ap.parse_args()
     if args.trainyard is None:
-        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-        args.trainyard = os.path.join(target, "release", "trainyard")
-    base = os.environ.get("DATABASE_URL", "postgres://postgres:postgres@127.0.0.1:5432/postgres")
-    url = urllib.parse.urlsplit(base)._replace(path="/" + args.database).geturl()
+        args.trainyard = default_trainyard()
+    _, url = database_urls(args.database)
     port = free_port()
     env = dict(os.environ, DATABASE_URL=url, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     spec = {
