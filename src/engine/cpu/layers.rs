@@ -209,7 +209,6 @@ pub fn dense_backward_sgd(
             let mut xt = vec![0f32; n * i];
             transpose_into(&x[..n * i], n, i, &mut xt);
             let mut dxt = vec![0f32; i * n];
-            let gyt = transpose(&gy[..n * o], n, o);
             wt.par_chunks_mut(WT_ROWS * o)
                 .zip(dxt.par_chunks_mut(WT_ROWS * n))
                 .zip(xt.par_chunks(WT_ROWS * n))
@@ -219,7 +218,7 @@ pub fn dense_backward_sgd(
                     matmul(
                         dxb,
                         M::n(wb, rows, o),
-                        M::n(&gyt, o, n),
+                        M::t(gy, n, o),
                         1.0,
                         0.0,
                         Threads::One,
