@@ -7,6 +7,8 @@
 //! that does not exist: a bad image is answered by the decoder (413, 415, 422), a good one
 //! gets as far as the lookup (404). No model needs training.
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,12 +19,8 @@ use axum::http::Request;
 use futures::StreamExt;
 use serde_json::Value;
 use sqlx::PgPool;
-use tower::ServiceExt;
 use trainyard::api::predict::MAX_BODY_BYTES;
-use trainyard::api::{AppState, app};
 use trainyard::data::image::{ImageError, MAX_IMAGE_DIMENSION, decode_to_28x28};
-use trainyard::store::Store;
-use trainyard::store::listen::Hub;
 
 // ---------------------------------------------------------------- images
 
@@ -194,20 +192,6 @@ fn an_image_at_the_size_limit_still_decodes() {
 
 // ---------------------------------------------------------------- through the API
 
-/// The app over the test's database. Its LISTEN hub, which these routes do not use, is
-/// connected to the server's default database instead: the hub's connection lives as
-/// long as the process, and on the test's own database it would keep `#[sqlx::test]`
-/// from closing the pool and dropping the database.
-async fn test_app(pool: PgPool) -> axum::Router {
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL, as #[sqlx::test] needs");
-    let elsewhere = PgPool::connect(&url).await.unwrap();
-    let hub = Hub::start(&elsewhere).await.unwrap();
-    // The sender is leaked so the app never sees a shutdown.
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(stop);
-    app(AppState::new(Store::from_pool(pool), hub, rx))
-}
-
 fn predict_url() -> String {
     format!("/predict?experiment={}", uuid::Uuid::new_v4())
 }
@@ -215,17 +199,7 @@ fn predict_url() -> String {
 /// Sends a request; returns the status, content type, JSON body and how long it took.
 async fn send(router: &axum::Router, req: Request<Body>) -> (u16, String, Value, Duration) {
     let started = Instant::now();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let (status, ct, body) = common::service::oneshot_json(router, req).await;
     (status, ct, body, started.elapsed())
 }
 
@@ -280,7 +254,7 @@ fn assert_problem(
 
 #[sqlx::test]
 async fn bad_images_get_a_4xx_naming_the_image(pool: PgPool) {
-    let app = test_app(pool).await;
+    let app = common::service::oneshot_app(pool).await;
     let cut_png = png()[..40].to_vec();
     let mut corrupt_png = png();
     let n = corrupt_png.len();
@@ -331,7 +305,7 @@ async fn bad_images_get_a_4xx_naming_the_image(pool: PgPool) {
 
 #[sqlx::test]
 async fn wrong_content_types_and_malformed_multipart_get_a_4xx(pool: PgPool) {
-    let app = test_app(pool).await;
+    let app = common::service::oneshot_app(pool).await;
     let cases = [
         ("no content type", raw(None, png()), 415),
         ("text/plain", raw(Some("text/plain"), png()), 415),
@@ -375,7 +349,7 @@ fn endless(counter: Arc<AtomicUsize>) -> Body {
 
 #[sqlx::test]
 async fn a_gigantic_body_gets_413_after_reading_no_more_than_the_limit(pool: PgPool) {
-    let app = test_app(pool).await;
+    let app = common::service::oneshot_app(pool).await;
     for content_type in [
         "image/png".to_string(),
         format!("multipart/form-data; boundary={BOUNDARY}"),
@@ -397,7 +371,7 @@ async fn a_gigantic_body_gets_413_after_reading_no_more_than_the_limit(pool: PgP
 
 #[sqlx::test]
 async fn a_body_declaring_too_many_bytes_gets_413_before_any_is_read(pool: PgPool) {
-    let app = test_app(pool).await;
+    let app = common::service::oneshot_app(pool).await;
     let read = Arc::new(AtomicUsize::new(0));
     let req = Request::post(predict_url())
         .header("content-type", "image/png")
@@ -429,7 +403,7 @@ fn peak_rss() -> usize {
 /// stays bounded.
 #[sqlx::test]
 async fn concurrent_bombs_decode_in_bounded_memory(pool: PgPool) {
-    let app = test_app(pool).await;
+    let app = common::service::oneshot_app(pool).await;
     let bomb = png_cut(4096, 4096, 2, 8, 16);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let clients = 3 * cores + 2;

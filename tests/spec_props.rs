@@ -9,17 +9,15 @@
 //! into the spec (`model.layers[3].units`). A case is a few milliseconds, so the cases
 //! are few enough that the whole file runs in seconds.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::Request;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
-use trainyard::api::{AppState, app};
 use trainyard::spec::{self, presets};
-use trainyard::store::Store;
-use trainyard::store::listen::Hub;
 
 // ---------------------------------------------------------------- generated values
 
@@ -439,41 +437,13 @@ fn parse_path(field: &str) -> Option<Vec<Seg>> {
     (!out.is_empty()).then_some(out)
 }
 
-/// The app over the test's database. Its LISTEN hub, which these routes do not use, is
-/// connected to the server's default database instead: the hub's connection lives as
-/// long as the process, and on the test's own database it would keep `#[sqlx::test]`
-/// from closing the pool and dropping the database.
-async fn test_app(pool: PgPool) -> axum::Router {
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL, as #[sqlx::test] needs");
-    let elsewhere = PgPool::connect(&url).await.unwrap();
-    let hub = Hub::start(&elsewhere).await.unwrap();
-    // The sender is leaked so the app never sees a shutdown.
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(stop);
-    app(AppState::new(Store::from_pool(pool), hub, rx))
-}
-
 /// POSTs a spec to the app; returns the status, content type and JSON body.
 async fn post(router: axum::Router, body: Vec<u8>) -> (u16, String, Value) {
     let req = Request::post("/experiments")
         .header("content-type", "application/json")
         .body(Body::from(body))
         .unwrap();
-    let res = router.oneshot(req).await.unwrap();
-    let status = res.status().as_u16();
-    let ct = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        ct,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    common::service::oneshot_json(&router, req).await
 }
 
 fn check_answer(
@@ -528,7 +498,7 @@ proptest! {
 /// fields at fault, the same errors validation gives.
 #[sqlx::test]
 async fn every_invalid_generated_spec_gets_a_422_naming_its_fields(pool: PgPool) {
-    let router = test_app(pool).await;
+    let router = common::service::oneshot_app(pool).await;
     let handle = tokio::runtime::Handle::current();
     // proptest drives the cases synchronously: each one waits for the async app on this
     // test's runtime.
@@ -565,7 +535,7 @@ async fn every_invalid_generated_spec_gets_a_422_naming_its_fields(pool: PgPool)
 /// empty path), quickly and without exhausting the stack.
 #[sqlx::test]
 async fn a_spec_nested_a_hundred_thousand_deep_gets_a_422_for_the_document(pool: PgPool) {
-    let router = test_app(pool).await;
+    let router = common::service::oneshot_app(pool).await;
     let depth = 100_000;
     let body = format!(
         "{{\"preset\": \"torch-cnn\", \"epochs\": {}{}}}",
@@ -591,7 +561,7 @@ async fn a_spec_nested_a_hundred_thousand_deep_gets_a_422_for_the_document(pool:
 /// from). It is stored as jsonb, which refuses a NUL: that was a 500.
 #[sqlx::test]
 async fn a_nul_in_the_model_preset_gets_a_422_not_a_500(pool: PgPool) {
-    let router = test_app(pool).await;
+    let router = common::service::oneshot_app(pool).await;
     for preset in ["a\u{0}b", "", &"x".repeat(65)] {
         let mut v = presets::preset("torch-cnn").unwrap();
         v["model"]["preset"] = json!(preset);

@@ -20,6 +20,41 @@ pub struct TestServer {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The app for `oneshot` requests, on `pool` (the test's own database), with its LISTEN
+/// hub connected to the server's default database instead: the hub's connection lives as
+/// long as the process, and on the test's own database it would keep `#[sqlx::test]`
+/// from closing the pool and dropping the database.
+pub async fn oneshot_app(pool: PgPool) -> axum::Router {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL, as #[sqlx::test] needs");
+    let elsewhere = PgPool::connect(&url).await.unwrap();
+    let hub = Hub::start(&elsewhere).await.unwrap();
+    // The sender is leaked so the app never sees a shutdown.
+    let (stop, rx) = watch::channel(false);
+    std::mem::forget(stop);
+    app(AppState::new(Store::from_pool(pool), hub, rx))
+}
+
+/// Sends `req` to `router`; returns the status, content type and JSON body (`Null` when
+/// the body is not JSON).
+pub async fn oneshot_json(
+    router: &axum::Router,
+    req: axum::http::Request<axum::body::Body>,
+) -> (u16, String, Value) {
+    use tower::ServiceExt;
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, ct, body)
+}
+
 pub fn worker_config(name: &str) -> WorkerConfig {
     WorkerConfig {
         workers: 1,
