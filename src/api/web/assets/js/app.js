@@ -93,10 +93,12 @@ export function navigate(url, { replace = false } = {}) {
 
 /** Changes the URL's query without leaving the view (filters reflected in the URL). */
 export function setQuery(params) {
-  const u = new URL(location.href);
-  u.search = '';
-  for (const [k, v] of Object.entries(params)) if (v) u.searchParams.set(k, v);
-  history.replaceState(null, '', u.pathname + u.search);
+  const q = Object.entries(params)
+    .filter(([, v]) => v)
+    // Commas stay readable (`ids=a,b`).
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v).replace(/%2C/gi, ',')}`)
+    .join('&');
+  history.replaceState(null, '', location.pathname + (q ? `?${q}` : ''));
 }
 
 function updateNav(active) {

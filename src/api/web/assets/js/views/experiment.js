@@ -123,8 +123,13 @@ export async function mount(main, ctx) {
     input.select();
   }
 
+  let tagsShown = null;
   function renderTags() {
     const tags = exp.tags || [];
+    // Left alone while the tags are the same, so a live refresh keeps what is being typed.
+    const sig = JSON.stringify(tags);
+    if (sig === tagsShown) return;
+    tagsShown = sig;
     const input = h('input', { id: 'tag-input', placeholder: 'add tag', 'aria-label': 'Add a tag', maxlength: 64, size: 10 });
     input.addEventListener('keydown', (e) => {
       if (e.key !== 'Enter') return;
@@ -148,6 +153,7 @@ export async function mount(main, ctx) {
     }
     renderHead();
     renderTags();
+    if (patch.tags) document.getElementById('tag-input')?.focus();
   }
 
   function renderActions() {
