@@ -103,14 +103,7 @@ impl Cli {
         match self.command {
             Command::Train(a) => train::run(a),
             Command::Presets => {
-                let all: serde_json::Map<String, serde_json::Value> =
-                    crate::spec::presets::PRESET_NAMES
-                        .iter()
-                        .map(|n| {
-                            let spec = crate::spec::from_value(serde_json::json!({"preset": n}))?;
-                            Ok((n.to_string(), serde_json::to_value(spec)?))
-                        })
-                        .collect::<anyhow::Result<_>>()?;
+                let all = crate::spec::presets::resolved_all()?;
                 println!("{}", serde_json::to_string_pretty(&all)?);
                 Ok(())
             }
