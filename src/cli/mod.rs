@@ -5,6 +5,7 @@
 
 mod bench;
 mod housekeep;
+mod plot;
 mod predict;
 mod service;
 mod train;
@@ -42,6 +43,8 @@ pub enum Command {
     },
     /// Classify PNG, JPEG or PGM images with a checkpoint.
     Predict(predict::PredictArgs),
+    /// Draw loss or accuracy curves of local `train` output folders as SVG or PNG.
+    Plot(plot::PlotArgs),
     /// Measure training throughput (images per second) of the presets on this machine.
     Bench(bench::BenchArgs),
     /// Run the HTTP API and worker tasks in one process.
@@ -114,6 +117,7 @@ impl Cli {
                 Ok(())
             }
             Command::Predict(a) => predict::run(a),
+            Command::Plot(a) => plot::run(a),
             Command::Bench(a) => bench::run(a),
             Command::Serve(a) => service::serve(a),
             Command::Worker { db, worker } => service::worker(db, worker),
