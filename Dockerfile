@@ -10,6 +10,8 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked && rm -rf src
 COPY src src
 COPY migrations migrations
+# The font the PNG pictures embed (include_bytes!).
+COPY assets assets
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
     && strip target/release/trainyard
 # MNIST into the image, downloaded from the usual mirrors and checked against its SHA-256.

@@ -3,12 +3,13 @@
 //! The crate is layered so that each layer can be used and tested without the ones above
 //! it: [`spec`] (what to train), [`data`] (datasets and preprocessing), [`engine`] (the
 //! Candle training engine: models, optimizers, the training loop, checkpoints, inference)
-//! and [`cli`] (the `trainyard` command).
+//! and [`cli`] (the `trainyard` command). [`plot`] draws curves of runs as SVG or PNG.
 
 pub mod api;
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod plot;
 pub mod server;
 pub mod spec;
 pub mod store;

@@ -1,4 +1,4 @@
-//! The `trainyard` command as a user runs it: train, resume, predict, validate.
+//! The `trainyard` command as a user runs it: train, resume, predict, validate, plot.
 
 mod common;
 
@@ -178,4 +178,101 @@ fn presets_prints_both_complete_specs() {
     // A printed preset is a valid spec that resolves to itself.
     let again = trainyard::spec::from_value(out["torch-cnn"].clone()).unwrap();
     assert_eq!(serde_json::to_value(again).unwrap(), out["torch-cnn"]);
+}
+
+/// A run folder as `train` writes it, with `n` epochs of made-up figures.
+fn fake_run(dir: &Path, n: u32, val: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("spec.json"),
+        json!({"preset": "torch-cnn"}).to_string(),
+    )
+    .unwrap();
+    let lines: Vec<String> = (1..=n)
+        .map(|e| {
+            let loss = 2.0 / f64::from(e);
+            let opt = |v: f64| if val { json!(v) } else { Value::Null };
+            json!({
+                "epoch": e, "train_loss": loss, "train_accuracy": 1.0 - loss / 3.0,
+                "val_loss": opt(loss * 1.1), "val_accuracy": opt(1.0 - loss / 2.5),
+                "test_loss": loss * 1.2, "test_accuracy": 1.0 - loss / 2.0,
+                "train_seconds": 1.5, "images_per_second": 1000.0
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn plot_draws_run_folders_as_svg_or_png_and_refuses_other_extensions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("keras-cnn"), tmp.path().join("torch-cnn"));
+    fake_run(&a, 4, true);
+    fake_run(&b, 3, false);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    let svg = tmp.path().join("curves.svg");
+    ok(trainyard(&["plot", a, b, "--out", svg.to_str().unwrap()]));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let series: Vec<(&str, usize)> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("series"))
+        .map(|n| {
+            let d = n.attribute("d").unwrap();
+            let points = d.chars().filter(|c| matches!(c, 'M' | 'L')).count();
+            (n.attribute("data-series").unwrap(), points)
+        })
+        .collect();
+    assert_eq!(
+        series,
+        [
+            ("keras-cnn · train", 4),
+            ("keras-cnn · validation", 4),
+            ("keras-cnn · test", 4),
+            ("torch-cnn · train", 3),
+            ("torch-cnn · test", 3),
+        ]
+    );
+
+    let png = tmp.path().join("curves.png");
+    ok(trainyard(&[
+        "plot",
+        a,
+        b,
+        "--out",
+        png.to_str().unwrap(),
+        "--metric",
+        "accuracy",
+        "--width",
+        "640",
+        "--height",
+        "360",
+        "--title",
+        "two runs",
+    ]));
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (640, 360));
+
+    let out = trainyard(&["plot", a, "--out", "curves.jpg"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("curves.jpg") && err.contains(".svg or .png"),
+        "{err}"
+    );
+
+    // A folder without metrics.jsonl is named.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = trainyard(&[
+        "plot",
+        empty.to_str().unwrap(),
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("empty/metrics.jsonl"), "{err}");
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::experiments::{parse_id, path_id};
+use super::input::{parse_id, path_id};
 use super::{AppState, error::ApiError};
 use crate::store::checkpoints::{CheckpointInfo, Which};
 
@@ -37,7 +37,7 @@ async fn list(
 #[utoipa::path(get, path = "/experiments/{id}/checkpoints/{which}", tag = "checkpoints",
     params(
         ("id" = uuid::Uuid, Path, description = "Experiment id"),
-        ("which" = String, Path, description = "`best`, `last` or an epoch number"),
+        ("which" = String, Path, pattern = "^(best|last|[0-9]{1,9})$", description = "`best`, `last` or an epoch number"),
     ),
     responses(
         (status = 200, description = "safetensors file", content_type = "application/octet-stream", body = Vec<u8>,

@@ -32,7 +32,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::experiments::{ExperimentView, path_id};
+use super::experiments::ExperimentView;
+use super::input::path_id;
 use super::{AppState, error::ApiError};
 use crate::store::listen::Signal;
 use crate::store::{Status, Store, events};
@@ -208,7 +209,7 @@ async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx, first: bool) -
             let ev = Event::default()
                 .event("end")
                 .id(last.to_string())
-                .json_data(ExperimentView::new(exp, None))
+                .json_data(ExperimentView::new(exp, false))
                 .expect("json");
             let _ = tx.send(Ok(ev)).await;
             return Ok(true);

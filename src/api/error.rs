@@ -28,6 +28,9 @@ pub enum ApiError {
     Invalid(SpecErrors),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A 404 that says which of several things are missing.
+    #[error("{0}")]
+    NotFoundNamed(String),
     #[error("this path does not take that method (the Allow header lists those it takes)")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -53,7 +56,9 @@ impl ApiError {
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-input"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::NotFound(_) | ApiError::NotFoundNamed(_) => {
+                (StatusCode::NOT_FOUND, "not-found")
+            }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
@@ -77,6 +82,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("experiment"),
+            StoreError::NotFoundIds(_) => ApiError::NotFoundNamed(e.to_string()),
+            StoreError::NotEnded(_) => ApiError::Conflict(e.to_string()),
             StoreError::IdempotencyConflict => ApiError::Conflict(e.to_string()),
             StoreError::Db(sqlx::Error::PoolTimedOut) => {
                 ApiError::Unavailable("the database is busy or unreachable".into())

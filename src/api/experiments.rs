@@ -1,4 +1,4 @@
-//! `/experiments`: submit, list, read, cancel, metrics.
+//! `/experiments`: submit, list, read, rename and tag, cancel, delete, metrics.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::input::{body_error, int_param, path_id, query_error, require_json};
+use super::labels;
+use super::specs::submission;
+pub use super::view::ExperimentView;
 use super::{AppState, error::ApiError};
-use crate::store::experiments::{Experiment, NewExperiment, Status};
+use crate::store::experiments::{Filter, NewExperiment, Status};
 use crate::store::queue::StoredEpoch;
 
 /// Largest accepted `Idempotency-Key`.
@@ -23,78 +27,9 @@ const MAX_PAGE: i64 = 100;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/experiments", post(create).get(list))
-        .route("/experiments/{id}", get(show))
+        .route("/experiments/{id}", get(show).patch(update).delete(delete))
         .route("/experiments/{id}/cancel", post(cancel))
         .route("/experiments/{id}/metrics", get(metrics))
-}
-
-/// Parses an id from the path: a malformed id is an unknown id.
-pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    id.parse().map_err(|_| ApiError::NotFound("experiment"))
-}
-
-/// The experiment id of a path. A segment that does not even decode (percent-encoded
-/// bytes that are not UTF-8) names nothing that exists either: 404, as a problem, never
-/// axum's plain-text 400.
-pub(crate) fn path_id(p: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) = p.map_err(|_| ApiError::NotFound("experiment"))?;
-    parse_id(&id)
-}
-
-/// A query string that does not parse: 422 naming the parameter at fault when the
-/// message says which (`limit: invalid digit ...`, ``duplicate field `limit` ``), the
-/// whole `query` otherwise.
-pub(crate) fn query_error(e: QueryRejection) -> ApiError {
-    let text = e.body_text();
-    let detail = text
-        .strip_prefix("Failed to deserialize query string: ")
-        .unwrap_or(&text);
-    let is_name = |f: &&str| {
-        !f.is_empty() && f.len() <= 64 && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    let field = detail
-        .strip_prefix("duplicate field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(f, _)| f)
-        .or_else(|| detail.split_once(": ").map(|(f, _)| f))
-        .filter(is_name)
-        .unwrap_or("query");
-    ApiError::field(field, detail)
-}
-
-/// An optional integer query parameter, named in the 422 when it is not one.
-fn int_param<T: std::str::FromStr>(field: &str, v: Option<&str>) -> Result<Option<T>, ApiError> {
-    v.map(|s| {
-        s.trim()
-            .parse()
-            .map_err(|_| ApiError::field(field, format!("{s:?} is not an integer in range")))
-    })
-    .transpose()
-}
-
-/// A body that could not be read: too large (413) or broken (400).
-pub(crate) fn body_error(e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(super::MAX_JSON_BYTES)
-    } else {
-        ApiError::BadRequest(e.body_text())
-    }
-}
-
-pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMedia(format!(
-            "send the spec as application/json (got {:?})",
-            if ct.is_empty() { "no Content-Type" } else { ct }
-        )))
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -151,10 +86,8 @@ async fn create(
             Some(k.to_string())
         }
     };
-    let text =
-        std::str::from_utf8(&body).map_err(|_| ApiError::field("", "the body is not UTF-8"))?;
-    let (spec, summary) = crate::spec::parse_and_validate(text)?;
-    let resolved = serde_json::to_value(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (submitted, labels) = submission(&body)?;
+    let resolved = submitted.resolved()?;
     let mut hash = Sha256::new();
     hash.update(priority.to_le_bytes());
     hash.update(&body);
@@ -165,14 +98,11 @@ async fn create(
             priority,
             idempotency_key: key,
             request_hash: hash.finalize().to_vec(),
+            labels,
         })
         .await?;
     let location = format!("/experiments/{}", exp.id);
-    let mut res = (
-        StatusCode::CREATED,
-        Json(ExperimentView::new(exp, Some(summary))),
-    )
-        .into_response();
+    let mut res = (StatusCode::CREATED, Json(ExperimentView::new(exp, true))).into_response();
     let h = res.headers_mut();
     h.insert(
         header::LOCATION,
@@ -182,43 +112,6 @@ async fn create(
         h.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(res)
-}
-
-/// An experiment as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ExperimentView {
-    #[serde(flatten)]
-    pub experiment: Experiment,
-    /// Shapes, parameters and FLOPs (on submission).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub summary: Option<crate::spec::Summary>,
-    pub links: Links,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Links {
-    #[serde(rename = "self")]
-    pub this: String,
-    pub curve: String,
-    pub metrics: String,
-    pub checkpoints: String,
-}
-
-impl ExperimentView {
-    pub fn new(experiment: Experiment, summary: Option<crate::spec::Summary>) -> Self {
-        let base = format!("/experiments/{}", experiment.id);
-        ExperimentView {
-            links: Links {
-                curve: format!("{base}/curve"),
-                metrics: format!("{base}/metrics"),
-                checkpoints: format!("{base}/checkpoints"),
-                this: base,
-            },
-            experiment,
-            summary,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -233,6 +126,20 @@ pub struct ListParams {
     /// Page size, 1 to 100 (default 20).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// Only experiments with this tag.
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000]*[^ \\u0000][^\\u0000]*$"
+    )]
+    pub tag: Option<String>,
+    /// Only experiments whose name contains this text (case-insensitive).
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000]*[^ \\u0000][^\\u0000]*$"
+    )]
+    pub q: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -294,12 +201,17 @@ async fn list(
             format!("must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let page = state.store.list_experiments(status, after, limit).await?;
+    let filter = Filter {
+        status,
+        tag: labels::filter_text("tag", p.tag.as_deref(), labels::MAX_TAG_CHARS)?,
+        name_contains: labels::filter_text("q", p.q.as_deref(), labels::MAX_NAME_CHARS)?,
+    };
+    let page = state.store.list_experiments(&filter, after, limit).await?;
     Ok(Json(ExperimentPage {
         items: page
             .items
             .into_iter()
-            .map(|e| ExperimentView::new(e, None))
+            .map(|e| ExperimentView::new(e, false))
             .collect(),
         next_cursor: page.next.map(encode_cursor),
     }))
@@ -317,7 +229,70 @@ async fn show(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ExperimentView>, ApiError> {
     let exp = state.store.experiment(path_id(id)?).await?;
-    Ok(Json(ExperimentView::new(exp, None)))
+    Ok(Json(ExperimentView::new(exp, true)))
+}
+
+/// Rename or retag (JSON merge patch of `name` and `tags`).
+#[utoipa::path(patch, path = "/experiments/{id}", tag = "experiments",
+    params(("id" = uuid::Uuid, Path, description = "Experiment id")),
+    request_body(content = Object, content_type = "application/merge-patch+json",
+        description = "`name` (null removes it) and/or `tags` (null empties them); `application/json` is taken too"),
+    responses(
+        (status = 200, body = ExperimentView),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid labels; `errors` names each field", body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn update(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ExperimentView>, ApiError> {
+    let id = path_id(id)?;
+    require_patch_json(&headers)?;
+    let body = body.map_err(body_error)?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::field("", format!("invalid JSON: {e}")))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Err(ApiError::field("", "the body must be a JSON object"));
+    };
+    let patch = labels::patch(fields)?;
+    let exp = state.store.update_labels(id, patch).await?;
+    Ok(Json(ExperimentView::new(exp, false)))
+}
+
+/// `application/json` or `application/merge-patch+json`.
+fn require_patch_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/merge-patch+json") {
+        Ok(())
+    } else {
+        require_json(headers)
+    }
+}
+
+/// Delete an ended experiment with its metrics, events and checkpoints.
+#[utoipa::path(delete, path = "/experiments/{id}", tag = "experiments",
+    params(("id" = uuid::Uuid, Path, description = "Experiment id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Queued or running: cancel it first", body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = path_id(id)?;
+    state.store.delete_experiment(id).await?;
+    state.models.forget(id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Cancel: a queued experiment at once, a running one at its next batch.
@@ -341,7 +316,7 @@ async fn cancel(
         )));
     }
     let exp = state.store.cancel_experiment(id).await?;
-    Ok(Json(ExperimentView::new(exp, None)))
+    Ok(Json(ExperimentView::new(exp, false)))
 }
 
 const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,test_loss,test_accuracy,train_seconds,images_per_second";

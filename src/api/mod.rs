@@ -4,13 +4,18 @@
 //! socket exactly as `trainyard serve` does.
 
 pub mod checkpoints;
+pub mod compare;
 pub mod curve;
 pub mod error;
 pub mod experiments;
 pub mod health;
+pub mod input;
+pub mod labels;
 pub mod openapi;
 pub mod predict;
+pub mod specs;
 pub mod stats;
+pub mod view;
 pub mod web;
 
 use std::sync::Arc;
@@ -74,6 +79,8 @@ pub fn app(state: AppState) -> Router {
         .merge(experiments::router())
         .merge(curve::router())
         .merge(checkpoints::router())
+        .merge(specs::router())
+        .merge(compare::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let images = predict::router().layer(DefaultBodyLimit::max(predict::MAX_BODY_BYTES));
     Router::new()

@@ -15,13 +15,16 @@ use super::AppState;
     info(title = "trainyard", description = "Training as a service for small CNNs: queue experiments, follow their curves, use the result."),
     paths(
         super::experiments::create, super::experiments::list, super::experiments::show,
-        super::experiments::cancel, super::experiments::metrics, super::curve::curve,
+        super::experiments::update, super::experiments::delete,
+        super::experiments::cancel, super::compare::compare,
+        super::specs::validate, super::specs::schema, super::specs::presets, super::experiments::metrics, super::curve::curve,
         super::checkpoints::list, super::checkpoints::download, super::predict::predict,
         super::health::healthz, super::health::readyz, super::stats::stats,
     ),
-    components(schemas(super::error::Problem, crate::spec::FieldError)),
+    components(schemas(super::error::Problem, crate::spec::FieldError, crate::spec::diff::Difference)),
     tags(
         (name = "experiments", description = "Submit, follow and manage experiments"),
+        (name = "specs", description = "Check specs before submitting them"),
         (name = "checkpoints", description = "Trained weights"),
         (name = "predict", description = "Classify images"),
         (name = "health", description = "Probes"),
@@ -29,14 +32,47 @@ use super::AppState;
 )]
 pub struct ApiDoc;
 
+/// The operations whose request body is a submission (a spec with its labels).
+const SUBMISSION_BODIES: [&str; 2] = ["/experiments", "/specs/validate"];
+
+/// The whole document: utoipa's, with the spec's schemas (derived by schemars from the
+/// types serde reads, [`crate::spec::schema`]) as the submissions' request bodies.
+pub fn openapi() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let schemas = doc["components"]["schemas"]
+        .as_object_mut()
+        .expect("the document has schemas");
+    let labels = super::labels::json_schema();
+    let mut added = crate::spec::schema::submission(&labels);
+    added.insert(
+        "Labels".into(),
+        serde_json::json!({"type": "object", "properties": labels, "additionalProperties": false}),
+    );
+    for (name, schema) in added {
+        let clash = schemas.insert(name.clone(), schema);
+        assert!(clash.is_none(), "two schemas named {name}");
+    }
+    for path in SUBMISSION_BODIES {
+        doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"] =
+            serde_json::json!({"$ref": "#/components/schemas/Submission"});
+    }
+    doc["paths"]["/experiments/{id}"]["patch"]["requestBody"]["content"]["application/merge-patch+json"]
+        ["schema"] = serde_json::json!({"$ref": "#/components/schemas/Labels"});
+    doc
+}
+
 /// The document as pretty JSON (what `openapi/openapi.json` holds).
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
-        + "\n"
+    serde_json::to_string_pretty(&openapi()).expect("the OpenAPI document serializes") + "\n"
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+    let doc = std::sync::Arc::new(openapi());
+    Router::new().route(
+        "/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move { Json((*doc).clone()) }
+        }),
+    )
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod housekeep;
+mod plot;
 mod predict;
 mod service;
 mod train;
@@ -42,6 +43,8 @@ pub enum Command {
     },
     /// Classify PNG, JPEG or PGM images with a checkpoint.
     Predict(predict::PredictArgs),
+    /// Draw loss or accuracy curves of local `train` output folders as SVG or PNG.
+    Plot(plot::PlotArgs),
     /// Measure training throughput (images per second) of the presets on this machine.
     Bench(bench::BenchArgs),
     /// Run the HTTP API and worker tasks in one process.
@@ -103,14 +106,7 @@ impl Cli {
         match self.command {
             Command::Train(a) => train::run(a),
             Command::Presets => {
-                let all: serde_json::Map<String, serde_json::Value> =
-                    crate::spec::presets::PRESET_NAMES
-                        .iter()
-                        .map(|n| {
-                            let spec = crate::spec::from_value(serde_json::json!({"preset": n}))?;
-                            Ok((n.to_string(), serde_json::to_value(spec)?))
-                        })
-                        .collect::<anyhow::Result<_>>()?;
+                let all = crate::spec::presets::resolved_all()?;
                 println!("{}", serde_json::to_string_pretty(&all)?);
                 Ok(())
             }
@@ -121,6 +117,7 @@ impl Cli {
                 Ok(())
             }
             Command::Predict(a) => predict::run(a),
+            Command::Plot(a) => plot::run(a),
             Command::Bench(a) => bench::run(a),
             Command::Serve(a) => service::serve(a),
             Command::Worker { db, worker } => service::worker(db, worker),

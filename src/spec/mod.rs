@@ -10,7 +10,9 @@
 //! reports type errors with the JSON path at fault, validation infers shapes through the
 //! layer list and reports every problem it finds, each naming its field.
 
+pub mod diff;
 pub mod presets;
+pub mod schema;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,7 @@ pub use validate::{Summary, validate};
 /// The only spec version this build understands.
 pub const SPEC_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
     pub version: u32,
@@ -47,7 +49,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetName {
     Mnist,
@@ -63,7 +65,7 @@ impl DatasetName {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
     pub name: DatasetName,
@@ -83,7 +85,7 @@ pub struct DatasetSpec {
     pub validation: Validation,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Normalize {
     pub mean: f64,
@@ -91,7 +93,7 @@ pub struct Normalize {
 }
 
 /// Where per-epoch validation metrics come from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Validation {
     /// The last `split` fraction of the training set, taken before any shuffling (Keras's
@@ -108,7 +110,7 @@ impl Default for Validation {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ValidationName {
     Test,
@@ -125,7 +127,7 @@ impl Validation {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// The preset this model came from (informational once resolved).
@@ -137,7 +139,9 @@ pub struct ModelSpec {
 }
 
 /// How weights are initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum InitScheme {
     /// glorot_uniform kernels, zero biases.
@@ -147,7 +151,9 @@ pub enum InitScheme {
     Torch,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     Relu,
@@ -159,7 +165,9 @@ pub enum Activation {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Padding {
     #[default]
@@ -168,7 +176,7 @@ pub enum Padding {
 }
 
 /// A size given as `3` or `[3, 3]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Size2 {
     Square(usize),
@@ -227,7 +235,7 @@ fn one() -> Size2 {
 
 /// One layer. Internally tagged by `"type"`; each kind's fields are a struct of their own
 /// so that a type error inside a layer can be reported with its exact path.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LayerSpec {
     Conv2d(Conv2d),
@@ -239,7 +247,7 @@ pub enum LayerSpec {
     BatchNorm(BatchNorm),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Conv2d {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -254,7 +262,7 @@ pub struct Conv2d {
     pub activation: Activation,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pool2d {
     pub size: Size2,
@@ -269,7 +277,7 @@ impl Pool2d {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dense {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,13 +287,13 @@ pub struct Dense {
     pub activation: Activation,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dropout {
     pub rate: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchNorm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,7 +326,9 @@ impl LayerSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Cross-entropy, formulated from the last layer's activation: on logits (none), on
@@ -328,7 +338,7 @@ pub enum Loss {
     CrossEntropy,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum OptimizerSpec {
     Sgd {
@@ -408,6 +418,20 @@ impl std::str::FromStr for DeviceSpec {
                 .map(DeviceSpec::Cuda)
                 .ok_or_else(|| format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N")),
         }
+    }
+}
+
+impl schemars::JsonSchema for DeviceSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DeviceSpec".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$",
+            "description": "`auto` (CUDA when the server has it), `cpu`, `cuda` or `cuda:N`"
+        })
     }
 }
 

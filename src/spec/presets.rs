@@ -13,6 +13,19 @@ use super::SpecErrors;
 
 pub const PRESET_NAMES: [&str; 2] = ["keras-cnn", "torch-cnn"];
 
+/// Every preset, resolved and parsed as a spec would be (every default written out), by
+/// name: what `trainyard presets` prints and `GET /specs/presets` answers.
+pub fn resolved_all() -> Result<serde_json::Map<String, Value>, SpecErrors> {
+    PRESET_NAMES
+        .iter()
+        .map(|n| {
+            let spec = super::from_value(json!({ "preset": n }))?;
+            let value = serde_json::to_value(spec).expect("a spec serializes");
+            Ok((n.to_string(), value))
+        })
+        .collect()
+}
+
 /// The full spec of a preset, or `None` for an unknown name.
 pub fn preset(name: &str) -> Option<Value> {
     match name {

@@ -52,6 +52,8 @@ pub struct LayerSummary {
     /// Output shape per sample: `[c, h, w]` or `[n]`.
     pub output: Vec<usize>,
     pub parameters: u64,
+    /// Forward-pass FLOPs per sample of this layer (conv and dense; 0 for the others).
+    pub flops: u64,
 }
 
 fn err(errors: &mut Vec<FieldError>, field: impl Into<String>, reason: impl Into<String>) {
@@ -279,6 +281,7 @@ fn validate_model(spec: &ExperimentSpec, input: [usize; 3], e: &mut Vec<FieldErr
         let f = format!("model.layers[{i}]");
         let kind = layer.kind();
         let mut params = 0u64;
+        let mut flops = 0u64;
         let mut name = None;
         if let LayerSpec::Conv2d(Conv2d { name: n, .. })
         | LayerSpec::Dense(Dense { name: n, .. })
@@ -395,7 +398,7 @@ fn validate_model(spec: &ExperimentSpec, input: [usize; 3], e: &mut Vec<FieldErr
                     Padding::Same => (h.div_ceil(sh), w.div_ceil(sw)),
                 };
                 params = (kh * kw * c * filters + filters) as u64;
-                out.flops_per_sample += 2 * (kh * kw * c * filters * oh * ow) as u64;
+                flops = 2 * (kh * kw * c * filters * oh * ow) as u64;
                 shape = vec![*filters, oh, ow];
             }
             LayerSpec::MaxPool2d(pool) | LayerSpec::AvgPool2d(pool) => {
@@ -461,7 +464,7 @@ fn validate_model(spec: &ExperimentSpec, input: [usize; 3], e: &mut Vec<FieldErr
                     return out;
                 }
                 params = (shape[0] * units + units) as u64;
-                out.flops_per_sample += 2 * (shape[0] * units) as u64;
+                flops = 2 * (shape[0] * units) as u64;
                 shape = vec![*units];
             }
             LayerSpec::Dropout(Dropout { rate }) => {
@@ -492,12 +495,14 @@ fn validate_model(spec: &ExperimentSpec, input: [usize; 3], e: &mut Vec<FieldErr
             }
         }
         out.parameters += params;
+        out.flops_per_sample += flops;
         out.activations_per_sample += shape.iter().product::<usize>() as u64;
         out.layers.push(LayerSummary {
             kind,
             name,
             output: shape.clone(),
             parameters: params,
+            flops,
         });
     }
     if shape != [NUM_CLASSES] {

@@ -71,6 +71,14 @@ pub struct Experiment {
     /// created_at` is the time it spent waiting in the queue and being set up.
     pub training_started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What people call it (at most 200 characters); not part of the spec.
+    pub name: Option<String>,
+    /// Labels to group and find it by (at most 16, each at most 64 characters).
+    pub tags: Vec<String>,
+    /// The highest validation accuracy of its stored epochs.
+    pub best_val_accuracy: Option<f64>,
+    /// The highest test accuracy of its stored epochs.
+    pub best_test_accuracy: Option<f64>,
 }
 
 #[derive(FromRow)]
@@ -90,11 +98,19 @@ struct Row {
     started_at: Option<DateTime<Utc>>,
     training_started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    name: Option<String>,
+    tags: Vec<String>,
+    best_val_accuracy: Option<f64>,
+    best_test_accuracy: Option<f64>,
 }
 
 pub(crate) const COLUMNS: &str = "id, status, spec, priority, attempt, rescues, epochs_done, \
     best_epoch, cancel_requested, error, created_at, updated_at, started_at, training_started_at, \
-    finished_at";
+    finished_at, name, tags, \
+    (SELECT max(m.val_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
+        AS best_val_accuracy, \
+    (SELECT max(m.test_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
+        AS best_test_accuracy";
 
 impl TryFrom<Row> for Experiment {
     type Error = StoreError;
@@ -116,6 +132,10 @@ impl TryFrom<Row> for Experiment {
             started_at: r.started_at,
             training_started_at: r.training_started_at,
             finished_at: r.finished_at,
+            name: r.name,
+            tags: r.tags,
+            best_val_accuracy: r.best_val_accuracy,
+            best_test_accuracy: r.best_test_accuracy,
         })
     }
 }
@@ -128,6 +148,32 @@ pub struct NewExperiment {
     pub idempotency_key: Option<String>,
     /// SHA-256 of the request body: a key reused with another body is refused.
     pub request_hash: Vec<u8>,
+    pub labels: Labels,
+}
+
+/// An experiment's name and tags, as submitted or changed later (checked by the caller).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Labels {
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// A change of labels: each field that is `Some` replaces the stored one (a `Some(None)`
+/// name removes it).
+#[derive(Debug, Clone, Default)]
+pub struct LabelsPatch {
+    pub name: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Which experiments a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<Status>,
+    /// Only experiments carrying this tag.
+    pub tag: Option<String>,
+    /// Only experiments whose name contains this text (case-insensitive).
+    pub name_contains: Option<String>,
 }
 
 /// A page of experiments, newest first.
@@ -143,8 +189,8 @@ impl Store {
     pub async fn create_experiment(&self, new: NewExperiment) -> Result<(Experiment, bool)> {
         let mut tx = self.pool.begin().await?;
         let row: Option<Row> = sqlx::query_as(&format!(
-            "INSERT INTO experiments (id, spec, priority, idempotency_key, request_hash)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO experiments (id, spec, priority, idempotency_key, request_hash, name, tags)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (idempotency_key) DO NOTHING
              RETURNING {COLUMNS}"
         ))
@@ -153,6 +199,8 @@ impl Store {
         .bind(new.priority)
         .bind(&new.idempotency_key)
         .bind(&new.request_hash)
+        .bind(&new.labels.name)
+        .bind(&new.labels.tags)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -184,10 +232,34 @@ impl Store {
         row.ok_or(StoreError::NotFound)?.try_into()
     }
 
-    /// Newest first, optionally of one status, after a cursor (keyset pagination).
+    /// Several experiments, in the order of `ids`; `Err(NotFoundIds)` names those unknown.
+    pub async fn experiments(&self, ids: &[Uuid]) -> Result<Vec<Experiment>> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM experiments WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = rows
+            .into_iter()
+            .map(Experiment::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !found.iter().any(|e| e.id == **id))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return Err(StoreError::NotFoundIds(missing));
+        }
+        found.sort_by_key(|e| ids.iter().position(|id| *id == e.id));
+        Ok(found)
+    }
+
+    /// Newest first, filtered, after a cursor (keyset pagination).
     pub async fn list_experiments(
         &self,
-        status: Option<Status>,
+        filter: &Filter,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Page> {
@@ -195,13 +267,17 @@ impl Store {
             "SELECT {COLUMNS} FROM experiments
              WHERE ($1::text IS NULL OR status = $1)
                AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+               AND ($5::text IS NULL OR tags @> ARRAY[$5])
+               AND ($6::text IS NULL OR name ILIKE '%' || $6 || '%' ESCAPE '\\')
              ORDER BY created_at DESC, id DESC
              LIMIT $4"
         ))
-        .bind(status.map(Status::as_str))
+        .bind(filter.status.map(Status::as_str))
         .bind(after.map(|a| a.0))
         .bind(after.map(|a| a.1))
         .bind(limit + 1)
+        .bind(&filter.tag)
+        .bind(filter.name_contains.as_deref().map(like_escape))
         .fetch_all(&self.pool)
         .await?;
         let mut items = rows
@@ -254,6 +330,43 @@ impl Store {
         self.experiment(id).await
     }
 
+    /// Changes an experiment's name and tags.
+    pub async fn update_labels(&self, id: Uuid, patch: LabelsPatch) -> Result<Experiment> {
+        let done = sqlx::query(
+            "UPDATE experiments SET
+                name = CASE WHEN $2 THEN $3 ELSE name END,
+                tags = coalesce($4, tags),
+                updated_at = now()
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(patch.name.is_some())
+        .bind(patch.name.flatten())
+        .bind(patch.tags)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.experiment(id).await
+    }
+
+    /// Deletes an ended experiment with everything it owns (metrics, events, checkpoints,
+    /// claims). A queued or running one is refused with [`StoreError::NotEnded`]: its
+    /// worker would write on into rows that no longer exist.
+    pub async fn delete_experiment(&self, id: Uuid) -> Result<()> {
+        let deleted =
+            sqlx::query("DELETE FROM experiments WHERE id = $1 AND finished_at IS NOT NULL")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        if deleted.rows_affected() == 1 {
+            return Ok(());
+        }
+        let exp = self.experiment(id).await?;
+        Err(StoreError::NotEnded(exp.status))
+    }
+
     /// Per status: how many experiments, and when the oldest of them was created.
     pub async fn status_counts(&self) -> Result<Vec<(String, i64, DateTime<Utc>)>> {
         Ok(sqlx::query_as(
@@ -262,6 +375,18 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// `text` as a LIKE pattern that matches only itself (a backslash escapes).
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `pg_notify` inside a transaction: delivered only if it commits.

@@ -33,7 +33,7 @@ pub mod queue;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use experiments::{Experiment, NewExperiment, Status};
+pub use experiments::{Experiment, Filter, Labels, LabelsPatch, NewExperiment, Status};
 
 /// Channel announcing a new queued experiment (payload: its id).
 pub const CHANNEL_JOBS: &str = "trainyard_jobs";
@@ -52,6 +52,12 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("not found")]
     NotFound,
+    /// Some of the experiments asked for together do not exist.
+    #[error("unknown experiments: {}", .0.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", "))]
+    NotFoundIds(Vec<uuid::Uuid>),
+    /// The experiment is still queued or running.
+    #[error("the experiment is {}: cancel it first", .0.as_str())]
+    NotEnded(Status),
     /// The writer's lease is gone: another attempt owns the experiment, or it ended.
     #[error("the lease on this experiment was lost")]
     LeaseLost,

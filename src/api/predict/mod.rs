@@ -41,6 +41,7 @@ pub struct PredictParams {
     #[param(required = true, value_type = String, format = Uuid)]
     pub experiment: Option<String>,
     /// `best` (default), `last`, or an epoch number.
+    #[param(pattern = "^(best|last|[0-9]{1,9})$")]
     pub checkpoint: Option<String>,
     /// How many classes to list in `top_k` (1 to 10, default 3).
     #[param(minimum = 1, maximum = 10)]
@@ -124,7 +125,7 @@ async fn predict(
     p: Result<Query<PredictParams>, axum::extract::rejection::QueryRejection>,
     req: Request<Body>,
 ) -> Result<Json<PredictResponse>, ApiError> {
-    let Query(p) = p.map_err(super::experiments::query_error)?;
+    let Query(p) = p.map_err(super::input::query_error)?;
     let experiment = p.experiment.as_deref().ok_or_else(|| {
         ApiError::field(
             "experiment",

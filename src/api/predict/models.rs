@@ -157,6 +157,16 @@ impl ModelCache {
         Ok(served.clone())
     }
 
+    /// Drops what this process remembers of a deleted experiment: its loaded models
+    /// and resolved epochs. (Another `serve` process forgets it when its cache turns
+    /// over; until then it may still answer from a model it had loaded.)
+    pub fn forget(&self, id: Uuid) {
+        self.resolved.lock().unwrap().retain(|k, _| k.0 != id);
+        let mut s = self.slots.lock().unwrap();
+        s.map.retain(|k, _| k.0 != id);
+        s.order.retain(|k| k.0 != id);
+    }
+
     fn slot(&self, key: Key) -> Slot {
         let mut s = self.slots.lock().unwrap();
         if let Some(slot) = s.map.get(&key) {

@@ -1,0 +1,101 @@
+//! `/specs`: check a spec without storing anything, its JSON Schema, and the presets.
+//!
+//! The web app's form validates as the user types through `POST /specs/validate`, which
+//! reads a body exactly as `POST /experiments` does ([`submission`]): the same resolved
+//! spec and layer table on success, the same 422 naming each field on failure. One
+//! reading of a submission means the form can never accept what the queue refuses.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::input::{body_error, require_json};
+use super::{AppState, error::ApiError, labels};
+use crate::spec::{ExperimentSpec, Summary};
+use crate::store::Labels;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/specs/validate", post(validate))
+        .route("/specs/schema", get(schema))
+        .route("/specs/presets", get(presets))
+}
+
+/// A spec that parsed and validated, with its layer table.
+pub struct Submitted {
+    pub spec: ExperimentSpec,
+    pub summary: Summary,
+}
+
+impl Submitted {
+    /// The resolved spec as stored: presets expanded, every default written out.
+    pub fn resolved(&self) -> Result<serde_json::Value, ApiError> {
+        serde_json::to_value(&self.spec).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+/// Reads a submission's body: a spec, with `name` and `tags` beside its fields.
+pub fn submission(body: &[u8]) -> Result<(Submitted, Labels), ApiError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::field("", "the body is not UTF-8"))?;
+    let mut value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::field("", format!("invalid JSON: {e}")))?;
+    let labels = labels::take(&mut value)?;
+    let spec = crate::spec::from_value(value)?;
+    let summary = crate::spec::validate(&spec)?;
+    Ok((Submitted { spec, summary }, labels))
+}
+
+/// What `POST /specs/validate` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Validated {
+    /// The resolved spec, as `POST /experiments` would store it.
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    /// Input shape, each layer's output shape, parameters and FLOPs, and the totals.
+    #[schema(value_type = Object)]
+    pub summary: Summary,
+}
+
+/// Check a spec: its resolved form and layer table, or every field at fault.
+#[utoipa::path(post, path = "/specs/validate", tag = "specs",
+    request_body(content = Object, content_type = "application/json",
+        description = "What `POST /experiments` takes; nothing is stored"),
+    responses(
+        (status = 200, body = Validated),
+        (status = 413, description = "Body too large", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid spec; `errors` names each field", body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn validate(
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Validated>, ApiError> {
+    require_json(&headers)?;
+    let body = body.map_err(body_error)?;
+    let (submitted, _) = submission(&body)?;
+    Ok(Json(Validated {
+        spec: submitted.resolved()?,
+        summary: submitted.summary,
+    }))
+}
+
+/// The spec's JSON Schema (draft 2020-12), generated from the types the server parses.
+#[utoipa::path(get, path = "/specs/schema", tag = "specs",
+    responses((status = 200, description = "A JSON Schema", content_type = "application/schema+json", body = Object)))]
+async fn schema() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/schema+json")],
+        Json(crate::spec::schema::document()),
+    )
+}
+
+/// Every preset as a complete spec, by name.
+#[utoipa::path(get, path = "/specs/presets", tag = "specs",
+    responses((status = 200, description = "Preset name to its resolved spec", body = Object)))]
+async fn presets() -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
+    Ok(Json(crate::spec::presets::resolved_all()?))
+}
