@@ -38,6 +38,7 @@ export async function mount(main, ctx) {
   const lossBox = h('div', { class: 'chart', id: 'chart-loss', dataset: { testid: 'chart-loss' } });
   const accBox = h('div', { class: 'chart', id: 'chart-accuracy', dataset: { testid: 'chart-accuracy' } });
   const liveNote = h('span', { class: 'live muted', id: 'live' });
+  const waiting = h('p', { class: 'muted small', id: 'no-epochs' }, 'No epoch has ended yet.');
   const diffBox = h('div', { id: 'diff' });
   main.append(
     h('section', { class: 'card' },
@@ -54,6 +55,7 @@ export async function mount(main, ctx) {
           h('a', { href: links.comparePicture(ids, 'loss', 'png') }, 'loss PNG'), ' · ',
           h('a', { href: links.comparePicture(ids, 'accuracy', 'png') }, 'accuracy PNG'))),
       controls,
+      waiting,
       h('div', { class: 'charts' },
         h('figure', {}, h('figcaption', {}, 'Loss'), lossBox),
         h('figure', {}, h('figcaption', {}, 'Accuracy'), accBox)),
@@ -155,6 +157,7 @@ export async function mount(main, ctx) {
   }
   function drawNow() {
     renderLegend();
+    waiting.hidden = exps.some((e) => e.rows.size > 0);
     if (!uPlot) return;
     const series = seriesList();
     const xLabel = view.x === 'time' ? 'training seconds' : 'epoch';

@@ -41,6 +41,7 @@ export async function mount(main, ctx) {
   const progress = h('section', { class: 'progress', id: 'progress', hidden: true },
     progressBar, progressText);
   const live = h('span', { class: 'live muted', id: 'live', 'aria-live': 'polite' });
+  const waiting = h('p', { class: 'muted small', id: 'no-epochs' }, 'The curves start when the first epoch ends.');
   const lossBox = h('div', { class: 'chart', id: 'chart-loss', dataset: { testid: 'chart-loss' } });
   const accBox = h('div', { class: 'chart', id: 'chart-accuracy', dataset: { testid: 'chart-accuracy' } });
   const info = h('dl', { class: 'facts', id: 'facts' });
@@ -65,6 +66,7 @@ export async function mount(main, ctx) {
           h('a', { href: links.curvePicture(id, 'accuracy') }, 'accuracy SVG'), ' · ',
           h('a', { href: links.curvePicture(id, 'loss', 'png') }, 'loss PNG'), ' · ',
           h('a', { href: links.curvePicture(id, 'accuracy', 'png') }, 'accuracy PNG'))),
+      waiting,
       h('div', { class: 'charts' },
         h('figure', {}, h('figcaption', {}, 'Loss'), lossBox),
         h('figure', {}, h('figcaption', {}, 'Accuracy'), accBox))),
@@ -83,8 +85,13 @@ export async function mount(main, ctx) {
   const splits = SPLITS.filter((s) => s.key !== 'val' || hasVal);
 
   // ---- header ----
+  let headShown = null;
   function renderHead() {
     if (editingName) return;
+    // Rebuilt only when what it shows changed (a live refresh keeps focus on its button).
+    const sig = JSON.stringify([exp.name, exp.status, exp.cancel_requested, exp.epochs_done, exp.error, exp.model]);
+    if (sig === headShown) return;
+    headShown = sig;
     ctx.title(displayName(exp));
     const nameEl = h('span', { id: 'exp-name', class: exp.name ? '' : 'mono' }, displayName(exp));
     const rename = h('button', { type: 'button', class: 'icon', id: 'rename', title: 'Rename', 'aria-label': 'Rename', onclick: editName }, '✎');
@@ -109,6 +116,7 @@ export async function mount(main, ctx) {
       if (done) return;
       done = true;
       editingName = false;
+      headShown = null;
       const name = input.value.trim() || null;
       if (save && name !== (exp.name || null)) await change({ name });
       else renderHead();
@@ -156,8 +164,12 @@ export async function mount(main, ctx) {
     if (patch.tags) document.getElementById('tag-input')?.focus();
   }
 
+  let actionsShown = null;
   function renderActions() {
     const ended = !isActive(exp);
+    const sig = JSON.stringify([exp.status, exp.cancel_requested]);
+    if (sig === actionsShown) return;
+    actionsShown = sig;
     replace(actions,
       !ended ? h('button', { type: 'button', id: 'cancel', class: 'danger-outline', disabled: exp.cancel_requested, onclick: cancel }, exp.cancel_requested ? 'Cancelling…' : 'Cancel') : null,
       h('a', { class: 'button secondary', id: 'run-again', href: links.runAgain(id) }, 'Run again'),
@@ -258,6 +270,7 @@ export async function mount(main, ctx) {
   }
 
   function redraw() {
+    waiting.hidden = rows.size > 0 || !isActive(exp);
     renderMetrics();
     renderInfo();
     if (!charts) return;

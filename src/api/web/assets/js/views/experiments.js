@@ -8,7 +8,7 @@ import { navigate, setQuery } from '../app.js';
 const PAGE = 25;
 const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 const FAST_MS = 2000; // while any listed experiment is queued or running
-const SLOW_MS = 10000;
+const SLOW_MS = 5000;
 
 export async function mount(main, ctx) {
   ctx.title('Experiments');
