@@ -12,6 +12,7 @@ pub mod health;
 pub mod input;
 pub mod labels;
 pub mod openapi;
+pub mod pictures;
 pub mod predict;
 pub mod specs;
 pub mod stats;
@@ -81,6 +82,7 @@ pub fn app(state: AppState) -> Router {
         .merge(checkpoints::router())
         .merge(specs::router())
         .merge(compare::router())
+        .merge(pictures::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let images = predict::router().layer(DefaultBodyLimit::max(predict::MAX_BODY_BYTES));
     Router::new()

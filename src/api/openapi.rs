@@ -17,7 +17,9 @@ use super::AppState;
         super::experiments::create, super::experiments::list, super::experiments::show,
         super::experiments::update, super::experiments::delete,
         super::experiments::cancel, super::compare::compare,
-        super::specs::validate, super::specs::schema, super::specs::presets, super::experiments::metrics, super::curve::curve,
+        super::specs::validate, super::specs::schema, super::specs::presets,
+        super::pictures::curve_svg, super::pictures::curve_png,
+        super::pictures::compare_svg, super::pictures::compare_png, super::experiments::metrics, super::curve::curve,
         super::checkpoints::list, super::checkpoints::download, super::predict::predict,
         super::health::healthz, super::health::readyz, super::stats::stats,
     ),
@@ -26,6 +28,7 @@ use super::AppState;
         (name = "experiments", description = "Submit, follow and manage experiments"),
         (name = "specs", description = "Check specs before submitting them"),
         (name = "checkpoints", description = "Trained weights"),
+        (name = "pictures", description = "Curves as SVG or PNG, drawn by the server"),
         (name = "predict", description = "Classify images"),
         (name = "health", description = "Probes"),
     )
