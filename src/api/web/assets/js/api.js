@@ -10,10 +10,6 @@ export class ApiError extends Error {
   }
 }
 
-/** Whether an error means the endpoint is not there (yet): 404 on the route, or 405. */
-export const missingRoute = (err) =>
-  err instanceof ApiError && (err.status === 405 || (err.status === 404 && /route/.test(err.message)));
-
 async function problemOf(res) {
   const type = res.headers.get('content-type') || '';
   if (type.includes('json')) {

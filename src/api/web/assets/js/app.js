@@ -78,7 +78,7 @@ async function render() {
     if (ctx.alive() && !ctx.deferReady && document.body.dataset.state === 'loading') pageState('ready');
   } catch (err) {
     if (!ctx.alive() || err.name === 'AbortError') return;
-    console.error(err);
+    if (!err.status) console.error(err); // the API's own answers are shown, not logged
     main.append(errorBox(err, 'view-error'));
     pageState('error');
   }
@@ -112,7 +112,11 @@ function updateNav(active) {
 function updateCompareLink() {
   const a = document.getElementById('nav-compare');
   const ids = selection.get();
-  if (selection.ready()) {
+  if (location.pathname === '/ui/compare') {
+    a.href = location.pathname + location.search; // the comparison shown
+    a.removeAttribute('aria-disabled');
+    a.title = '';
+  } else if (selection.ready()) {
     a.href = links.compare(ids);
     a.removeAttribute('aria-disabled');
     a.title = `Compare the ${ids.length} selected experiments`;

@@ -2,7 +2,7 @@
 // dash per split, and the specs' differences. Live while any of them runs.
 
 import { h, replace, badge, displayName, modelText, pct, duration, isActive, errorBox, pageState } from '../dom.js';
-import { api, links, missingRoute } from '../api.js';
+import { api, links } from '../api.js';
 import { loadUPlot, LineChart, PALETTE, SPLITS, join } from '../chart.js';
 import { setQuery } from '../app.js';
 import { MIN, MAX } from '../selection.js';
@@ -28,7 +28,7 @@ export async function mount(main, ctx) {
   }
 
   const uPlotReady = loadUPlot();
-  const data = await fetchCompare(ids);
+  const data = await api.compare(ids);
   if (!ctx.alive()) return;
   const exps = data.experiments.map((e, i) => ({ ...e, colour: PALETTE[i % PALETTE.length], rows: new Map(e.metrics.map((r) => [r.epoch, r])) }));
 
@@ -198,7 +198,7 @@ export async function mount(main, ctx) {
   async function repoll() {
     if (document.hidden) return;
     try {
-      const fresh = await fetchCompare(ids);
+      const fresh = await api.compare(ids);
       for (const f of fresh.experiments) {
         const e = exps.find((x) => x.id === f.id);
         if (!e) continue;
@@ -252,40 +252,6 @@ export async function mount(main, ctx) {
   }
   if (!ctx.alive()) return;
   drawNow();
-}
-
-/** GET /compare, or (a server without it) the same assembled from each experiment. */
-async function fetchCompare(ids) {
-  try {
-    return await api.compare(ids);
-  } catch (err) {
-    if (!missingRoute(err)) throw err;
-  }
-  const exps = await Promise.all(ids.map(async (id) => {
-    const [e, metrics] = await Promise.all([api.get(id), api.metrics(id)]);
-    return { ...e, epochs: e.epochs ?? e.spec.epochs, metrics };
-  }));
-  return { experiments: exps, diff: specDiff(exps.map((e) => e.spec)) };
-}
-
-/** Leaf paths of a spec in the API's notation: `model.layers[0].filters`. */
-function leaves(v, path = '', out = new Map()) {
-  const scalarList = Array.isArray(v) && v.every((x) => x === null || typeof x !== 'object');
-  if (v !== null && typeof v === 'object' && !scalarList) {
-    if (Array.isArray(v)) v.forEach((x, i) => leaves(x, `${path}[${i}]`, out));
-    else for (const [k, x] of Object.entries(v)) leaves(x, path ? `${path}.${k}` : k, out);
-  } else {
-    out.set(path, v);
-  }
-  return out;
-}
-
-function specDiff(specs) {
-  const maps = specs.map((s) => leaves(s));
-  const paths = [...new Set(maps.flatMap((m) => [...m.keys()]))];
-  return paths
-    .map((path) => ({ path, values: maps.map((m) => (m.has(path) ? m.get(path) : null)) }))
-    .filter((d) => new Set(d.values.map((v) => JSON.stringify(v))).size > 1);
 }
 
 function renderDiff(box, exps, diff) {

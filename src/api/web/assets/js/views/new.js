@@ -2,7 +2,7 @@
 // type, submitted to POST /experiments.
 
 import { h, replace, append, count, errorBox, displayName } from '../dom.js';
-import { api, links, missingRoute, randomKey } from '../api.js';
+import { api, links, randomKey } from '../api.js';
 import { navigate } from '../app.js';
 import { summaryTable } from '../summary.js';
 import { spans, locate, lineCol, syntaxError } from '../specpos.js';
@@ -48,7 +48,6 @@ export async function mount(main, ctx) {
     h('section', { class: 'card side' }, h('h2', {}, 'Check'), result)));
 
   let presets = null; // full specs, once GET /specs/presets answers
-  let validateAvailable = true;
   let timer = null;
   let inflight = null;
   let marks = []; // [{start, end}] highlighted in the editor
@@ -171,12 +170,6 @@ export async function mount(main, ctx) {
     clearTimeout(timer);
     const b = body();
     if (b.error) return showSyntax(b.error);
-    if (!validateAvailable) {
-      clearFieldMarks();
-      paintBackdrop();
-      replace(result, h('p', { class: 'muted' }, 'Valid JSON. This server does not check specs before they are submitted (no POST /specs/validate); errors show when you submit.'));
-      return;
-    }
     inflight?.abort();
     const ac = new AbortController();
     inflight = ac;
@@ -186,10 +179,6 @@ export async function mount(main, ctx) {
       if (ctx.alive() && inflight === ac) showValid(res);
     } catch (err) {
       if (err.name === 'AbortError' || !ctx.alive()) return;
-      if (missingRoute(err)) {
-        validateAvailable = false;
-        return validate();
-      }
       if (err.status === 422) showErrors(err);
       else replace(result, errorBox(err, 'validate-error'));
     } finally {
