@@ -37,6 +37,15 @@ ensure_postgres() {
 }
 ensure_postgres
 
+# The web app's tests (tests/browser.rs) drive Debian's Chromium through chromedriver.
+ensure_browser() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  echo "installing chromium and chromium-driver" >&2
+  apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+ensure_browser
+
 # Candle in an unoptimised build is an order of magnitude slower; Cargo.toml gives
 # dependencies opt-level 3 in the dev and test profiles.
 cargo fmt --all -- --check
