@@ -17,6 +17,7 @@ pub mod predict;
 pub mod specs;
 pub mod stats;
 pub mod view;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -90,10 +91,13 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(stats::router())
         .merge(openapi::router())
+        .merge(web::router())
         .fallback(|| async { error::ApiError::NotFound("route") })
         // After every route: a known path with another method is a 405 problem (axum
         // still adds the Allow header).
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(TraceLayer::new_for_http())
+        // gzip or brotli as the client accepts; never the event streams.
+        .layer(tower_http::compression::CompressionLayer::new())
 }

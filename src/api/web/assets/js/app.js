@@ -1,0 +1,144 @@
+// The router: picks the view from location.pathname, follows same-app links without a
+// page load, and keeps the header's navigation in step.
+
+import { h, errorBox, pageState } from './dom.js';
+import { selection } from './selection.js';
+import { links } from './api.js';
+
+const routes = [
+  { re: /^\/$/, view: 'experiments', nav: 'experiments', load: () => import('./views/experiments.js') },
+  { re: /^\/ui\/experiments\/([^/]+)$/, view: 'experiment', nav: 'experiments', load: () => import('./views/experiment.js') },
+  { re: /^\/ui\/new$/, view: 'new', nav: 'new', load: () => import('./views/new.js') },
+  { re: /^\/ui\/compare$/, view: 'compare', nav: 'compare', load: () => import('./views/compare.js') },
+  { re: /^\/ui\/predict$/, view: 'predict', nav: 'predict', load: () => import('./views/predict.js') },
+];
+
+const match = (path) => {
+  for (const r of routes) {
+    const m = r.re.exec(path);
+    if (m) return { route: r, params: m.slice(1).map(decodeURIComponent) };
+  }
+  return null;
+};
+
+const main = document.getElementById('main');
+let current = null; // {controller, cleanups}
+let generation = 0;
+
+/** Test hooks: the view shown, and (experiment view) when each epoch's point was drawn. */
+function resetHooks(view) {
+  window.trainyard = { view, points: 0, drawn: [] };
+  document.body.dataset.view = view;
+}
+
+async function render() {
+  const gen = ++generation;
+  if (current) {
+    current.controller.abort();
+    for (const f of current.cleanups.splice(0)) {
+      try {
+        f();
+      } catch (e) {
+        console.error(e);
+      }
+    }
+  }
+  const found = match(location.pathname);
+  const view = found ? found.route.view : 'not-found';
+  resetHooks(view);
+  pageState('loading');
+  updateNav(found && found.route.nav);
+  const controller = new AbortController();
+  const cleanups = [];
+  current = { controller, cleanups };
+  main.replaceChildren();
+  window.scrollTo(0, 0);
+  if (!found) {
+    document.title = 'Not found · trainyard';
+    main.append(h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '/' }, 'Back to the experiments')));
+    pageState('ready');
+    return;
+  }
+  const ctx = {
+    params: found.params,
+    url: new URL(location.href),
+    signal: controller.signal,
+    /** Runs `f` when the view is left. */
+    onCleanup: (f) => cleanups.push(f),
+    /** Whether the view is still the one shown. */
+    alive: () => gen === generation,
+    title: (t) => {
+      document.title = t ? `${t} · trainyard` : 'trainyard';
+    },
+  };
+  try {
+    const mod = await found.route.load();
+    if (!ctx.alive()) return;
+    await mod.mount(main, ctx);
+    if (ctx.alive() && !ctx.deferReady && document.body.dataset.state === 'loading') pageState('ready');
+  } catch (err) {
+    if (!ctx.alive() || err.name === 'AbortError') return;
+    console.error(err);
+    main.append(errorBox(err, 'view-error'));
+    pageState('error');
+  }
+}
+
+/** Shows `url` (a path with query) as if its link had been followed. */
+export function navigate(url, { replace = false } = {}) {
+  if (replace) history.replaceState(null, '', url);
+  else history.pushState(null, '', url);
+  render();
+}
+
+/** Changes the URL's query without leaving the view (filters reflected in the URL). */
+export function setQuery(params) {
+  const q = Object.entries(params)
+    .filter(([, v]) => v)
+    // Commas stay readable (`ids=a,b`).
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v).replace(/%2C/gi, ',')}`)
+    .join('&');
+  history.replaceState(null, '', location.pathname + (q ? `?${q}` : ''));
+}
+
+function updateNav(active) {
+  for (const a of document.querySelectorAll('[data-nav]')) {
+    if (a.dataset.nav === active) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  updateCompareLink();
+}
+
+function updateCompareLink() {
+  const a = document.getElementById('nav-compare');
+  const ids = selection.get();
+  if (selection.ready()) {
+    a.href = links.compare(ids);
+    a.removeAttribute('aria-disabled');
+    a.title = `Compare the ${ids.length} selected experiments`;
+  } else {
+    a.removeAttribute('href');
+    a.setAttribute('aria-disabled', 'true');
+    a.title = 'Select 2 to 8 experiments in the list to compare them';
+  }
+  a.querySelector('.count').textContent = ids.length ? ` (${ids.length})` : '';
+}
+
+selection.subscribe(updateCompareLink);
+
+// Same-app links are followed without a page load; anything else (API files, pictures,
+// downloads, new tabs) is left to the browser.
+document.addEventListener('click', (ev) => {
+  if (ev.defaultPrevented || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.altKey) return;
+  const a = ev.target.closest('a[href]');
+  if (!a || a.target || a.hasAttribute('download')) return;
+  const url = new URL(a.href, location.href);
+  if (url.origin !== location.origin || !match(url.pathname)) return;
+  ev.preventDefault();
+  if (url.pathname + url.search === location.pathname + location.search && !url.hash) return;
+  navigate(url.pathname + url.search);
+});
+
+window.addEventListener('popstate', render);
+
+render();
