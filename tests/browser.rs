@@ -193,6 +193,9 @@ async fn compare_overlays_both_article_presets_and_lists_their_spec_difference(p
         assert!(page_problems(&c).await.is_empty(), "{:?}", page_problems(&c).await);
     })
     .await;
+    // Tall enough for the spec difference under the curves.
+    b.client.set_window_size(1280, 1500).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     b.screenshot("compare").await;
     b.close().await;
 }

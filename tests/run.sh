@@ -51,6 +51,11 @@ ensure_browser
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The web app's pure modules (its MNIST preparation) under Node's own test runner.
+command -v node >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+}
+node --test tests/web/
 # The CPU path again on the kernels a CPU without AVX-512 gets (the gemm crate's, row
 # copies, scalar pooling), against Candle's graph: this machine would otherwise only ever
 # test the AVX-512 ones.
