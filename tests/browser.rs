@@ -306,9 +306,15 @@ async fn names_with_markup_show_as_text_and_run_nothing(pool: PgPool) {
         &json!({"preset": "torch-cnn", "name": name, "tags": ["<b>tag</b>"]}),
     )
     .await;
+    let other = submit(&http, &base, &json!({"preset": "keras-cnn", "name": name})).await;
     let b = Browser::start().await;
     b.run("markup", |c| async move {
-        for page in ["/".to_string(), format!("/ui/experiments/{id}")] {
+        for (page, tags) in [
+            ("/".to_string(), true),
+            (format!("/ui/experiments/{id}"), true),
+            // Names in the chart legends and the table of the comparison.
+            (format!("/ui/compare?ids={id},{other}"), false),
+        ] {
             c.goto(&format!("{base}{page}")).await.unwrap();
             until(
                 &c,
@@ -323,7 +329,7 @@ async fn names_with_markup_show_as_text_and_run_nothing(pool: PgPool) {
                 "{page}: the name as text"
             );
             assert!(
-                text.as_str().unwrap().contains("<b>tag</b>"),
+                !tags || text.as_str().unwrap().contains("<b>tag</b>"),
                 "{page}: the tag as text"
             );
             assert_eq!(js(&c, "window.pwned === undefined").await, true, "{page}");
