@@ -42,6 +42,8 @@ async fn curve_and_compare_pictures_draw_every_stored_epoch(pool: PgPool) {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/svg+xml");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["content-security-policy"], "default-src 'none'");
     let svg = r.text().await.unwrap();
     // torch-cnn validates on the test set: train and validation (test) losses.
     let drawn = series(&svg);

@@ -37,11 +37,25 @@ ensure_postgres() {
 }
 ensure_postgres
 
+# The web app's tests (tests/browser.rs) drive Debian's Chromium through chromedriver.
+ensure_browser() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  echo "installing chromium and chromium-driver" >&2
+  apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+ensure_browser
+
 # Candle in an unoptimised build is an order of magnitude slower; Cargo.toml gives
 # dependencies opt-level 3 in the dev and test profiles.
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The web app's pure modules (its MNIST preparation) under Node's own test runner.
+command -v node >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+}
+node --test tests/web/
 # The CPU path again on the kernels a CPU without AVX-512 gets (the gemm crate's, row
 # copies, scalar pooling), against Candle's graph: this machine would otherwise only ever
 # test the AVX-512 ones.

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
 use tokio::sync::{Semaphore, watch};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::store::Store;
@@ -98,6 +100,12 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(TraceLayer::new_for_http())
+        // Every response is what its Content-Type says: a browser never sniffs a JSON
+        // body or a picture into HTML.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         // gzip or brotli as the client accepts; never the event streams.
         .layer(tower_http::compression::CompressionLayer::new())
 }

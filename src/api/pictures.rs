@@ -133,8 +133,12 @@ enum Format {
 async fn render(chart: Chart, asked: &Asked, format: Format) -> Result<Response, ApiError> {
     let (w, h) = (asked.width, asked.height);
     Ok(match format {
+        // An SVG opened on its own is a document: it may run nothing and load nothing.
         Format::Svg => (
-            [(header::CONTENT_TYPE, "image/svg+xml")],
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+            ],
             plot::svg(&chart, w, h),
         )
             .into_response(),

@@ -17,5 +17,6 @@ pub fn mnist() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| mnist::load(DatasetName::Mnist, &Source::offline(data_dir())).unwrap())
 }
+pub mod browser;
 pub mod procs;
 pub mod service;

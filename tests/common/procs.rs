@@ -110,7 +110,12 @@ impl Harness {
     /// `trainyard serve` on a free loopback port with `workers` worker tasks; returns once
     /// it serves, with its base URL.
     pub fn serve(&self, name: &str, workers: usize) -> (Proc, String) {
-        let mut args = vec!["serve".to_string(), "--bind".into(), "127.0.0.1:0".into()];
+        self.serve_on(name, workers, "127.0.0.1:0")
+    }
+
+    /// `trainyard serve` bound to `bind` (a restarted server on the same address).
+    pub fn serve_on(&self, name: &str, workers: usize, bind: &str) -> (Proc, String) {
+        let mut args = vec!["serve".to_string(), "--bind".into(), bind.into()];
         args.extend(self.common_args(workers));
         let p = self.spawn(name, &args, &[]);
         let line = p.wait_log(|l| message(l) == "serving", Duration::from_secs(60));

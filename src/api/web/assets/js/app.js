@@ -25,9 +25,19 @@ const main = document.getElementById('main');
 let current = null; // {controller, cleanups}
 let generation = 0;
 
+// What went wrong on the page, across views: script errors and Content-Security-Policy
+// violations. The browser tests require it to stay empty.
+const problems = [];
+window.addEventListener('error', (e) => problems.push(`error: ${e.message}`));
+window.addEventListener('unhandledrejection', (e) => {
+  if (!(e.reason && e.reason.name === 'AbortError')) problems.push(`unhandled rejection: ${e.reason}`);
+});
+document.addEventListener('securitypolicyviolation', (e) =>
+  problems.push(`CSP: ${e.violatedDirective} blocked ${e.blockedURI}`));
+
 /** Test hooks: the view shown, and (experiment view) when each epoch's point was drawn. */
 function resetHooks(view) {
-  window.trainyard = { view, points: 0, drawn: [] };
+  window.trainyard = { view, points: 0, drawn: [], problems };
   document.body.dataset.view = view;
 }
 

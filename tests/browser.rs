@@ -1,0 +1,348 @@
+//! The web app in a real browser: Debian's Chromium through chromedriver, against real
+//! `trainyard serve` and `trainyard worker` processes on loopback sockets and a
+//! `#[sqlx::test]` database. What a person does, the test does: fill in the form, watch
+//! the chart, open a comparison, draw a digit with the pointer.
+//!
+//! Each test saves a screenshot under `target/browser-screenshots/` when it fails; the
+//! experiment and comparison tests also save the README's pictures there. The tests
+//! print the latencies they see (`epoch stored -> point drawn`), which the README
+//! reports; they assert nothing about time beyond generous timeouts.
+
+mod common;
+
+use std::time::Duration;
+
+use fantoccini::Locator;
+use fantoccini::actions::{InputSource, MouseActions, PointerAction};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use common::browser::{Browser, js, one_at_a_time, page_problems, testid, until};
+use common::procs::{Harness, Timing, submit};
+
+/// A torch-cnn run whose epochs take long enough (about a second each in a test build)
+/// to be watched one by one.
+fn watched_torch(epochs: u32) -> Value {
+    json!({"preset": "torch-cnn", "epochs": epochs, "device": "cpu",
+           "dataset": {"train_limit": 3000, "test_limit": 500}})
+}
+
+async fn wait_status(client: &reqwest::Client, base: &str, id: &str, want: &str, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let e: Value = client
+            .get(format!("{base}/experiments/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if e["status"] == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {} after {secs}s",
+            e["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The epochs the page drew, in the order it drew them.
+async fn drawn_epochs(c: &fantoccini::Client) -> Vec<u64> {
+    js(c, "window.trainyard.drawn.map(d => d.epoch)")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[sqlx::test]
+async fn submitting_torch_cnn_from_the_form_draws_a_point_per_epoch_as_it_trains(pool: PgPool) {
+    let _one = one_at_a_time().await;
+    let h = Harness::new(&pool, Timing::default());
+    let (_serve, base) = h.serve("serve", 1);
+    let b = Browser::start().await;
+    let epochs = 4;
+    b.run("submit-form", |c| async move {
+        c.goto(&format!("{base}/ui/new")).await.unwrap();
+        let spec = watched_torch(epochs);
+        testid(&c, "validation").await;
+        c.execute(
+            "const t = document.getElementById('spec'); t.value = arguments[0]; \
+             t.dispatchEvent(new Event('input', {bubbles: true}));",
+            vec![Value::from(serde_json::to_string_pretty(&spec).unwrap())],
+        )
+        .await
+        .unwrap();
+        c.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("from the form")
+            .await
+            .unwrap();
+        // The debounced validation shows the layer table before anything is submitted.
+        testid(&c, "valid").await;
+        c.find(Locator::Id("submit"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until(&c, 20, "location.pathname", |v| {
+            v.as_str().unwrap_or("").starts_with("/ui/experiments/")
+        })
+        .await;
+        // Watch the points arrive: every count from 1 to `epochs` is seen in turn.
+        let mut seen = vec![];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+        while seen.last() != Some(&epochs) {
+            let n = js(&c, "window.trainyard.points").await.as_u64().unwrap() as u32;
+            if seen.last() != Some(&n) {
+                seen.push(n);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "points seen: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let grew: Vec<u32> = seen.iter().copied().filter(|n| *n > 0).collect();
+        assert_eq!(
+            grew,
+            (1..=epochs).collect::<Vec<_>>(),
+            "one point at a time"
+        );
+        assert_eq!(drawn_epochs(&c).await, [1, 2, 3, 4]);
+
+        // From each epoch stored (the database's clock) to its point drawn (the page's).
+        let id = js(&c, "location.pathname.split('/').pop()").await;
+        let rows: Vec<Value> = reqwest::get(format!(
+            "{base}/experiments/{}/metrics",
+            id.as_str().unwrap()
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let drawn = js(&c, "window.trainyard.drawn").await;
+        for (row, d) in rows.iter().zip(drawn.as_array().unwrap()) {
+            let stored = chrono::DateTime::parse_from_rfc3339(row["recorded_at"].as_str().unwrap())
+                .unwrap()
+                .timestamp_micros() as f64
+                / 1000.0;
+            let ms = d["at"].as_f64().unwrap() - stored;
+            eprintln!(
+                "browser latency: epoch {} stored -> drawn {ms:.1} ms",
+                row["epoch"]
+            );
+        }
+        let expected = "Array.from(document.querySelectorAll('[data-testid=metrics-row]')).length";
+        until(&c, 20, expected, |v| v == epochs).await;
+        assert!(
+            page_problems(&c).await.is_empty(),
+            "{:?}",
+            page_problems(&c).await
+        );
+    })
+    .await;
+    b.screenshot("experiment").await;
+    b.close().await;
+}
+
+#[sqlx::test]
+async fn compare_overlays_both_article_presets_and_lists_their_spec_difference(pool: PgPool) {
+    let _one = one_at_a_time().await;
+    let h = Harness::new(&pool, Timing::default());
+    let (_serve, base) = h.serve("serve", 1);
+    let http = reqwest::Client::new();
+    let small = json!({"train_limit": 600, "test_limit": 200});
+    let keras = submit(&http, &base, &json!({"preset": "keras-cnn", "name": "keras-cnn", "epochs": 3, "dataset": small, "device": "cpu"})).await;
+    let torch = submit(&http, &base, &json!({"preset": "torch-cnn", "name": "torch-cnn", "epochs": 3, "dataset": small, "device": "cpu"})).await;
+    wait_status(&http, &base, &keras.to_string(), "succeeded", 300).await;
+    wait_status(&http, &base, &torch.to_string(), "succeeded", 300).await;
+    let b = Browser::start().await;
+    b.run("compare", |c| async move {
+        c.goto(&format!("{base}/ui/compare?ids={keras},{torch}")).await.unwrap();
+        testid(&c, "spec-diff").await;
+        let paths = js(
+            &c,
+            "Array.from(document.querySelectorAll('[data-testid=diff-row]')).map(r => r.dataset.path)",
+        )
+        .await;
+        for want in [
+            "model.init",
+            "batch_size",
+            "dataset.resize",
+            "dataset.normalize",
+            "model.layers[-1].activation",
+            "loss.formulation",
+        ] {
+            assert!(paths.as_array().unwrap().contains(&Value::from(want)), "{want} not in {paths}");
+        }
+        // Both experiments' points are on the chart: 3 epochs each.
+        until(&c, 20, "window.trainyard.points", |v| v == 6).await;
+        let legend = js(&c, "document.getElementById('chart-loss').innerText").await;
+        let legend = legend.as_str().unwrap();
+        assert!(legend.contains("keras-cnn") && legend.contains("torch-cnn"), "{legend}");
+        assert!(page_problems(&c).await.is_empty(), "{:?}", page_problems(&c).await);
+    })
+    .await;
+    // Tall enough for the spec difference under the curves.
+    b.client.set_window_size(1280, 1500).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.screenshot("compare").await;
+    b.close().await;
+}
+
+#[sqlx::test]
+async fn a_digit_drawn_with_the_pointer_gets_ten_probabilities(pool: PgPool) {
+    let _one = one_at_a_time().await;
+    let h = Harness::new(&pool, Timing::default());
+    let (_serve, base) = h.serve("serve", 1);
+    let http = reqwest::Client::new();
+    let id = submit(
+        &http,
+        &base,
+        &json!({"preset": "torch-cnn", "epochs": 1, "device": "cpu",
+        "dataset": {"train_limit": 2000, "test_limit": 100}}),
+    )
+    .await;
+    wait_status(&http, &base, &id.to_string(), "succeeded", 120).await;
+    let b = Browser::start().await;
+    b.run("predict", |c| async move {
+        c.goto(&format!("{base}/ui/predict?experiment={id}")).await.unwrap();
+        let pad = testid(&c, "pad").await;
+        // A "1": one stroke down the middle, as pointer events from a mouse.
+        let to = |x: f64, y: f64, ms: u64| PointerAction::MoveToElement {
+            element: pad.clone(),
+            duration: Some(Duration::from_millis(ms)),
+            x,
+            y,
+        };
+        let stroke = MouseActions::new("mouse".into())
+            .then(to(0.0, -90.0, 0))
+            .then(PointerAction::Down { button: 0 })
+            .then(to(2.0, -30.0, 150))
+            .then(to(4.0, 40.0, 150))
+            .then(to(5.0, 90.0, 150))
+            .then(PointerAction::Up { button: 0 });
+        c.perform_actions(stroke).await.unwrap();
+        c.find(Locator::Id("predict")).await.unwrap().click().await.unwrap();
+        testid(&c, "prediction").await;
+        let bars = js(&c, "document.querySelectorAll('[data-testid=probability]').length").await;
+        assert_eq!(bars, 10);
+        // What was sent is an MNIST-like image: ink centred in 28x28.
+        let ink = js(
+            &c,
+            "(() => { const d = document.getElementById('preview').getContext('2d').getImageData(0, 0, 28, 28).data; \
+             let m = 0, sx = 0, sy = 0; for (let i = 0; i < 784; i++) { const v = d[4 * i]; m += v; sx += v * (i % 28); sy += v * Math.floor(i / 28); } \
+             return [m, sx / m, sy / m]; })()",
+        )
+        .await;
+        let (cx, cy) = (ink[1].as_f64().unwrap(), ink[2].as_f64().unwrap());
+        assert!(ink[0].as_f64().unwrap() > 0.0, "no ink sent");
+        assert!((cx - 14.0).abs() < 1.5 && (cy - 14.0).abs() < 1.5, "centre of mass at {cx},{cy}");
+        assert!(page_problems(&c).await.is_empty(), "{:?}", page_problems(&c).await);
+    })
+    .await;
+    b.close().await;
+}
+
+#[sqlx::test]
+async fn a_page_following_a_run_continues_its_curve_across_a_server_restart(pool: PgPool) {
+    let _one = one_at_a_time().await;
+    let h = Harness::new(&pool, Timing::default());
+    // The API on a fixed port (the page reconnects there), training in its own process.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let (mut serve, base) = h.serve_on("serve", 0, &bind);
+    let _worker = h.worker("worker", 1, &[]);
+    let http = reqwest::Client::new();
+    let epochs = 6;
+    let id = submit(&http, &base, &watched_torch(epochs)).await;
+    let b = Browser::start().await;
+    let h = &h;
+    let serve = &mut serve;
+    b.run("restart", |c| async move {
+        c.goto(&format!("{base}/ui/experiments/{id}")).await.unwrap();
+        until(&c, 120, "window.trainyard.points", |v| v.as_u64() >= Some(2)).await;
+        serve.signal(libc::SIGTERM);
+        serve.wait_exit(Duration::from_secs(20)).expect("serve stops on SIGTERM");
+        let drawn_while_down = drawn_epochs(&c).await.len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (again, _) = h.serve_on("serve-again", 0, &bind);
+        until(&c, 240, "window.trainyard.points", |v| v == epochs).await;
+        let drawn = drawn_epochs(&c).await;
+        assert_eq!(drawn, (1..=epochs as u64).collect::<Vec<_>>(), "no gap, no repeat");
+        assert!(drawn_while_down < epochs as usize, "the restart happened mid-run");
+        let rows = "Array.from(document.querySelectorAll('[data-testid=metrics-row]')).map(r => +r.dataset.epoch)";
+        until(&c, 20, rows, |v| *v == json!((1..=epochs).collect::<Vec<_>>())).await;
+        drop(again);
+    })
+    .await;
+    b.close().await;
+}
+
+#[sqlx::test]
+async fn names_with_markup_show_as_text_and_run_nothing(pool: PgPool) {
+    let _one = one_at_a_time().await;
+    let h = Harness::new(&pool, Timing::default());
+    let (_serve, base) = h.serve("serve", 0);
+    let http = reqwest::Client::new();
+    let name = "<script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\">";
+    let id = submit(
+        &http,
+        &base,
+        &json!({"preset": "torch-cnn", "name": name, "tags": ["<b>tag</b>"]}),
+    )
+    .await;
+    let other = submit(&http, &base, &json!({"preset": "keras-cnn", "name": name})).await;
+    let b = Browser::start().await;
+    b.run("markup", |c| async move {
+        for (page, tags) in [
+            ("/".to_string(), true),
+            (format!("/ui/experiments/{id}"), true),
+            // Names in the chart legends and the table of the comparison.
+            (format!("/ui/compare?ids={id},{other}"), false),
+        ] {
+            c.goto(&format!("{base}{page}")).await.unwrap();
+            until(
+                &c,
+                20,
+                "document.body.innerText.includes('<script>')",
+                |v| v == true,
+            )
+            .await;
+            let text = js(&c, "document.body.innerText").await;
+            assert!(
+                text.as_str().unwrap().contains(name),
+                "{page}: the name as text"
+            );
+            assert!(
+                !tags || text.as_str().unwrap().contains("<b>tag</b>"),
+                "{page}: the tag as text"
+            );
+            assert_eq!(js(&c, "window.pwned === undefined").await, true, "{page}");
+            assert_eq!(
+                js(
+                    &c,
+                    "document.querySelectorAll('main script, main img[src=x]').length"
+                )
+                .await,
+                0
+            );
+        }
+    })
+    .await;
+    b.close().await;
+}
