@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::input::{body_error, int_param, path_id, query_error, require_json};
+use super::input::{body_error, int_param, path_id, query_error, require_json, require_media};
 use super::labels;
 use super::specs::submission;
 pub use super::view::ExperimentView;
@@ -251,7 +251,10 @@ async fn update(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ExperimentView>, ApiError> {
     let id = path_id(id)?;
-    require_patch_json(&headers)?;
+    require_media(
+        &headers,
+        &["application/merge-patch+json", "application/json"],
+    )?;
     let body = body.map_err(body_error)?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::field("", format!("invalid JSON: {e}")))?;
@@ -261,20 +264,6 @@ async fn update(
     let patch = labels::patch(fields)?;
     let exp = state.store.update_labels(id, patch).await?;
     Ok(Json(ExperimentView::new(exp, false)))
-}
-
-/// `application/json` or `application/merge-patch+json`.
-fn require_patch_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/merge-patch+json") {
-        Ok(())
-    } else {
-        require_json(headers)
-    }
 }
 
 /// Delete an ended experiment with its metrics, events and checkpoints.

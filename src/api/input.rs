@@ -66,16 +66,22 @@ pub fn body_error(e: BytesRejection) -> ApiError {
 }
 
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    require_media(headers, &["application/json"])
+}
+
+/// The body's media type is one of `accepted` (the first is the one named in the 415).
+pub fn require_media(headers: &HeaderMap, accepted: &[&str]) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
+    if accepted.iter().any(|a| mime.eq_ignore_ascii_case(a)) {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMedia(format!(
-            "send the spec as application/json (got {:?})",
+            "send the body as {} (got {:?})",
+            accepted.join(" or "),
             if ct.is_empty() { "no Content-Type" } else { ct }
         )))
     }
