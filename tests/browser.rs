@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use common::browser::{Browser, js, one_at_a_time, page_problems, testid, until};
-use common::procs::{Harness, Timing, submit};
+use common::procs::{Harness, Timing, eventually, status, submit};
 
 /// A torch-cnn run whose epochs take long enough (about a second each in a test build)
 /// to be watched one by one.
@@ -27,29 +27,13 @@ fn watched_torch(epochs: u32) -> Value {
            "dataset": {"train_limit": 3000, "test_limit": 500}})
 }
 
-async fn wait_status(client: &reqwest::Client, base: &str, id: &str, want: &str, secs: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let e: Value = client
-            .get(format!("{base}/experiments/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if e["status"] == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still {} after {secs}s",
-            e["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until the experiment's status (read from the database) is `want`.
+async fn wait_status(pool: &PgPool, id: uuid::Uuid, want: &str, secs: u64) {
+    eventually(secs, &format!("{id} {want}"), || async {
+        (status(pool, id).await == want).then_some(())
+    })
+    .await;
 }
-
 /// The epochs the page drew, in the order it drew them.
 async fn drawn_epochs(c: &fantoccini::Client) -> Vec<u64> {
     js(c, "window.trainyard.drawn.map(d => d.epoch)")
@@ -164,8 +148,8 @@ async fn compare_overlays_both_article_presets_and_lists_their_spec_difference(p
     let small = json!({"train_limit": 600, "test_limit": 200});
     let keras = submit(&http, &base, &json!({"preset": "keras-cnn", "name": "keras-cnn", "epochs": 3, "dataset": small, "device": "cpu"})).await;
     let torch = submit(&http, &base, &json!({"preset": "torch-cnn", "name": "torch-cnn", "epochs": 3, "dataset": small, "device": "cpu"})).await;
-    wait_status(&http, &base, &keras.to_string(), "succeeded", 300).await;
-    wait_status(&http, &base, &torch.to_string(), "succeeded", 300).await;
+    wait_status(&pool, keras, "succeeded", 300).await;
+    wait_status(&pool, torch, "succeeded", 300).await;
     let b = Browser::start().await;
     b.run("compare", |c| async move {
         c.goto(&format!("{base}/ui/compare?ids={keras},{torch}")).await.unwrap();
@@ -213,7 +197,7 @@ async fn a_digit_drawn_with_the_pointer_gets_ten_probabilities(pool: PgPool) {
         "dataset": {"train_limit": 2000, "test_limit": 100}}),
     )
     .await;
-    wait_status(&http, &base, &id.to_string(), "succeeded", 120).await;
+    wait_status(&pool, id, "succeeded", 120).await;
     let b = Browser::start().await;
     b.run("predict", |c| async move {
         c.goto(&format!("{base}/ui/predict?experiment={id}")).await.unwrap();

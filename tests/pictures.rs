@@ -63,15 +63,7 @@ async fn curve_and_compare_pictures_draw_every_stored_epoch(pool: PgPool) {
     let png = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
     assert_eq!((png.width(), png.height()), (300, 220));
 
-    let svg = s
-        .client
-        .get(s.url(&format!("/compare.svg?ids={a},{b}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let svg = get_text(&s, &format!("/compare.svg?ids={a},{b}")).await;
     let drawn = series(&svg);
     assert_eq!(drawn.len(), 2 * series_per_run(&s, a).await, "{drawn:?}");
     assert!(
@@ -110,14 +102,11 @@ async fn curve_and_compare_pictures_draw_every_stored_epoch(pool: PgPool) {
 
 /// How many series one run of these experiments draws (its splits with values).
 async fn series_per_run(s: &TestServer, id: &str) -> usize {
-    let svg = s
-        .client
-        .get(s.url(&format!("/experiments/{id}/curve.svg")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    series(&svg).len()
+    series(&get_text(s, &format!("/experiments/{id}/curve.svg")).await).len()
+}
+
+async fn get_text(s: &TestServer, path: &str) -> String {
+    let r = s.client.get(s.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.text().await.unwrap()
 }
