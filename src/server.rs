@@ -14,11 +14,13 @@
 //! retry their writes while their lease can still hold.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sqlx::migrate::MigrateDatabase;
 use tokio::sync::watch;
 
+use crate::api::auth::{AuthMode, RateLimits};
 use crate::api::predict::BatchConfig;
 use crate::api::{self, AppState};
 use crate::store::Store;
@@ -88,27 +90,74 @@ async fn next_signal(_: &mut Option<()>) {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// How the HTTP side of `serve` runs.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub bind: SocketAddr,
+    pub batching: BatchConfig,
+    pub max_sse_streams: usize,
+    pub auth: AuthMode,
+    pub rate_limits: RateLimits,
+    /// Where the first start writes the admin key it makes (besides printing it).
+    pub admin_key_file: Option<PathBuf>,
+}
+
+/// On a first start with keys required and no admin key: makes one for the `admin`
+/// account, prints it as the only line on stdout (the logs go to stderr) and writes it
+/// to `file` when given (readable by the owner only).
+pub async fn first_admin_key(store: &Store, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(key) = store.first_admin_key("admin").await? else {
+        return Ok(());
+    };
+    tracing::warn!(
+        key = %key.info.id,
+        "no admin key existed: made one for account `admin`; it is printed once on stdout{}",
+        file.map(|f| format!(" and written to {}", f.display())).unwrap_or_default()
+    );
+    println!("{}", key.key);
+    if let Some(f) = file {
+        write_secret(f, &key.key)?;
+    }
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("--admin-key-file {}: {e}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    Ok(())
+}
+
 /// API and workers in one process until `shutdown`.
 pub async fn serve(
     store: Store,
-    bind: SocketAddr,
+    http: HttpConfig,
     workers: WorkerConfig,
-    batching: BatchConfig,
-    max_sse_streams: usize,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    if http.auth == AuthMode::On {
+        first_admin_key(&store, http.admin_key_file.as_deref()).await?;
+    }
     let hub = Hub::start(store.pool()).await?;
-    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let listener = tokio::net::TcpListener::bind(http.bind).await?;
     tracing::info!(
         address = %listener.local_addr()?,
         workers = workers.workers,
-        predict_batch_window_us = batching.window.as_micros() as u64,
-        predict_max_batch = batching.max_batch,
+        auth = ?http.auth,
+        predict_batch_window_us = http.batching.window.as_micros() as u64,
+        predict_max_batch = http.batching.max_batch,
         "serving"
     );
     let state = AppState::new(store.clone(), hub.clone(), shutdown.clone())
-        .with_predict_batching(batching)
-        .with_max_sse_streams(max_sse_streams);
+        .with_predict_batching(http.batching)
+        .with_max_sse_streams(http.max_sse_streams)
+        .with_auth(http.auth, http.rate_limits);
     let app = api::app(state);
     let worker_task = (workers.workers > 0)
         .then(|| tokio::spawn(worker::run(store, hub, workers, shutdown.clone())));

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::auth::Caller;
 use super::input::{parse_id, path_id};
 use super::{AppState, error::ApiError};
 use crate::store::checkpoints::{CheckpointInfo, Which};
@@ -26,10 +27,11 @@ pub fn router() -> Router<AppState> {
     ))]
 async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<CheckpointInfo>>, ApiError> {
     let id = path_id(id)?;
-    state.store.experiment(id).await?;
+    state.store.experiment_in(caller.scope(), id).await?;
     Ok(Json(state.store.checkpoints(id).await?))
 }
 
@@ -49,6 +51,7 @@ async fn list(
     ))]
 async fn download(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((id, which)) = path.map_err(|_| ApiError::NotFound("checkpoint"))?;
@@ -56,7 +59,7 @@ async fn download(
     let which: Which = which
         .parse()
         .map_err(|_| ApiError::NotFound("checkpoint"))?;
-    state.store.experiment(id).await?;
+    state.store.experiment_in(caller.scope(), id).await?;
     let epoch = state
         .store
         .resolve_checkpoint(id, which)

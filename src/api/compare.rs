@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::input::query_error;
 use super::view::ExperimentView;
 use super::{AppState, error::ApiError};
@@ -33,7 +34,11 @@ pub struct CompareParams {
 
 /// The experiments of `?ids=`, in order, each once: 422 for the wrong number, 404
 /// naming every id that does not exist, then 422 for an id given twice.
-pub async fn experiments(state: &AppState, ids: Option<&str>) -> Result<Vec<Experiment>, ApiError> {
+pub async fn experiments(
+    state: &AppState,
+    caller: &Caller,
+    ids: Option<&str>,
+) -> Result<Vec<Experiment>, ApiError> {
     let raw: Vec<&str> = ids
         .ok_or_else(|| ApiError::field("ids", "required: 2 to 8 experiment ids, comma-separated"))?
         .split(',')
@@ -59,7 +64,7 @@ pub async fn experiments(state: &AppState, ids: Option<&str>) -> Result<Vec<Expe
             Err(_) => unknown.push(format!("{r:?}")),
         }
     }
-    match state.store.experiments(&ids).await {
+    match state.store.experiments(caller.scope(), &ids).await {
         Ok(_) if unknown.is_empty() && twice.is_some() => Err(ApiError::field(
             "ids",
             format!("{} is given twice", twice.unwrap_or_default()),
@@ -106,10 +111,11 @@ pub struct Comparison {
     ))]
 async fn compare(
     State(state): State<AppState>,
+    caller: Caller,
     p: Result<Query<CompareParams>, QueryRejection>,
 ) -> Result<Json<Comparison>, ApiError> {
     let Query(p) = p.map_err(query_error)?;
-    let found = experiments(&state, p.ids.as_deref()).await?;
+    let found = experiments(&state, &caller, p.ids.as_deref()).await?;
     let diff = differences(&found.iter().map(|e| e.spec.clone()).collect::<Vec<_>>());
     let mut out = Vec::with_capacity(found.len());
     for e in found {

@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::experiments::ExperimentView;
 use super::input::path_id;
 use super::{AppState, error::ApiError};
@@ -82,6 +83,7 @@ pub struct CurveEvent {
     ))]
 async fn curve(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -96,7 +98,7 @@ async fn curve(
     })?;
     // Subscribe before the first read so that nothing falls between them.
     let signals = state.hub.subscribe();
-    state.store.experiment(id).await?;
+    state.store.experiment_in(caller.scope(), id).await?;
     let (tx, rx) = mpsc::channel(64);
     let mut shutdown = state.shutdown.clone();
     let follower = follow(

@@ -20,6 +20,9 @@ pub struct Problem {
     /// The fields at fault, for validation errors.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// The quota exceeded, for a 429 of a quota (`max_queued`, `max_flops_per_day`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,18 @@ pub enum ApiError {
     UnsupportedMedia(String),
     #[error("{0}")]
     BadRequest(String),
+    /// No credentials, or credentials that name no one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Known, but not allowed (a non-admin key on an admin route).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A key's token bucket is empty.
+    #[error("{detail}")]
+    RateLimited { detail: String, retry_after: u64 },
+    /// A submission beyond one of the account's quotas.
+    #[error("{0}")]
+    Quota(crate::store::QuotaExceeded),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -66,6 +81,10 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            ApiError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota-exceeded"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -82,6 +101,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("experiment"),
+            StoreError::NotFoundThing(what) => ApiError::NotFound(what),
+            StoreError::Invalid(field, reason) => ApiError::field(field, reason),
+            StoreError::Quota(q) => ApiError::Quota(q),
             StoreError::NotFoundIds(_) => ApiError::NotFoundNamed(e.to_string()),
             StoreError::NotEnded(_) => ApiError::Conflict(e.to_string()),
             StoreError::IdempotencyConflict => ApiError::Conflict(e.to_string()),
@@ -109,16 +131,36 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             errors,
+            quota: match &self {
+                ApiError::Quota(q) => Some(q.quota.to_string()),
+                _ => None,
+            },
         };
         let mut res = (status, axum::Json(body)).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let h = res.headers_mut();
+        match &self {
             // Unavailable is temporary (the database, or a full stream budget): say when.
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"trainyard\""),
+                );
+            }
+            ApiError::RateLimited { retry_after, .. }
+            | ApiError::Quota(crate::store::QuotaExceeded {
+                retry_after: Some(retry_after),
+                ..
+            }) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         res
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::auth::{Caller, Limited};
 use super::input::{body_error, int_param, path_id, query_error, require_json, require_media};
 use super::labels;
 use super::specs::submission;
@@ -52,14 +53,17 @@ pub struct CreateParams {
         (status = 413, description = "Body too large", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid spec; `errors` names each field", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the key's rate limit (with `Retry-After`) or the account's `max_queued` or `max_flops_per_day` quota (`quota` names it)", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<CreateParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
+    state.auth.limit(Limited::Experiments, &caller)?;
     let Query(params) = params.map_err(query_error)?;
     let body = body.map_err(body_error)?;
     let priority: i32 = int_param("priority", params.priority.as_deref())?.unwrap_or(0);
@@ -88,13 +92,16 @@ async fn create(
     };
     let (submitted, labels) = submission(&body)?;
     let resolved = submitted.resolved()?;
+    let train_flops = submitted.spec.training_flops(&submitted.summary);
     let mut hash = Sha256::new();
     hash.update(priority.to_le_bytes());
     hash.update(&body);
     let (exp, created) = state
         .store
         .create_experiment(NewExperiment {
+            account_id: caller.account_id(),
             spec: resolved,
+            train_flops,
             priority,
             idempotency_key: key,
             request_hash: hash.finalize().to_vec(),
@@ -175,6 +182,7 @@ fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))]
 async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     p: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ExperimentPage>, ApiError> {
     let Query(p) = p.map_err(query_error)?;
@@ -202,6 +210,7 @@ async fn list(
         ));
     }
     let filter = Filter {
+        scope: Some(caller.scope()),
         status,
         tag: labels::filter_text("tag", p.tag.as_deref(), labels::MAX_TAG_CHARS)?,
         name_contains: labels::filter_text("q", p.q.as_deref(), labels::MAX_NAME_CHARS)?,
@@ -226,9 +235,13 @@ async fn list(
     ))]
 async fn show(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ExperimentView>, ApiError> {
-    let exp = state.store.experiment(path_id(id)?).await?;
+    let exp = state
+        .store
+        .experiment_in(caller.scope(), path_id(id)?)
+        .await?;
     Ok(Json(ExperimentView::new(exp, true)))
 }
 
@@ -246,6 +259,7 @@ async fn show(
     ))]
 async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -262,7 +276,7 @@ async fn update(
         return Err(ApiError::field("", "the body must be a JSON object"));
     };
     let patch = labels::patch(fields)?;
-    let exp = state.store.update_labels(id, patch).await?;
+    let exp = state.store.update_labels(caller.scope(), id, patch).await?;
     Ok(Json(ExperimentView::new(exp, false)))
 }
 
@@ -276,10 +290,15 @@ async fn update(
     ))]
 async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = path_id(id)?;
-    state.store.delete_experiment(id).await?;
+    state
+        .store
+        .delete_experiment(caller.scope(), id, caller.account_id())
+        .await?;
+    tracing::info!(%id, by = %caller.0.account, "experiment deleted");
     state.models.forget(id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -294,17 +313,21 @@ async fn delete(
     ))]
 async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ExperimentView>, ApiError> {
     let id = path_id(id)?;
-    let before = state.store.experiment(id).await?;
+    let before = state.store.experiment_in(caller.scope(), id).await?;
     if matches!(before.status, Status::Succeeded | Status::Failed) {
         return Err(ApiError::Conflict(format!(
             "the experiment already ended {}",
             before.status.as_str()
         )));
     }
-    let exp = state.store.cancel_experiment(id).await?;
+    let exp = state
+        .store
+        .cancel_experiment(caller.scope(), id, caller.account_id())
+        .await?;
     Ok(Json(ExperimentView::new(exp, false)))
 }
 
@@ -342,11 +365,12 @@ fn csv(rows: &[StoredEpoch]) -> String {
     ))]
 async fn metrics(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    state.store.experiment(id).await?;
+    state.store.experiment_in(caller.scope(), id).await?;
     let rows = state.store.stored_epochs(id).await?;
     let wants_csv = headers
         .get(header::ACCEPT)

@@ -3,6 +3,7 @@
 //! `app(state)` builds the whole service, so tests drive it with `oneshot` or on a real
 //! socket exactly as `trainyard serve` does.
 
+pub mod auth;
 pub mod checkpoints;
 pub mod compare;
 pub mod curve;
@@ -10,10 +11,12 @@ pub mod error;
 pub mod experiments;
 pub mod health;
 pub mod input;
+pub mod keys;
 pub mod labels;
 pub mod openapi;
 pub mod pictures;
 pub mod predict;
+pub mod session;
 pub mod specs;
 pub mod stats;
 pub mod view;
@@ -48,6 +51,8 @@ pub struct AppState {
     /// One permit per open curve stream; a stream past the limit gets a 503.
     pub sse_streams: Arc<Semaphore>,
     pub max_sse_streams: usize,
+    /// Keys, sessions and rate limits.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -59,7 +64,20 @@ impl AppState {
             shutdown,
             sse_streams: Arc::new(Semaphore::new(DEFAULT_MAX_SSE_STREAMS)),
             max_sse_streams: DEFAULT_MAX_SSE_STREAMS,
+            auth: Arc::new(auth::Auth::new(
+                auth::AuthMode::Off,
+                auth::RateLimits::default(),
+            )),
         }
+    }
+
+    /// The same state with keys required (`On`) or not, and these rate limits. (A bare
+    /// [`AppState::new`] requires none, for tests of everything else; `trainyard serve`
+    /// requires keys unless told otherwise.)
+    pub fn with_auth(mut self, mode: auth::AuthMode, limits: auth::RateLimits) -> Self {
+        self.auth = Arc::new(auth::Auth::new(mode, limits));
+        auth::Auth::follow_revocations(&self.auth, &self.hub);
+        self
     }
 
     /// The same state with at most `n` curve streams open at once.
@@ -85,15 +103,29 @@ pub fn app(state: AppState) -> Router {
         .merge(specs::router())
         .merge(compare::router())
         .merge(pictures::router())
+        .merge(keys::router())
+        .merge(session::router())
+        .merge(stats::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let images = predict::router().layer(DefaultBodyLimit::max(predict::MAX_BODY_BYTES));
-    Router::new()
-        .merge(json)
-        .merge(images)
+    // Everything here needs a key or a session; a route that matches none of these is a
+    // 404 for anyone.
+    let private =
+        Router::new()
+            .merge(json)
+            .merge(images)
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ));
+    let public = Router::new()
         .merge(health::router())
-        .merge(stats::router())
         .merge(openapi::router())
         .merge(web::router())
+        .merge(session::public_router().layer(DefaultBodyLimit::max(MAX_JSON_BYTES)));
+    Router::new()
+        .merge(private)
+        .merge(public)
         .fallback(|| async { error::ApiError::NotFound("route") })
         // After every route: a known path with another method is a 405 problem (axum
         // still adds the Allow header).

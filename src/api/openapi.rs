@@ -22,6 +22,9 @@ use super::AppState;
         super::pictures::compare_svg, super::pictures::compare_png, super::experiments::metrics, super::curve::curve,
         super::checkpoints::list, super::checkpoints::download, super::predict::predict,
         super::health::healthz, super::health::readyz, super::stats::stats,
+        super::keys::create, super::keys::list, super::keys::revoke, super::keys::accounts,
+        super::keys::account, super::keys::set_quotas, super::keys::own,
+        super::session::sign_in, super::session::sign_out, super::session::whoami,
     ),
     components(schemas(super::error::Problem, crate::spec::FieldError, crate::spec::diff::Difference)),
     tags(
@@ -31,6 +34,8 @@ use super::AppState;
         (name = "pictures", description = "Curves as SVG or PNG, drawn by the server"),
         (name = "predict", description = "Classify images"),
         (name = "health", description = "Probes"),
+        (name = "keys", description = "API keys, accounts and their quotas"),
+        (name = "session", description = "The web app's sign-in"),
     )
 )]
 pub struct ApiDoc;
@@ -61,7 +66,48 @@ pub fn openapi() -> serde_json::Value {
     }
     doc["paths"]["/experiments/{id}"]["patch"]["requestBody"]["content"]["application/merge-patch+json"]
         ["schema"] = serde_json::json!({"$ref": "#/components/schemas/Labels"});
+    require_keys(&mut doc);
     doc
+}
+
+/// Operations anyone may call: `(path, method)`.
+const PUBLIC: [(&str, &str); 4] = [
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/session", "post"),
+    ("/session", "delete"),
+];
+
+/// Every operation but the public ones needs a bearer key (or the web app's session
+/// cookie) and says so, with its 401.
+fn require_keys(doc: &mut serde_json::Value) {
+    doc["components"]["securitySchemes"] = serde_json::json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`ty_` and 64 hex digits), made with `trainyard keys create` or `POST /keys`"
+        }
+    });
+    doc["security"] = serde_json::json!([{"bearer": []}]);
+    let unauthorized = serde_json::json!({
+        "description": "No key, or a key that is unknown or revoked (with `WWW-Authenticate`)",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    });
+    let paths = doc["paths"]
+        .as_object_mut()
+        .expect("the document has paths");
+    for (path, item) in paths.iter_mut() {
+        for (method, op) in item.as_object_mut().expect("a path item").iter_mut() {
+            if PUBLIC.contains(&(path.as_str(), method.as_str())) {
+                op["security"] = serde_json::json!([]);
+            } else if let Some(responses) = op["responses"].as_object_mut() {
+                responses
+                    .entry("401")
+                    .or_insert_with(|| unauthorized.clone());
+            }
+        }
+    }
 }
 
 /// The document as pretty JSON (what `openapi/openapi.json` holds).

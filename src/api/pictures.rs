@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::auth::Caller;
 use super::input::{int_param, path_id, query_error};
 use super::{AppState, error::ApiError};
 use crate::engine::metrics::EpochMetrics;
@@ -154,6 +155,7 @@ async fn render(chart: Chart, asked: &Asked, format: Format) -> Result<Response,
 
 async fn curve(
     state: AppState,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     p: Result<Query<PictureParams>, QueryRejection>,
     format: Format,
@@ -161,7 +163,7 @@ async fn curve(
     let id = path_id(id)?;
     let Query(p) = p.map_err(query_error)?;
     let asked = p.check()?;
-    let exp = state.store.experiment(id).await?;
+    let exp = state.store.experiment_in(caller.scope(), id).await?;
     let title = format!("{} · {}", label(&exp), asked.metric);
     let chart = chart_of(&state, std::slice::from_ref(&exp), asked.metric, title).await?;
     render(chart, &asked, format).await
@@ -169,6 +171,7 @@ async fn curve(
 
 async fn compare(
     state: AppState,
+    caller: Caller,
     p: Result<Query<ComparePictureParams>, QueryRejection>,
     format: Format,
 ) -> Result<Response, ApiError> {
@@ -179,7 +182,7 @@ async fn compare(
         height: p.height,
     }
     .check()?;
-    let found = super::compare::experiments(&state, p.ids.as_deref()).await?;
+    let found = super::compare::experiments(&state, &caller, p.ids.as_deref()).await?;
     let chart = chart_of(&state, &found, asked.metric, asked.metric.to_string()).await?;
     render(chart, &asked, format).await
 }
@@ -194,10 +197,11 @@ async fn compare(
     ))]
 async fn curve_svg(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     p: Result<Query<PictureParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    curve(state, id, p, Format::Svg).await
+    curve(state, caller, id, p, Format::Svg).await
 }
 
 /// The same picture as PNG.
@@ -210,10 +214,11 @@ async fn curve_svg(
     ))]
 async fn curve_png(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
     p: Result<Query<PictureParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    curve(state, id, p, Format::Png).await
+    curve(state, caller, id, p, Format::Png).await
 }
 
 /// Several experiments' curves in one picture, one colour each, as SVG.
@@ -225,9 +230,10 @@ async fn curve_png(
     ))]
 async fn compare_svg(
     State(state): State<AppState>,
+    caller: Caller,
     p: Result<Query<ComparePictureParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    compare(state, p, Format::Svg).await
+    compare(state, caller, p, Format::Svg).await
 }
 
 /// The same comparison as PNG.
@@ -239,7 +245,8 @@ async fn compare_svg(
     ))]
 async fn compare_png(
     State(state): State<AppState>,
+    caller: Caller,
     p: Result<Query<ComparePictureParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    compare(state, p, Format::Png).await
+    compare(state, caller, p, Format::Png).await
 }

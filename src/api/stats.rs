@@ -36,15 +36,19 @@ pub struct Stats {
     pub oldest_queued_seconds: Option<f64>,
 }
 
-/// Counts of experiments by state, and the queue's oldest wait.
+/// Counts of experiments by state, and the queue's oldest wait: the caller's account's,
+/// or every account's for an admin.
 #[utoipa::path(get, path = "/stats", tag = "health", responses(
     (status = 200, body = Stats),
     (status = 503, body = super::error::Problem, content_type = "application/problem+json"),
 ))]
-async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+async fn stats(
+    State(state): State<AppState>,
+    caller: super::auth::Caller,
+) -> Result<Json<Stats>, ApiError> {
     let mut counts = Counts::default();
     let mut oldest_queued_at = None;
-    for (status, n, oldest) in state.store.status_counts().await? {
+    for (status, n, oldest) in state.store.status_counts(caller.scope()).await? {
         let slot = match Status::parse(&status) {
             Some(Status::Queued) => {
                 oldest_queued_at = Some(oldest);

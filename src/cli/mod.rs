@@ -5,6 +5,7 @@
 
 mod bench;
 mod housekeep;
+mod keys;
 mod plot;
 mod predict;
 mod service;
@@ -58,6 +59,8 @@ pub enum Command {
     },
     /// Sweep ended experiments (optimizer state; with --retention-days, old experiments).
     Housekeep(housekeep::HousekeepArgs),
+    /// Make, list and revoke API keys; set accounts' quotas.
+    Keys(keys::KeysArgs),
     /// Apply the database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -123,6 +126,7 @@ impl Cli {
             Command::Worker { db, worker } => service::worker(db, worker),
             Command::Migrate { db } => service::migrate(db),
             Command::Housekeep(a) => housekeep::run(a),
+            Command::Keys(a) => keys::run(a),
             Command::FetchData { datasets, data } => {
                 for name in datasets {
                     let name: crate::spec::DatasetName =

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::api::auth::{AuthMode, RateLimits};
+
 use super::DataArgs;
 use crate::api::predict::BatchConfig;
 use crate::spec::DeviceSpec;
@@ -153,6 +155,48 @@ pub struct ServeArgs {
     /// Curve (SSE) streams kept open at once; one more gets a 503 with Retry-After.
     #[arg(long, env = "TRAINYARD_MAX_SSE_STREAMS", default_value_t = crate::api::DEFAULT_MAX_SSE_STREAMS)]
     pub max_sse_streams: usize,
+    /// Whether requests need an API key. `off` acts as an admin of the `default` account
+    /// for everyone, and is refused unless --bind is a loopback address.
+    #[arg(long, env = "TRAINYARD_AUTH", value_enum, default_value_t = AuthMode::On)]
+    pub auth: AuthMode,
+    /// On the first start (no admin key yet), also write the admin key made then to
+    /// this file (mode 0600).
+    #[arg(long, env = "TRAINYARD_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<std::path::PathBuf>,
+    /// `POST /experiments` per minute and key; bursts of as many (0: unlimited).
+    #[arg(long, env = "TRAINYARD_RATE_LIMIT_EXPERIMENTS", default_value_t = RateLimits::default().experiments_per_minute)]
+    pub rate_limit_experiments: u32,
+    /// `POST /predict` per second and key; bursts of as many (0: unlimited).
+    #[arg(long, env = "TRAINYARD_RATE_LIMIT_PREDICT", default_value_t = RateLimits::default().predict_per_second)]
+    pub rate_limit_predict: u32,
+}
+
+impl ServeArgs {
+    /// The HTTP side's configuration, checked.
+    pub fn http(&self) -> anyhow::Result<crate::server::HttpConfig> {
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.max_sse_streams),
+            "--max-sse-streams must be between 1 and 1000000"
+        );
+        anyhow::ensure!(
+            self.auth == AuthMode::On || self.bind.ip().is_loopback(),
+            "--auth off lets anyone who reaches the port act as an admin, so it is only \
+             allowed with a loopback --bind (127.0.0.1 or ::1), not {}; create a key with \
+             `trainyard keys create --account NAME` instead",
+            self.bind
+        );
+        Ok(crate::server::HttpConfig {
+            bind: self.bind,
+            batching: self.predict.config()?,
+            max_sse_streams: self.max_sse_streams,
+            auth: self.auth,
+            rate_limits: RateLimits {
+                experiments_per_minute: self.rate_limit_experiments,
+                predict_per_second: self.rate_limit_predict,
+            },
+            admin_key_file: self.admin_key_file.clone(),
+        })
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -174,11 +218,7 @@ impl WorkerArgs {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = a.worker.config()?;
-    let batching = a.predict.config()?;
-    anyhow::ensure!(
-        (1..=1_000_000).contains(&a.max_sse_streams),
-        "--max-sse-streams must be between 1 and 1000000"
-    );
+    let http = a.http()?;
     runtime()?.block_on(async {
         let shutdown = crate::server::shutdown_on_signals(a.worker.grace());
         let store = crate::server::connect_and_migrate(
@@ -187,7 +227,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
             a.worker.idle_in_transaction(),
         )
         .await?;
-        crate::server::serve(store, a.bind, cfg, batching, a.max_sse_streams, shutdown).await
+        crate::server::serve(store, http, cfg, shutdown).await
     })
 }
 

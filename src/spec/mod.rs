@@ -49,6 +49,19 @@ fn default_true() -> bool {
     true
 }
 
+impl ExperimentSpec {
+    /// The training FLOPs the spec asks for: forward and backward passes (three times
+    /// the forward FLOPs) over every epoch's training images. What the per-day FLOPs
+    /// quota counts.
+    pub fn training_flops(&self, summary: &Summary) -> f64 {
+        let all = self.dataset.name.train_len();
+        let images = self.dataset.train_limit.map_or(all, |n| n.min(all));
+        let held_out = self.dataset.validation.split().unwrap_or(0.0);
+        let trained = (images as f64 * (1.0 - held_out)).ceil();
+        3.0 * summary.flops_per_sample as f64 * trained * f64::from(self.epochs)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetName {
@@ -57,6 +70,13 @@ pub enum DatasetName {
 }
 
 impl DatasetName {
+    /// Images in the dataset's training set.
+    pub fn train_len(self) -> usize {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => 60_000,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DatasetName::Mnist => "mnist",

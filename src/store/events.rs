@@ -18,23 +18,66 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
+/// Kinds of event a curve follower replays; the others (`cancel_requested`, `deleted`)
+/// record who did what and are only read from the table.
+const FOLLOWED: &str = "kind IN ('status', 'epoch')";
+
 async fn append(
     tx: &mut Transaction<'_, Postgres>,
     experiment: Uuid,
     kind: &str,
     data: serde_json::Value,
 ) -> Result<i64> {
+    let id = insert(tx, experiment, kind, data, None).await?;
+    let payload = serde_json::json!({"experiment_id": experiment, "id": id}).to_string();
+    notify(tx, CHANNEL_EVENTS, &payload).await?;
+    Ok(id)
+}
+
+async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    experiment: Uuid,
+    kind: &str,
+    data: serde_json::Value,
+    account: Option<Uuid>,
+) -> Result<i64> {
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO experiment_events (experiment_id, kind, data) VALUES ($1, $2, $3) RETURNING id",
+        "INSERT INTO experiment_events (experiment_id, kind, data, account_id)
+         VALUES ($1, $2, $3, $4) RETURNING id",
     )
     .bind(experiment)
     .bind(kind)
     .bind(data)
+    .bind(account)
     .fetch_one(&mut **tx)
     .await?;
+    Ok(id)
+}
+
+/// Records a status change that an account asked for (creating, cancelling a queued
+/// experiment), naming that account.
+pub(crate) async fn append_status_by(
+    tx: &mut Transaction<'_, Postgres>,
+    experiment: Uuid,
+    status: Status,
+    account: Uuid,
+) -> Result<i64> {
+    let data = serde_json::json!({"status": status, "error": null});
+    let id = insert(tx, experiment, "status", data, Some(account)).await?;
     let payload = serde_json::json!({"experiment_id": experiment, "id": id}).to_string();
     notify(tx, CHANNEL_EVENTS, &payload).await?;
     Ok(id)
+}
+
+/// Records an account's request, not followed by curve streams: `cancel_requested` (of
+/// a running experiment, which its worker then ends) or `deleted`.
+pub(crate) async fn append_request(
+    tx: &mut Transaction<'_, Postgres>,
+    experiment: Uuid,
+    kind: &str,
+    account: Uuid,
+) -> Result<i64> {
+    insert(tx, experiment, kind, serde_json::json!({}), Some(account)).await
 }
 
 /// Records a status change (with the error of a failed run).
@@ -66,10 +109,10 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Event>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             "SELECT id, experiment_id, kind, data, created_at FROM experiment_events
-             WHERE experiment_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
+                 WHERE experiment_id = $1 AND id > $2 AND {FOLLOWED} ORDER BY id LIMIT $3"
+        ))
         .bind(experiment)
         .bind(after)
         .bind(limit)

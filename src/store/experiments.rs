@@ -5,7 +5,8 @@ use serde::Serialize;
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{CHANNEL_CANCEL, CHANNEL_JOBS, Result, Store, StoreError, events};
+use super::accounts::Scope;
+use super::{CHANNEL_CANCEL, CHANNEL_JOBS, QuotaExceeded, Result, Store, StoreError, events};
 
 /// Where an experiment is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -49,6 +50,11 @@ impl Status {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Experiment {
     pub id: Uuid,
+    /// The account it belongs to.
+    #[serde(skip)]
+    pub account_id: Uuid,
+    /// The name of the account it belongs to.
+    pub account: String,
     pub status: Status,
     /// The resolved spec (presets expanded).
     #[schema(value_type = Object)]
@@ -84,6 +90,8 @@ pub struct Experiment {
 #[derive(FromRow)]
 struct Row {
     id: Uuid,
+    account_id: Uuid,
+    account: String,
     status: String,
     spec: serde_json::Value,
     priority: i32,
@@ -104,7 +112,8 @@ struct Row {
     best_test_accuracy: Option<f64>,
 }
 
-pub(crate) const COLUMNS: &str = "id, status, spec, priority, attempt, rescues, epochs_done, \
+pub(crate) const COLUMNS: &str = "id, account_id, \
+    (SELECT a.name FROM accounts a WHERE a.id = experiments.account_id) AS account, status, spec, priority, attempt, rescues, epochs_done, \
     best_epoch, cancel_requested, error, created_at, updated_at, started_at, training_started_at, \
     finished_at, name, tags, \
     (SELECT max(m.val_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
@@ -117,6 +126,8 @@ impl TryFrom<Row> for Experiment {
     fn try_from(r: Row) -> Result<Self> {
         Ok(Experiment {
             id: r.id,
+            account_id: r.account_id,
+            account: r.account,
             status: Status::parse(&r.status)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown status {}", r.status)))?,
             spec: r.spec,
@@ -143,7 +154,11 @@ impl TryFrom<Row> for Experiment {
 /// What a client submits, once validated.
 #[derive(Debug, Clone)]
 pub struct NewExperiment {
+    /// The account submitting it.
+    pub account_id: Uuid,
     pub spec: serde_json::Value,
+    /// The training FLOPs it asks for (what the per-day quota counts).
+    pub train_flops: f64,
     pub priority: i32,
     pub idempotency_key: Option<String>,
     /// SHA-256 of the request body: a key reused with another body is refused.
@@ -169,6 +184,8 @@ pub struct LabelsPatch {
 /// Which experiments a list shows.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Whose experiments.
+    pub scope: Option<Scope>,
     pub status: Option<Status>,
     /// Only experiments carrying this tag.
     pub tag: Option<String>,
@@ -186,12 +203,24 @@ pub struct Page {
 impl Store {
     /// Queues an experiment. With an idempotency key already used for the same request,
     /// returns the experiment created then and `false`.
+    ///
+    /// The account's quotas are checked in the same transaction, with its row locked, so
+    /// concurrent submissions cannot together pass a limit each would meet alone.
     pub async fn create_experiment(&self, new: NewExperiment) -> Result<(Experiment, bool)> {
+        if let Some(key) = &new.idempotency_key
+            && let Some(replayed) = self
+                .replayed(new.account_id, key, &new.request_hash)
+                .await?
+        {
+            return Ok((replayed, false));
+        }
         let mut tx = self.pool.begin().await?;
+        check_quotas(&mut tx, new.account_id, new.train_flops).await?;
         let row: Option<Row> = sqlx::query_as(&format!(
-            "INSERT INTO experiments (id, spec, priority, idempotency_key, request_hash, name, tags)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (idempotency_key) DO NOTHING
+            "INSERT INTO experiments (id, spec, priority, idempotency_key, request_hash, name,
+                tags, account_id, train_flops)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (account_id, idempotency_key) DO NOTHING
              RETURNING {COLUMNS}"
         ))
         .bind(Uuid::now_v7())
@@ -201,28 +230,65 @@ impl Store {
         .bind(&new.request_hash)
         .bind(&new.labels.name)
         .bind(&new.labels.tags)
+        .bind(new.account_id)
+        .bind(new.train_flops)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
+            // The same key was used by a submission that committed meanwhile.
             tx.rollback().await?;
-            let (id, hash): (Uuid, Option<Vec<u8>>) = sqlx::query_as(
-                "SELECT id, request_hash FROM experiments WHERE idempotency_key = $1",
-            )
-            .bind(&new.idempotency_key)
-            .fetch_one(&self.pool)
-            .await?;
-            if hash.as_deref() != Some(&new.request_hash[..]) {
-                return Err(StoreError::IdempotencyConflict);
-            }
-            return Ok((self.experiment(id).await?, false));
+            let key = new.idempotency_key.as_deref().unwrap_or_default();
+            return match self
+                .replayed(new.account_id, key, &new.request_hash)
+                .await?
+            {
+                Some(exp) => Ok((exp, false)),
+                None => Err(StoreError::NotFound),
+            };
         };
         let exp = Experiment::try_from(row)?;
-        events::append_status(&mut tx, exp.id, Status::Queued, None).await?;
+        events::append_status_by(&mut tx, exp.id, Status::Queued, new.account_id).await?;
         notify(&mut tx, CHANNEL_JOBS, &exp.id.to_string()).await?;
         tx.commit().await?;
         Ok((exp, true))
     }
 
+    /// The experiment an account made earlier with this Idempotency-Key, if any;
+    /// [`StoreError::IdempotencyConflict`] if that request's body was another.
+    async fn replayed(&self, account: Uuid, key: &str, hash: &[u8]) -> Result<Option<Experiment>> {
+        let row: Option<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT id, request_hash FROM experiments
+             WHERE account_id = $1 AND idempotency_key = $2",
+        )
+        .bind(account)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some((_, stored)) if stored.as_deref() != Some(hash) => {
+                Err(StoreError::IdempotencyConflict)
+            }
+            Some((id, _)) => Ok(Some(self.experiment(id).await?)),
+        }
+    }
+
+    /// An experiment, if `scope` may see it: another account's answers
+    /// [`StoreError::NotFound`], exactly as an unknown id does.
+    pub async fn experiment_in(&self, scope: Scope, id: Uuid) -> Result<Experiment> {
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM experiments
+             WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)"
+        ))
+        .bind(id)
+        .bind(scope.account())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or(StoreError::NotFound)?.try_into()
+    }
+
+    /// An experiment of any account (for workers and internal use; requests go through
+    /// [`Store::experiment_in`]).
     pub async fn experiment(&self, id: Uuid) -> Result<Experiment> {
         let row: Option<Row> =
             sqlx::query_as(&format!("SELECT {COLUMNS} FROM experiments WHERE id = $1"))
@@ -232,12 +298,15 @@ impl Store {
         row.ok_or(StoreError::NotFound)?.try_into()
     }
 
-    /// Several experiments, in the order of `ids`; `Err(NotFoundIds)` names those unknown.
-    pub async fn experiments(&self, ids: &[Uuid]) -> Result<Vec<Experiment>> {
+    /// Several experiments that `scope` may see, in the order of `ids`;
+    /// `Err(NotFoundIds)` names the others (unknown or another account's alike).
+    pub async fn experiments(&self, scope: Scope, ids: &[Uuid]) -> Result<Vec<Experiment>> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM experiments WHERE id = ANY($1)"
+            "SELECT {COLUMNS} FROM experiments
+             WHERE id = ANY($1) AND ($2::uuid IS NULL OR account_id = $2)"
         ))
         .bind(ids)
+        .bind(scope.account())
         .fetch_all(&self.pool)
         .await?;
         let mut found = rows
@@ -269,6 +338,7 @@ impl Store {
                AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
                AND ($5::text IS NULL OR tags @> ARRAY[$5])
                AND ($6::text IS NULL OR name ILIKE '%' || $6 || '%' ESCAPE '\\')
+               AND ($7::uuid IS NULL OR account_id = $7)
              ORDER BY created_at DESC, id DESC
              LIMIT $4"
         ))
@@ -278,6 +348,7 @@ impl Store {
         .bind(limit + 1)
         .bind(&filter.tag)
         .bind(filter.name_contains.as_deref().map(like_escape))
+        .bind(filter.scope.and_then(Scope::account))
         .fetch_all(&self.pool)
         .await?;
         let mut items = rows
@@ -295,13 +366,17 @@ impl Store {
 
     /// Cancels a queued experiment at once; asks a running one to stop (its worker ends it
     /// `cancelled` at the next batch boundary). Finished experiments are returned as they are.
-    pub async fn cancel_experiment(&self, id: Uuid) -> Result<Experiment> {
+    /// `by` is the account asking (recorded in the event log).
+    pub async fn cancel_experiment(&self, scope: Scope, id: Uuid, by: Uuid) -> Result<Experiment> {
         let mut tx = self.pool.begin().await?;
-        let status: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM experiments WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let status: Option<(String,)> = sqlx::query_as(
+            "SELECT status FROM experiments
+             WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2) FOR UPDATE",
+        )
+        .bind(id)
+        .bind(scope.account())
+        .fetch_optional(&mut *tx)
+        .await?;
         let status = status.ok_or(StoreError::NotFound)?.0;
         match Status::parse(&status) {
             Some(Status::Queued) => {
@@ -312,7 +387,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                events::append_status(&mut tx, id, Status::Cancelled, None).await?;
+                events::append_status_by(&mut tx, id, Status::Cancelled, by).await?;
             }
             Some(Status::Running) => {
                 sqlx::query(
@@ -322,6 +397,7 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+                events::append_request(&mut tx, id, "cancel_requested", by).await?;
                 notify(&mut tx, CHANNEL_CANCEL, &id.to_string()).await?;
             }
             _ => {}
@@ -331,18 +407,24 @@ impl Store {
     }
 
     /// Changes an experiment's name and tags.
-    pub async fn update_labels(&self, id: Uuid, patch: LabelsPatch) -> Result<Experiment> {
+    pub async fn update_labels(
+        &self,
+        scope: Scope,
+        id: Uuid,
+        patch: LabelsPatch,
+    ) -> Result<Experiment> {
         let done = sqlx::query(
             "UPDATE experiments SET
                 name = CASE WHEN $2 THEN $3 ELSE name END,
                 tags = coalesce($4, tags),
                 updated_at = now()
-             WHERE id = $1",
+             WHERE id = $1 AND ($5::uuid IS NULL OR account_id = $5)",
         )
         .bind(id)
         .bind(patch.name.is_some())
         .bind(patch.name.flatten())
         .bind(patch.tags)
+        .bind(scope.account())
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -353,28 +435,125 @@ impl Store {
 
     /// Deletes an ended experiment with everything it owns (metrics, events, checkpoints,
     /// claims). A queued or running one is refused with [`StoreError::NotEnded`]: its
-    /// worker would write on into rows that no longer exist.
-    pub async fn delete_experiment(&self, id: Uuid) -> Result<()> {
-        let deleted =
-            sqlx::query("DELETE FROM experiments WHERE id = $1 AND finished_at IS NOT NULL")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+    /// worker would write on into rows that no longer exist. Its events go too, but for
+    /// one `deleted` event naming `by`, the account that deleted it.
+    pub async fn delete_experiment(&self, scope: Scope, id: Uuid, by: Uuid) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM experiments WHERE id = $1 AND finished_at IS NOT NULL
+                AND ($2::uuid IS NULL OR account_id = $2)",
+        )
+        .bind(id)
+        .bind(scope.account())
+        .execute(&mut *tx)
+        .await?;
         if deleted.rows_affected() == 1 {
+            delete_events(&mut tx, &[id]).await?;
+            events::append_request(&mut tx, id, "deleted", by).await?;
+            tx.commit().await?;
             return Ok(());
         }
-        let exp = self.experiment(id).await?;
+        tx.rollback().await?;
+        let exp = self.experiment_in(scope, id).await?;
         Err(StoreError::NotEnded(exp.status))
     }
 
     /// Per status: how many experiments, and when the oldest of them was created.
-    pub async fn status_counts(&self) -> Result<Vec<(String, i64, DateTime<Utc>)>> {
+    pub async fn status_counts(&self, scope: Scope) -> Result<Vec<(String, i64, DateTime<Utc>)>> {
         Ok(sqlx::query_as(
-            "SELECT status, count(*), min(created_at) FROM experiments GROUP BY status ORDER BY 1",
+            "SELECT status, count(*), min(created_at) FROM experiments
+             WHERE $1::uuid IS NULL OR account_id = $1 GROUP BY status ORDER BY 1",
         )
+        .bind(scope.account())
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Deletes the events of deleted experiments (the log does not cascade: see the
+/// accounts migration).
+pub(crate) async fn delete_events(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> Result<()> {
+    sqlx::query("DELETE FROM experiment_events WHERE experiment_id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Refuses a submission of `flops` beyond `account`'s quotas; locks the account's row
+/// until the transaction ends.
+async fn check_quotas(tx: &mut Transaction<'_, Postgres>, account: Uuid, flops: f64) -> Result<()> {
+    let quotas: Option<(Option<i32>, Option<f64>)> = sqlx::query_as(
+        "SELECT max_queued, max_flops_per_day FROM accounts WHERE id = $1 FOR UPDATE",
+    )
+    .bind(account)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((max_queued, max_flops)) = quotas else {
+        return Err(StoreError::NotFoundThing("account"));
+    };
+    if let Some(max) = max_queued {
+        let (queued,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM experiments WHERE account_id = $1 AND status = 'queued'",
+        )
+        .bind(account)
+        .fetch_one(&mut **tx)
+        .await?;
+        if queued >= i64::from(max) {
+            return Err(StoreError::Quota(QuotaExceeded {
+                quota: "max_queued",
+                detail: format!(
+                    "the account's quota max_queued is {max} and it has {queued} experiments \
+                     queued: wait for some to start, or cancel some"
+                ),
+                retry_after: None,
+            }));
+        }
+    }
+    if let Some(max) = max_flops {
+        if flops > max {
+            return Err(StoreError::Quota(QuotaExceeded {
+                quota: "max_flops_per_day",
+                detail: format!(
+                    "this experiment needs {flops:.3e} training FLOPs, more than the account's \
+                     whole quota max_flops_per_day of {max:.3e}"
+                ),
+                retry_after: None,
+            }));
+        }
+        // The window's experiments, oldest first, with the FLOPs submitted since each.
+        let window: Vec<(f64, f64)> = sqlx::query_as(
+            "SELECT extract(epoch FROM created_at + interval '1 day' - now())::float8,
+                    sum(train_flops) OVER (ORDER BY created_at DESC, id DESC)
+             FROM experiments
+             WHERE account_id = $1 AND created_at > now() - interval '1 day'
+               AND NOT (status = 'cancelled' AND started_at IS NULL)
+             ORDER BY created_at, id",
+        )
+        .bind(account)
+        .fetch_all(&mut **tx)
+        .await?;
+        let used = window.first().map_or(0.0, |w| w.1);
+        if used + flops > max {
+            // It fits once the oldest experiments whose FLOPs it cannot share have left
+            // the window: the first one after which the newer ones leave room.
+            let wait = window
+                .iter()
+                .zip(window.iter().skip(1).map(|w| w.1).chain([0.0]))
+                .find(|(_, newer)| newer + flops <= max)
+                .map(|((secs, _), _)| secs.max(1.0).ceil() as u64);
+            return Err(StoreError::Quota(QuotaExceeded {
+                quota: "max_flops_per_day",
+                detail: format!(
+                    "the account's quota max_flops_per_day is {max:.3e}; {used:.3e} training \
+                     FLOPs were submitted in the last 24 hours and this experiment needs \
+                     {flops:.3e} more"
+                ),
+                retry_after: wait,
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// `text` as a LIKE pattern that matches only itself (a backslash escapes).

@@ -73,18 +73,23 @@ impl Store {
         tx.commit().await?;
         let mut deleted = 0;
         if let Some(keep) = h.retention {
-            deleted = sqlx::query(
+            let mut tx = self.pool.begin().await?;
+            let ids: Vec<(uuid::Uuid,)> = sqlx::query_as(
                 "DELETE FROM experiments WHERE id IN (
                     SELECT id FROM experiments
                     WHERE finished_at IS NOT NULL
                       AND finished_at < now() - make_interval(secs => $1)
-                    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id",
             )
             .bind(keep.as_secs_f64())
             .bind(h.batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            .fetch_all(&mut *tx)
+            .await?;
+            let ids: Vec<uuid::Uuid> = ids.into_iter().map(|r| r.0).collect();
+            super::experiments::delete_events(&mut tx, &ids).await?;
+            tx.commit().await?;
+            deleted = ids.len() as u64;
         }
         Ok(Swept {
             swept: swept.len() as u64,

@@ -15,7 +15,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
-use super::{CHANNEL_CANCEL, CHANNEL_EVENTS, CHANNEL_JOBS, CHANNEL_PROGRESS};
+use super::{CHANNEL_CANCEL, CHANNEL_EVENTS, CHANNEL_JOBS, CHANNEL_KEYS, CHANNEL_PROGRESS};
 
 /// A notification, parsed.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub enum Signal {
     },
     /// A running experiment was asked to stop.
     Cancel(Uuid),
+    /// A key was revoked.
+    KeyRevoked(Uuid),
     /// Notifications may have been lost: re-read state from the database.
     Resync,
 }
@@ -101,6 +103,7 @@ impl Hub {
                 return;
             }
             CHANNEL_CANCEL => payload.parse().ok().map(Signal::Cancel),
+            CHANNEL_KEYS => payload.parse().ok().map(Signal::KeyRevoked),
             CHANNEL_EVENTS => serde_json::from_str::<serde_json::Value>(payload)
                 .ok()
                 .and_then(|v| {
@@ -143,6 +146,7 @@ async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
             CHANNEL_EVENTS,
             CHANNEL_PROGRESS,
             CHANNEL_CANCEL,
+            CHANNEL_KEYS,
         ])
         .await?;
     Ok(listener)

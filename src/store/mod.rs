@@ -23,6 +23,7 @@
 //! `experiment_events`, written in the same transaction as the change it describes, then
 //! announced with `NOTIFY` so that every API process can push it to its SSE followers.
 
+pub mod accounts;
 pub mod checkpoints;
 pub mod events;
 pub mod experiments;
@@ -33,6 +34,7 @@ pub mod queue;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use accounts::{Principal, Scope};
 pub use experiments::{Experiment, Filter, Labels, LabelsPatch, NewExperiment, Status};
 
 /// Channel announcing a new queued experiment (payload: its id).
@@ -43,6 +45,9 @@ pub const CHANNEL_EVENTS: &str = "trainyard_events";
 pub const CHANNEL_PROGRESS: &str = "trainyard_progress";
 /// Channel announcing a cancel request for a running experiment (payload: its id).
 pub const CHANNEL_CANCEL: &str = "trainyard_cancel";
+/// Channel announcing a revoked key (payload: its id): every process forgets the keys it
+/// had checked.
+pub const CHANNEL_KEYS: &str = "trainyard_keys";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,6 +57,15 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("not found")]
     NotFound,
+    /// Something other than an experiment (a key, an account) does not exist.
+    #[error("{0} not found")]
+    NotFoundThing(&'static str),
+    /// A value the database would refuse, named by its field.
+    #[error("{0}: {1}")]
+    Invalid(&'static str, &'static str),
+    /// A submission beyond one of its account's quotas.
+    #[error("{0}")]
+    Quota(QuotaExceeded),
     /// Some of the experiments asked for together do not exist.
     #[error("unknown experiments: {}", .0.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", "))]
     NotFoundIds(Vec<uuid::Uuid>),
@@ -65,6 +79,22 @@ pub enum StoreError {
     IdempotencyConflict,
     #[error("invalid stored data: {0}")]
     Corrupt(String),
+}
+
+/// Which quota a submission would exceed, and when it may fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaExceeded {
+    /// The quota's name (`max_queued`, `max_flops_per_day`).
+    pub quota: &'static str,
+    pub detail: String,
+    /// Seconds until the submission may fit, when that is known.
+    pub retry_after: Option<u64>,
+}
+
+impl std::fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

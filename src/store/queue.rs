@@ -19,6 +19,8 @@ use crate::engine::{Checkpoint, EpochMetrics};
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub id: Uuid,
+    /// The name of the account it belongs to.
+    pub account: String,
     /// The fencing token.
     pub attempt: i32,
     pub spec: serde_json::Value,
@@ -39,28 +41,85 @@ pub enum Ending {
     Failed(String),
 }
 
+/// Running experiments per account, for the claim's order and the running quota.
+const RUNNING: &str = "running AS (
+        SELECT account_id, count(*) AS n FROM experiments WHERE status = 'running'
+        GROUP BY account_id
+    )";
+
+/// The fair choice: the head of each eligible account's queue, by fewest running, then
+/// priority, then age.
+const FAIR_NEXT: &str = "heads AS (
+        SELECT h.id, coalesce(r.n, 0) AS n, h.priority, h.created_at
+        FROM accounts a
+        LEFT JOIN running r ON r.account_id = a.id
+        CROSS JOIN LATERAL (
+            SELECT q.id, q.priority, q.created_at FROM experiments q
+            WHERE q.account_id = a.id AND q.status = 'queued'
+            ORDER BY q.priority DESC, q.created_at, q.id LIMIT 1
+        ) h
+        WHERE a.max_running IS NULL OR coalesce(r.n, 0) < a.max_running
+    ),
+    next AS (
+        SELECT x.id FROM experiments x JOIN heads h ON h.id = x.id
+        WHERE x.status = 'queued'
+        ORDER BY h.n, h.priority DESC, h.created_at, h.id
+        FOR UPDATE OF x SKIP LOCKED LIMIT 1
+    )";
+
+/// The fallback when every head is locked: any queued experiment of an account under
+/// its running quota, by priority and age.
+const ANY_NEXT: &str = "next AS (
+        SELECT x.id FROM experiments x
+        JOIN accounts a ON a.id = x.account_id
+        LEFT JOIN running r ON r.account_id = x.account_id
+        WHERE x.status = 'queued'
+          AND (a.max_running IS NULL OR coalesce(r.n, 0) < a.max_running)
+        ORDER BY x.priority DESC, x.created_at, x.id
+        FOR UPDATE OF x SKIP LOCKED LIMIT 1
+    )";
+
+type Claimed = (Uuid, i32, serde_json::Value, i32, String);
+
+async fn claim_next(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    owner: &str,
+    lease_secs: f64,
+    next: &str,
+) -> Result<Option<Claimed>> {
+    Ok(sqlx::query_as(&format!(
+        "WITH {RUNNING}, {next}
+         UPDATE experiments e SET status = 'running', attempt = e.attempt + 1,
+            lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+            started_at = coalesce(e.started_at, now()), training_started_at = NULL,
+            updated_at = now()
+         FROM next WHERE e.id = next.id
+         RETURNING e.id, e.attempt, e.spec, e.epochs_done,
+            (SELECT a.name FROM accounts a WHERE a.id = e.account_id)"
+    ))
+    .bind(owner)
+    .bind(lease_secs)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
 impl Store {
     /// Claims the next queued experiment for `owner`, with a lease of `lease_secs`.
+    ///
+    /// Accounts take turns: among the accounts under their `max_running` quota, the one
+    /// with the fewest running experiments goes first, then the highest priority, then
+    /// the oldest. Only the head of each account's queue is considered (one index probe
+    /// per account), so a thousand queued experiments of one account cost what one does.
+    /// Should every head be locked by concurrent claims, the claim falls back to the
+    /// next unlocked experiment of any account under its quota, so no worker idles while
+    /// work is queued.
     pub async fn claim(&self, owner: &str, lease_secs: f64) -> Result<Option<Claim>> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(Uuid, i32, serde_json::Value, i32)> = sqlx::query_as(
-            "WITH next AS (
-                SELECT id FROM experiments WHERE status = 'queued'
-                ORDER BY priority DESC, created_at, id
-                FOR UPDATE SKIP LOCKED LIMIT 1
-             )
-             UPDATE experiments e SET status = 'running', attempt = e.attempt + 1,
-                lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
-                started_at = coalesce(e.started_at, now()), training_started_at = NULL,
-                updated_at = now()
-             FROM next WHERE e.id = next.id
-             RETURNING e.id, e.attempt, e.spec, e.epochs_done",
-        )
-        .bind(owner)
-        .bind(lease_secs)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((id, attempt, spec, epochs_done)) = row else {
+        let mut row = claim_next(&mut tx, owner, lease_secs, FAIR_NEXT).await?;
+        if row.is_none() {
+            row = claim_next(&mut tx, owner, lease_secs, ANY_NEXT).await?;
+        }
+        let Some((id, attempt, spec, epochs_done, account)) = row else {
             return Ok(None);
         };
         sqlx::query(
@@ -75,6 +134,7 @@ impl Store {
         tx.commit().await?;
         Ok(Some(Claim {
             id,
+            account,
             attempt,
             spec,
             epochs_done,
@@ -264,6 +324,8 @@ impl Store {
         }
         release_claim(&mut tx, id, attempt, status.as_str()).await?;
         events::append_status(&mut tx, id, status, error).await?;
+        // The account may have been at its running quota: its next experiment may go.
+        notify(&mut tx, CHANNEL_JOBS, &id.to_string()).await?;
         tx.commit().await?;
         Ok(())
     }

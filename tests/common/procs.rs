@@ -113,10 +113,23 @@ impl Harness {
         self.serve_on(name, workers, "127.0.0.1:0")
     }
 
-    /// `trainyard serve` bound to `bind` (a restarted server on the same address).
+    /// `trainyard serve` bound to `bind` (a restarted server on the same address), with
+    /// keys off (these tests are about everything else; `serve_with` turns them on).
     pub fn serve_on(&self, name: &str, workers: usize, bind: &str) -> (Proc, String) {
+        self.serve_with(name, workers, bind, &["--auth", "off"])
+    }
+
+    /// `trainyard serve` bound to `bind` with `extra` flags.
+    pub fn serve_with(
+        &self,
+        name: &str,
+        workers: usize,
+        bind: &str,
+        extra: &[&str],
+    ) -> (Proc, String) {
         let mut args = vec!["serve".to_string(), "--bind".into(), bind.into()];
         args.extend(self.common_args(workers));
+        args.extend(extra.iter().map(|s| s.to_string()));
         let p = self.spawn(name, &args, &[]);
         let line = p.wait_log(|l| message(l) == "serving", Duration::from_secs(60));
         let address = line["fields"]["address"].as_str().unwrap().to_string();

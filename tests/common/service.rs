@@ -25,13 +25,18 @@ pub struct TestServer {
 /// long as the process, and on the test's own database it would keep `#[sqlx::test]`
 /// from closing the pool and dropping the database.
 pub async fn oneshot_app(pool: PgPool) -> axum::Router {
+    app(oneshot_state(pool).await)
+}
+
+/// The state `oneshot_app` serves (keys off), to change before building the app.
+pub async fn oneshot_state(pool: PgPool) -> AppState {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL, as #[sqlx::test] needs");
     let elsewhere = PgPool::connect(&url).await.unwrap();
     let hub = Hub::start(&elsewhere).await.unwrap();
     // The sender is leaked so the app never sees a shutdown.
     let (stop, rx) = watch::channel(false);
     std::mem::forget(stop);
-    app(AppState::new(Store::from_pool(pool), hub, rx))
+    AppState::new(Store::from_pool(pool), hub, rx)
 }
 
 /// Sends `req` to `router`; returns the status, content type and JSON body (`Null` when

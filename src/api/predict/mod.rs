@@ -21,6 +21,7 @@ use uuid::Uuid;
 pub use batch::{BatchConfig, BatchError, BatchStats};
 pub use models::ModelCache;
 
+use super::auth::{Caller, Limited};
 use super::{AppState, error::ApiError};
 use crate::spec::DatasetName;
 use crate::store::checkpoints::Which;
@@ -119,12 +120,15 @@ pub struct ImageParts(pub std::collections::HashMap<String, ImageBytes>);
         (status = 413, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the key's rate limit; retry after `Retry-After` seconds", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn predict(
     State(state): State<AppState>,
+    caller: Caller,
     p: Result<Query<PredictParams>, axum::extract::rejection::QueryRejection>,
     req: Request<Body>,
 ) -> Result<Json<PredictResponse>, ApiError> {
+    state.auth.limit(Limited::Predict, &caller)?;
     let Query(p) = p.map_err(super::input::query_error)?;
     let experiment = p.experiment.as_deref().ok_or_else(|| {
         ApiError::field(
@@ -151,7 +155,7 @@ async fn predict(
     let images = images::read_images(req, &state).await?;
     let epoch = state
         .models
-        .resolve(&state.store, experiment, which)
+        .resolve(&state.store, caller.scope(), experiment, which)
         .await?;
     let served = state.models.get(&state.store, experiment, epoch).await?;
     let dataset = served.predictor.spec().dataset.name;

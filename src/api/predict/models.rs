@@ -22,7 +22,7 @@ use crate::api::error::ApiError;
 use crate::engine::infer::Predictor;
 use crate::engine::{Checkpoint, device};
 use crate::store::checkpoints::Which;
-use crate::store::{Store, StoreError};
+use crate::store::{Scope, Store, StoreError};
 
 /// Models kept loaded.
 const CACHE_SIZE: usize = 16;
@@ -42,7 +42,8 @@ type Key = (Uuid, i32);
 pub struct ModelCache {
     cfg: BatchConfig,
     slots: Mutex<Slots>,
-    resolved: Mutex<HashMap<(Uuid, WhichKey), i32>>,
+    /// The resolved epoch of an ended experiment, with the account it belongs to.
+    resolved: Mutex<HashMap<(Uuid, WhichKey), (i32, Uuid)>>,
     incoming: Arc<Incoming>,
     counters: Arc<Counters>,
 }
@@ -102,12 +103,23 @@ impl ModelCache {
     }
 
     /// The epoch that answers for `which`, with the API's errors for a missing one.
-    pub async fn resolve(&self, store: &Store, id: Uuid, which: Which) -> Result<i32, ApiError> {
+    /// Another account's experiment is unknown to `scope`, cached or not.
+    pub async fn resolve(
+        &self,
+        store: &Store,
+        scope: Scope,
+        id: Uuid,
+        which: Which,
+    ) -> Result<i32, ApiError> {
         let key = (id, WhichKey::from(which));
-        if let Some(&epoch) = self.resolved.lock().unwrap().get(&key) {
-            return Ok(epoch);
+        if let Some(&(epoch, account)) = self.resolved.lock().unwrap().get(&key) {
+            return if scope.sees(account) {
+                Ok(epoch)
+            } else {
+                Err(ApiError::NotFound("experiment"))
+            };
         }
-        let exp = store.experiment(id).await?;
+        let exp = store.experiment_in(scope, id).await?;
         let epoch = store
             .resolve_checkpoint(id, which)
             .await?
@@ -124,7 +136,7 @@ impl ModelCache {
             if r.len() >= RESOLVED_SIZE {
                 r.clear();
             }
-            r.insert(key, epoch);
+            r.insert(key, (epoch, exp.account_id));
         }
         Ok(epoch)
     }
