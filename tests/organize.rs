@@ -218,13 +218,21 @@ async fn delete_removes_an_ended_experiment_with_all_it_owns_and_refuses_a_queue
     assert_eq!(status, 204);
     let (status, ..) = oneshot_json(&app, get(&uri)).await;
     assert_eq!(status, 404);
+    // Nothing of it is left but the record of its deletion.
     let left: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM experiment_events) + (SELECT count(*) FROM experiments)",
+        "SELECT (SELECT count(*) FROM experiment_events WHERE kind <> 'deleted')
+              + (SELECT count(*) FROM experiments)",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(left, 0);
+    let deleted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM experiment_events WHERE kind = 'deleted'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(deleted, 1);
     let (status, ..) = oneshot_json(&app, delete(&uri)).await;
     assert_eq!(status, 404);
 }
