@@ -20,7 +20,8 @@ RUN target/release/trainyard fetch-data mnist,fashion-mnist --data-dir /data
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin trainyard
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin trainyard \
+    && install -d -o 10001 -m 0700 /var/lib/trainyard
 COPY --from=build /src/target/release/trainyard /usr/local/bin/trainyard
 COPY --from=build --chown=10001 /data /data
 ENV TRAINYARD_DATA_DIR=/data \

@@ -44,26 +44,30 @@ pub enum KeysCommand {
         account: String,
         /// Most experiments queued at once (more are refused with 429).
         #[arg(long, value_parser = limit::<i32>)]
-        max_queued: Option<Option<i32>>,
+        max_queued: Option<Limit<i32>>,
         /// Most experiments running at once (more wait in the queue).
         #[arg(long, value_parser = limit::<i32>)]
-        max_running: Option<Option<i32>>,
+        max_running: Option<Limit<i32>>,
         /// Most training FLOPs submitted in any 24 hours (more are refused with 429).
         #[arg(long, value_parser = limit::<f64>)]
-        max_flops_per_day: Option<Option<f64>>,
+        max_flops_per_day: Option<Limit<f64>>,
     },
 }
 
+/// A quota as given on the command line: a number, or `None` for `none` (no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit<T>(Option<T>);
+
 /// A limit: a number of 0 or more, or `none`.
-fn limit<T>(s: &str) -> Result<Option<T>, String>
+fn limit<T>(s: &str) -> Result<Limit<T>, String>
 where
     T: std::str::FromStr + PartialOrd + Default,
 {
     if s.eq_ignore_ascii_case("none") {
-        return Ok(None);
+        return Ok(Limit(None));
     }
     match s.parse::<T>() {
-        Ok(v) if v >= T::default() => Ok(Some(v)),
+        Ok(v) if v >= T::default() => Ok(Limit(Some(v))),
         _ => Err(format!("{s:?} is not a number of 0 or more, nor `none`")),
     }
 }
@@ -123,9 +127,9 @@ pub fn run(a: KeysArgs) -> anyhow::Result<()> {
                 max_flops_per_day,
             } => {
                 let patch = QuotasPatch {
-                    max_queued,
-                    max_running,
-                    max_flops_per_day,
+                    max_queued: max_queued.map(|l| l.0),
+                    max_running: max_running.map(|l| l.0),
+                    max_flops_per_day: max_flops_per_day.map(|l| l.0),
                 };
                 let acc = store.set_quotas(&account, patch).await?;
                 println!("{}", serde_json::to_string_pretty(&acc)?);

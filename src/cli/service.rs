@@ -19,11 +19,17 @@ pub struct DbArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
+        global = true,
         default_value = "postgres://postgres@127.0.0.1:5432/trainyard"
     )]
     pub database_url: String,
     /// Most connections this process opens.
-    #[arg(long, env = "TRAINYARD_DB_CONNECTIONS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "TRAINYARD_DB_CONNECTIONS",
+        global = true,
+        default_value_t = 10
+    )]
     pub db_connections: u32,
 }
 

@@ -1,0 +1,153 @@
+//! Keys as an operator handles them: the first start's admin key, `trainyard keys`, and
+//! `--auth off` kept to loopback.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+
+use common::procs::{Harness, Timing, database_url, eventually};
+
+fn trainyard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args(args)
+        .env_remove("TRAINYARD_AUTH")
+        .output()
+        .unwrap()
+}
+
+fn stdout_ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn is_key(s: &str) -> bool {
+    s.len() == 67
+        && s.starts_with("ty_")
+        && s[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+async fn whoami(base: &str, key: &str) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .get(format!("{base}/session"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[test]
+fn auth_off_is_refused_unless_bound_to_loopback() {
+    let out = trainyard(&["serve", "--auth", "off", "--bind", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
+}
+
+#[sqlx::test]
+async fn the_first_start_prints_one_admin_key_and_later_starts_none(pool: PgPool) {
+    let h = Harness::new(&pool, Timing::default());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-key");
+    let (mut serve, base) = h.serve_with(
+        "first",
+        0,
+        "127.0.0.1:0",
+        &["--admin-key-file", file.to_str().unwrap()],
+    );
+    // Standard output carries the key as a line of its own; the logs are JSON lines.
+    let printed: Vec<String> = serve
+        .tail(10_000)
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    let key = printed[0].clone();
+    assert!(is_key(&key), "{key}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (status, who) = whoami(&base, &key).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (who["account"].as_str(), who["admin"].as_bool()),
+        (Some("admin"), Some(true))
+    );
+    serve.kill();
+
+    let (again, _) = h.serve_with("second", 0, "127.0.0.1:0", &[]);
+    assert!(
+        again.tail(10_000).lines().all(|l| l.starts_with('{')),
+        "an admin key exists: nothing is printed"
+    );
+}
+
+#[sqlx::test]
+async fn keys_made_listed_and_revoked_on_the_command_line(pool: PgPool) {
+    let url = database_url(&pool);
+    let key = stdout_ok(trainyard(&[
+        "keys",
+        "create",
+        "--account",
+        "alice",
+        "--database-url",
+        &url,
+    ]));
+    let key = key.trim_end_matches('\n');
+    assert!(is_key(key) && !key.contains('\n'), "{key:?}");
+
+    let h = Harness::new(&pool, Timing::default());
+    let (_serve, base) = h.serve_with("serve", 0, "127.0.0.1:0", &[]);
+    assert_eq!(whoami(&base, key).await.0, 200);
+
+    let list = stdout_ok(trainyard(&["keys", "list", "--database-url", &url]));
+    let row = list
+        .lines()
+        .find(|l| l.contains("alice"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.contains(&key[..15]), "the prefix is listed: {row}");
+    assert!(!list.contains(&key[15..]), "never the secret");
+    let id = row.split_whitespace().next().unwrap();
+
+    let quota = stdout_ok(trainyard(&[
+        "keys",
+        "quota",
+        "--account",
+        "alice",
+        "--max-running",
+        "2",
+        "--max-queued",
+        "none",
+        "--database-url",
+        &url,
+    ]));
+    let account: Value = serde_json::from_str(&quota).unwrap();
+    assert_eq!(account["quotas"]["max_running"], 2);
+    assert_eq!(account["quotas"]["max_queued"], Value::Null);
+
+    // Revoked by another process: the running server hears of it and forgets the key.
+    stdout_ok(trainyard(&["keys", "revoke", id, "--database-url", &url]));
+    eventually(10, "the revoked key to be refused", || async {
+        (whoami(&base, key).await.0 == 401).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(whoami(&base, key).await.0, 401);
+}
