@@ -52,6 +52,7 @@ static ASSETS: &[Asset] = &[
     asset!("css/app.css", CSS),
     asset!("js/app.js", JS),
     asset!("js/api.js", JS),
+    asset!("js/session.js", JS),
     asset!("js/dom.js", JS),
     asset!("js/chart.js", JS),
     asset!("js/selection.js", JS),
@@ -63,6 +64,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/views/new.js", JS),
     asset!("js/views/compare.js", JS),
     asset!("js/views/predict.js", JS),
+    asset!("js/views/sign-in.js", JS),
     asset!("vendor/uPlot.iife.min.js", JS),
     asset!("vendor/uPlot.min.css", CSS),
 ];
@@ -90,6 +92,7 @@ fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui/new", get(shell))
         .route("/ui/compare", get(shell))
         .route("/ui/predict", get(shell))
+        .route("/ui/sign-in", get(shell))
         .route("/ui/experiments/{id}", get(shell))
         .route("/assets/{*path}", get(asset))
         .layer(header_layer(header::CONTENT_SECURITY_POLICY, CSP))
@@ -190,6 +193,7 @@ mod tests {
             "/ui/new?from=x",
             "/ui/compare?ids=a,b",
             "/ui/predict",
+            "/ui/sign-in?next=%2Fui%2Fnew",
             "/ui/experiments/0190a3b2-0000-7000-8000-000000000000",
         ] {
             let res = get(uri, None).await;

@@ -1,4 +1,5 @@
-// The JSON API: fetch helpers that turn problem+json answers into ApiError.
+// The JSON API: fetch helpers that turn problem+json answers into ApiError. Every call is
+// same-origin, so the session cookie goes along (fetch's default `credentials`).
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -22,12 +23,24 @@ async function problemOf(res) {
   return { title: res.statusText, detail: `${res.status} ${res.statusText}` };
 }
 
+let unauthorized = null;
+
+/**
+ * Sets what happens when the API answers 401 (no session, or it expired or its key was
+ * revoked): the app sends the user to sign in.
+ */
+export function onUnauthorized(f) {
+  unauthorized = f;
+}
+
 /**
  * request('/experiments', {method: 'POST', json: {...}}) → parsed JSON, or null for 204.
- * `body` + `headers` send anything else (an image). Throws ApiError on any non-2xx.
+ * `body` + `headers` send anything else (an image). Throws ApiError on any non-2xx; a 401
+ * also calls the `onUnauthorized` handler first, unless `signInOn401: false` (the sign-in
+ * itself, whose 401 means a wrong key).
  */
-export async function request(path, { method = 'GET', json, body, headers = {}, signal } = {}) {
-  const init = { method, headers: { accept: 'application/json', ...headers }, signal };
+export async function request(path, { method = 'GET', json, body, headers = {}, signal, signInOn401 = true } = {}) {
+  const init = { method, headers: { accept: 'application/json', ...headers }, signal, credentials: 'same-origin' };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers['content-type'] = 'application/json';
@@ -35,7 +48,11 @@ export async function request(path, { method = 'GET', json, body, headers = {}, 
     init.body = body;
   }
   const res = await fetch(path, init);
-  if (!res.ok) throw new ApiError(res.status, await problemOf(res));
+  if (!res.ok) {
+    const err = new ApiError(res.status, await problemOf(res));
+    if (res.status === 401 && signInOn401 && unauthorized) unauthorized(err);
+    throw err;
+  }
   if (res.status === 204) return null;
   return res.json();
 }
@@ -69,6 +86,12 @@ export const api = {
   compare: (ids) => request(`/compare?ids=${ids.map(enc).join(',')}`),
   validate: (body, signal) => request('/specs/validate', { method: 'POST', json: body, signal }),
   presets: () => request('/specs/presets'),
+  /** Who is signed in; answers 401 when no one is. */
+  session: ({ signInOn401 = true } = {}) => request('/session', { signInOn401 }),
+  signIn: (key) => request('/session', { method: 'POST', json: { key }, signInOn401: false }),
+  signOut: () => request('/session', { method: 'DELETE', signInOn401: false }),
+  /** The caller's account: quotas and what it uses of them. */
+  account: (signal) => request('/account', { signal }),
   predict: (experiment, checkpoint, blob) =>
     request(`/predict${query({ experiment, checkpoint, top_k: 3 })}`, {
       method: 'POST',

@@ -1,9 +1,12 @@
 // The router: picks the view from location.pathname, follows same-app links without a
-// page load, and keeps the header's navigation in step.
+// page load, and keeps the header's navigation in step. On start it asks who is signed in
+// (GET /session) and sends the user to the sign-in view when no one is; so does any API
+// call answering 401 later (the session expired, its key was revoked).
 
 import { h, errorBox, pageState } from './dom.js';
 import { selection } from './selection.js';
-import { links } from './api.js';
+import { api, links, onUnauthorized } from './api.js';
+import { session, signInUrl, SIGN_IN } from './session.js';
 
 const routes = [
   { re: /^\/$/, view: 'experiments', nav: 'experiments', load: () => import('./views/experiments.js') },
@@ -11,6 +14,7 @@ const routes = [
   { re: /^\/ui\/new$/, view: 'new', nav: 'new', load: () => import('./views/new.js') },
   { re: /^\/ui\/compare$/, view: 'compare', nav: 'compare', load: () => import('./views/compare.js') },
   { re: /^\/ui\/predict$/, view: 'predict', nav: 'predict', load: () => import('./views/predict.js') },
+  { re: /^\/ui\/sign-in$/, view: 'sign-in', nav: null, load: () => import('./views/sign-in.js') },
 ];
 
 const match = (path) => {
@@ -140,6 +144,61 @@ function updateCompareLink() {
 
 selection.subscribe(updateCompareLink);
 
+// ---- who is signed in: the header's account, admin mark and Sign out ----
+
+const accountBox = document.getElementById('account');
+const navBox = document.getElementById('nav-main');
+
+function updateAccount(s) {
+  accountBox.hidden = !s;
+  // Signed out under keys, the views would only answer 401.
+  navBox.hidden = !s;
+  if (!s) return;
+  document.getElementById('account-name').textContent = s.account;
+  document.getElementById('account-admin').hidden = !s.admin;
+  document.getElementById('sign-out').hidden = !s.auth;
+}
+session.subscribe(updateAccount);
+
+/** Sends the user to sign in, coming back to the page shown afterwards. */
+function toSignIn() {
+  session.set(null);
+  if (location.pathname === SIGN_IN) return;
+  navigate(signInUrl(location.pathname + location.search), { replace: true });
+}
+onUnauthorized(toSignIn);
+
+document.getElementById('sign-out').addEventListener('click', async (ev) => {
+  const button = ev.currentTarget;
+  button.disabled = true;
+  try {
+    await api.signOut();
+    session.set(null);
+    navigate(SIGN_IN);
+  } catch (err) {
+    // The session stays; say why in the view's place.
+    main.prepend(errorBox(err, 'sign-out-error'));
+  } finally {
+    button.disabled = false;
+  }
+});
+
+/** Who is signed in, then the view (or the sign-in view when no one is). */
+async function start() {
+  try {
+    session.set(await api.session({ signInOn401: false }));
+  } catch (err) {
+    if (err.status === 401) {
+      session.set(null);
+      if (location.pathname !== SIGN_IN) history.replaceState(null, '', signInUrl(location.pathname + location.search));
+    } else {
+      // Unknown (the server is down?): the view shows what its own calls answer.
+      console.warn('GET /session:', err);
+    }
+  }
+  render();
+}
+
 // Same-app links are followed without a page load; anything else (API files, pictures,
 // downloads, new tabs) is left to the browser.
 document.addEventListener('click', (ev) => {
@@ -155,4 +214,4 @@ document.addEventListener('click', (ev) => {
 
 window.addEventListener('popstate', render);
 
-render();
+start();

@@ -400,8 +400,11 @@ export async function mount(main, ctx) {
       if (!es) return;
       if (es.readyState === EventSource.CLOSED) {
         // Refused (e.g. too many streams): try again from the start; epochs are keyed.
+        // A 401 (the session ended) is not told to an EventSource: asking who is
+        // signed in finds it, and goes to the sign-in view.
         live.textContent = 'live updates interrupted; retrying…';
         es = null;
+        api.session().catch(() => { /* a 401 has gone to sign in; else retry below */ });
         const t = setTimeout(() => { if (ctx.alive()) openStream(); }, 3000);
         ctx.onCleanup(() => clearTimeout(t));
       } else {
