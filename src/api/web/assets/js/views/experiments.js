@@ -1,9 +1,11 @@
-// Experiments (/): the list, filtered by status, tag and name, kept fresh by polling.
+// Experiments (/): the list, filtered by status, tag and name, kept fresh by polling. An
+// admin sees every account's experiments, so the list names each one's account.
 
 import { h, replace, badge, displayName, modelText, pct, ago, localTime, isActive, errorBox, pageState } from '../dom.js';
 import { api, links } from '../api.js';
 import { selection, MIN, MAX } from '../selection.js';
 import { navigate, setQuery } from '../app.js';
+import { session } from '../session.js';
 
 const PAGE = 25;
 const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
@@ -13,6 +15,7 @@ const SLOW_MS = 5000;
 export async function mount(main, ctx) {
   ctx.title('Experiments');
   const q = ctx.url.searchParams;
+  const accounts = session.seesAccounts();
   const filters = { status: q.get('status') || '', tag: q.get('tag') || '', q: q.get('q') || '' };
 
   let items = [];
@@ -49,7 +52,7 @@ export async function mount(main, ctx) {
       h('table', { class: 'list', id: 'experiments', dataset: { testid: 'experiments' } },
         h('thead', {}, h('tr', {},
           h('th', { class: 'pick' }, h('span', { class: 'sr-only' }, 'Select')),
-          h('th', {}, 'Name'), h('th', {}, 'Status'), h('th', {}, 'Model'),
+          h('th', {}, 'Name'), accounts ? h('th', {}, 'Account') : null, h('th', {}, 'Status'), h('th', {}, 'Model'),
           h('th', { class: 'num' }, 'Epochs'), h('th', { class: 'num' }, 'Best val.'),
           h('th', { class: 'num' }, 'Best test'), h('th', {}, 'Created'))),
         tbody)),
@@ -86,6 +89,7 @@ export async function mount(main, ctx) {
       h('td', { class: 'name' },
         h('a', { href: links.experiment(e.id), class: e.name ? '' : 'mono' }, displayName(e)),
         (e.tags || []).map((t) => h('span', { class: 'tag' }, t))),
+      accounts ? h('td', { class: 'account-cell', dataset: { testid: 'account' } }, e.account ?? '—') : null,
       h('td', {}, badge(e.status)),
       h('td', { class: 'model' }, modelText(e)),
       h('td', { class: 'num' }, `${e.epochs_done}/${total ?? '?'}`),

@@ -1,9 +1,11 @@
 // New experiment (/ui/new, /ui/new?from={id}): a preset or a JSON spec, validated as you
-// type, submitted to POST /experiments.
+// type, submitted to POST /experiments. Under keys, a line says what the account uses of
+// its quotas ("3 of 10 queued").
 
 import { h, replace, append, count, errorBox, displayName } from '../dom.js';
 import { api, links, randomKey } from '../api.js';
 import { navigate } from '../app.js';
+import { session } from '../session.js';
 import { summaryTable } from '../summary.js';
 import { spans, locate, lineCol, syntaxError } from '../specpos.js';
 
@@ -43,7 +45,8 @@ export async function mount(main, ctx) {
     formMsg);
 
   const heading = h('h1', {}, 'New experiment');
-  main.append(heading, h('div', { class: 'new-layout' },
+  const quota = h('p', { class: 'muted small quota', id: 'quota', dataset: { testid: 'quota' }, hidden: true });
+  main.append(heading, quota, h('div', { class: 'new-layout' },
     h('section', { class: 'card' }, form),
     h('section', { class: 'card side' }, h('h2', {}, 'Check'), result)));
 
@@ -260,6 +263,15 @@ export async function mount(main, ctx) {
     }
   }
 
+  // ---- the account's use of its quotas ----
+  if (session.get() && session.get().auth) {
+    api.account(ctx.signal).then((a) => {
+      if (!ctx.alive()) return;
+      replace(quota, quotaText(a));
+      quota.hidden = false;
+    }).catch(() => { /* a line less; a 401 goes to sign-in */ });
+  }
+
   // ---- the starting text ----
   const presetsLoaded = api.presets().then((p) => {
     presets = p;
@@ -285,4 +297,15 @@ export async function mount(main, ctx) {
   }
   await presetsLoaded;
   validate();
+}
+
+/** "alice: 3 of 10 queued · 1 running · 2.1 G of 50 G FLOPs in the last 24 h". */
+export function quotaText(a) {
+  const q = a.quotas || {};
+  const of = (used, max, fmt = String) => (max === null || max === undefined ? fmt(used) : `${fmt(used)} of ${fmt(max)}`);
+  const parts = [`${of(a.queued, q.max_queued)} queued`, `${of(a.running, q.max_running)} running`];
+  if (q.max_flops_per_day !== null && q.max_flops_per_day !== undefined) {
+    parts.push(`${of(a.flops_last_day, q.max_flops_per_day, count)} FLOPs in the last 24 h`);
+  }
+  return `${a.name}: ${parts.join(' · ')}`;
 }
