@@ -84,7 +84,7 @@ async fn sign_in(
     let mut res = Json(Session {
         account: p.account,
         admin: p.admin,
-        auth: true,
+        auth: state.auth.mode() == AuthMode::On,
     })
     .into_response();
     res.headers_mut().insert(
