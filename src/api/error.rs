@@ -23,6 +23,10 @@ pub struct Problem {
     /// The quota exceeded, for a 429 of a quota (`max_queued`, `max_flops_per_day`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<String>,
+    /// The request this answers, `urn:trainyard:request:<id>`, the id being the
+    /// response's `X-Request-ID` (what the server's log lines of that request carry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +139,7 @@ impl IntoResponse for ApiError {
                 ApiError::Quota(q) => Some(q.quota.to_string()),
                 _ => None,
             },
+            instance: super::request_id::instance(),
         };
         let mut res = (status, axum::Json(body)).into_response();
         res.headers_mut().insert(

@@ -1,7 +1,9 @@
 //! The HTTP API: one module per resource, each with its own `router()`, merged here.
 //!
 //! `app(state)` builds the whole service, so tests drive it with `oneshot` or on a real
-//! socket exactly as `trainyard serve` does.
+//! socket exactly as `trainyard serve` does. Around every route, from the outside in:
+//! request ids and the request's span ([`request_id`]), the security header and
+//! compression.
 
 pub mod auth;
 pub mod checkpoints;
@@ -16,6 +18,7 @@ pub mod labels;
 pub mod openapi;
 pub mod pictures;
 pub mod predict;
+pub mod request_id;
 pub mod session;
 pub mod specs;
 pub mod stats;
@@ -28,8 +31,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use tokio::sync::{Semaphore, watch};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::store::Store;
 use crate::store::listen::Hub;
@@ -131,13 +135,22 @@ pub fn app(state: AppState) -> Router {
         // still adds the Allow header).
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(TraceLayer::new_for_http())
+        // gzip or brotli as the client accepts; never the event streams.
+        .layer(tower_http::compression::CompressionLayer::new())
         // Every response is what its Content-Type says: a browser never sniffs a JSON
         // body or a picture into HTML.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        // gzip or brotli as the client accepts; never the event streams.
-        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(request_id::scope))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_id::span)
+                // One line per request: its status and latency, under its id.
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id::HEADER))
+        .layer(SetRequestIdLayer::new(request_id::HEADER, MakeRequestUuid))
+        .layer(axum::middleware::map_request(request_id::drop_unsafe))
 }
