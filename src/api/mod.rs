@@ -2,8 +2,8 @@
 //!
 //! `app(state)` builds the whole service, so tests drive it with `oneshot` or on a real
 //! socket exactly as `trainyard serve` does. Around every route, from the outside in:
-//! request ids and the request's span ([`request_id`]), the security header and
-//! compression.
+//! request ids and the request's span ([`request_id`]), the security header,
+//! compression, and the time limits ([`net`]).
 
 pub mod auth;
 pub mod checkpoints;
@@ -15,6 +15,7 @@ pub mod health;
 pub mod input;
 pub mod keys;
 pub mod labels;
+pub mod net;
 pub mod openapi;
 pub mod pictures;
 pub mod predict;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub max_sse_streams: usize,
     /// Keys, sessions and rate limits.
     pub auth: Arc<auth::Auth>,
+    /// Time limits.
+    pub net: Arc<net::NetConfig>,
 }
 
 impl AppState {
@@ -72,7 +75,14 @@ impl AppState {
                 auth::AuthMode::Off,
                 auth::RateLimits::default(),
             )),
+            net: Arc::default(),
         }
+    }
+
+    /// The same state with these time limits (the defaults otherwise).
+    pub fn with_net(mut self, cfg: net::NetConfig) -> Self {
+        self.net = Arc::new(cfg);
+        self
     }
 
     /// The same state with keys required (`On`) or not, and these rate limits. (A bare
@@ -127,6 +137,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(web::router())
         .merge(session::public_router().layer(DefaultBodyLimit::max(MAX_JSON_BYTES)));
+    let net = state.net.clone();
     Router::new()
         .merge(private)
         .merge(public)
@@ -135,6 +146,7 @@ pub fn app(state: AppState) -> Router {
         // still adds the Allow header).
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(net, net::time_limits))
         // gzip or brotli as the client accepts; never the event streams.
         .layer(tower_http::compression::CompressionLayer::new())
         // Every response is what its Content-Type says: a browser never sniffs a JSON
