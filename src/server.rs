@@ -103,7 +103,7 @@ pub struct HttpConfig {
     pub rate_limits: RateLimits,
     /// Where the first start writes the admin key it makes (besides printing it).
     pub admin_key_file: Option<PathBuf>,
-    /// Time limits.
+    /// Time limits and CORS origins.
     pub net: NetConfig,
 }
 
@@ -160,6 +160,7 @@ pub async fn serve(
         header_timeout_secs = http.net.header_timeout.as_secs_f64(),
         body_timeout_secs = http.net.body_timeout.as_secs_f64(),
         request_timeout_secs = http.net.request_timeout.as_secs_f64(),
+        cors_origins = ?http.net.cors_origins,
         "serving"
     );
     let state = AppState::new(store.clone(), hub.clone(), shutdown.clone())

@@ -1,6 +1,7 @@
 //! What the network needs from the service: every response and problem names its
 //! request and the server's log lines carry that id, a client too slow with its headers
-//! or its body is cut off, and a request that takes too long gets a 504 problem.
+//! or its body is cut off, a request that takes too long gets a 504 problem, and CORS
+//! answers configured origins only.
 //!
 //! The time limits are tested on a real `trainyard serve` (the header timeout lives in
 //! its accept loop) with raw sockets, since no HTTP client sends a byte a second.
@@ -395,5 +396,100 @@ async fn a_request_past_the_request_timeout_gets_a_504_but_the_curve_stream_live
             Ok(Some(Ok(_))) => continue,
             Ok(other) => panic!("the curve stream ended: {other:?}"),
         }
+    }
+}
+
+/// A CORS preflight for `POST /experiments` from `origin`.
+async fn preflight(base: &str, origin: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{base}/experiments"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn cors_answers_the_configured_origins_only(pool: PgPool) {
+    let h = Harness::new(&pool, Timing::default());
+    let (_p, addr) = serve(&h, &["--cors-origin", "http://a.example,http://b.example"]);
+    let base = format!("http://{addr}");
+    for origin in ["http://a.example", "http://b.example"] {
+        let res = preflight(&base, origin).await;
+        assert!(res.status().is_success(), "{origin}: {}", res.status());
+        let hd = res.headers();
+        assert_eq!(hd["access-control-allow-origin"], origin);
+        assert!(hd.get("access-control-allow-credentials").is_none());
+        let methods = hd["access-control-allow-methods"].to_str().unwrap();
+        assert!(
+            methods.contains("POST") && methods.contains("PATCH"),
+            "{methods}"
+        );
+        let allowed = hd["access-control-allow-headers"].to_str().unwrap();
+        for name in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "last-event-id",
+        ] {
+            assert!(allowed.contains(name), "{name} not in {allowed}");
+        }
+    }
+    let simple = reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .header("origin", "http://a.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        simple.headers()["access-control-allow-origin"],
+        "http://a.example"
+    );
+    let exposed = simple.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    for name in [
+        "location",
+        "retry-after",
+        "x-request-id",
+        "idempotent-replayed",
+        "x-checkpoint-epoch",
+    ] {
+        assert!(exposed.contains(name), "{name} not in {exposed}");
+    }
+
+    let other = preflight(&base, "http://evil.example").await;
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[sqlx::test]
+async fn without_cors_origins_no_response_has_cors_headers(pool: PgPool) {
+    let app = app(oneshot_state(pool).await.with_net(NetConfig::default()));
+    let req = Request::builder()
+        .method("OPTIONS")
+        .uri("/experiments")
+        .header("origin", "http://a.example")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let get = Request::get("/healthz")
+        .header("origin", "http://a.example")
+        .body(Body::empty())
+        .unwrap();
+    let res2 = app.oneshot(get).await.unwrap();
+    for r in [&res, &res2] {
+        let cors: Vec<_> = r
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .collect();
+        assert!(cors.is_empty(), "{cors:?}");
     }
 }

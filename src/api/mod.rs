@@ -2,8 +2,8 @@
 //!
 //! `app(state)` builds the whole service, so tests drive it with `oneshot` or on a real
 //! socket exactly as `trainyard serve` does. Around every route, from the outside in:
-//! request ids and the request's span ([`request_id`]), the security header,
-//! compression, and the time limits ([`net`]).
+//! request ids and the request's span ([`request_id`]), CORS when configured, the
+//! security header, compression, and the time limits ([`net`]).
 
 pub mod auth;
 pub mod checkpoints;
@@ -58,7 +58,7 @@ pub struct AppState {
     pub max_sse_streams: usize,
     /// Keys, sessions and rate limits.
     pub auth: Arc<auth::Auth>,
-    /// Time limits.
+    /// Time limits and CORS origins.
     pub net: Arc<net::NetConfig>,
 }
 
@@ -79,7 +79,8 @@ impl AppState {
         }
     }
 
-    /// The same state with these time limits (the defaults otherwise).
+    /// The same state with these time limits and CORS origins (the defaults, and no
+    /// CORS, otherwise).
     pub fn with_net(mut self, cfg: net::NetConfig) -> Self {
         self.net = Arc::new(cfg);
         self
@@ -138,7 +139,7 @@ pub fn app(state: AppState) -> Router {
         .merge(web::router())
         .merge(session::public_router().layer(DefaultBodyLimit::max(MAX_JSON_BYTES)));
     let net = state.net.clone();
-    Router::new()
+    let router = Router::new()
         .merge(private)
         .merge(public)
         .fallback(|| async { error::ApiError::NotFound("route") })
@@ -146,7 +147,10 @@ pub fn app(state: AppState) -> Router {
         // still adds the Allow header).
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(net, net::time_limits))
+        .layer(axum::middleware::from_fn_with_state(
+            net.clone(),
+            net::time_limits,
+        ))
         // gzip or brotli as the client accepts; never the event streams.
         .layer(tower_http::compression::CompressionLayer::new())
         // Every response is what its Content-Type says: a browser never sniffs a JSON
@@ -154,7 +158,12 @@ pub fn app(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
-        ))
+        ));
+    let router = match net::cors(&net.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn(request_id::scope))
         .layer(
             TraceLayer::new_for_http()

@@ -1,4 +1,4 @@
-//! What the network needs from the service beyond its routes: time limits.
+//! What the network needs from the service beyond its routes: time limits and CORS.
 //!
 //! A request holds a connection, a task and often a database connection for as long as
 //! it lasts, so none may last as long as the client likes. Three clocks bound it, each
@@ -21,6 +21,11 @@
 //!   checkpoint download goes at the client's pace, and the curve stream, whose handler
 //!   answers at once, lasts as long as its experiment runs, its keep-alives showing it is
 //!   alive.
+//!
+//! CORS is off unless origins are configured: the web app is served from the API's own
+//! origin and needs none. Configured origins may call the API with an API key; cookies
+//! are never allowed cross-origin (`Access-Control-Allow-Credentials` is never sent), so
+//! another site cannot ride a signed-in browser's session.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,10 +35,11 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, SizeHint};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::error::ApiError;
 
@@ -44,12 +50,15 @@ pub const DEFAULT_BODY_TIMEOUT_SECS: f64 = 60.0;
 /// Seconds from a request's headers to its response's head.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: f64 = 120.0;
 
-/// The service's time limits.
+/// The service's time limits and CORS origins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub request_timeout: Duration,
+    /// Origins (`https://app.example`) allowed to call the API from a browser; none: no
+    /// CORS headers at all.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 impl Default for NetConfig {
@@ -58,6 +67,7 @@ impl Default for NetConfig {
             header_timeout: Duration::from_secs_f64(DEFAULT_HEADER_TIMEOUT_SECS),
             body_timeout: Duration::from_secs_f64(DEFAULT_BODY_TIMEOUT_SECS),
             request_timeout: Duration::from_secs_f64(DEFAULT_REQUEST_TIMEOUT_SECS),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -69,6 +79,58 @@ pub fn timeout_secs(flag: &str, secs: f64) -> anyhow::Result<Duration> {
         "--{flag} must be a positive number of seconds, at most 86400, got {secs}"
     );
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// An origin as a browser sends it in `Origin`: scheme, host and port if any, lower
+/// case, no path. `https://App.example/` is refused rather than silently never matched.
+pub fn parse_origin(s: &str) -> anyhow::Result<HeaderValue> {
+    let s = s.trim();
+    let bad = || {
+        anyhow::anyhow!(
+            "--cors-origin {s:?} is not an origin: write scheme://host[:port], \
+             e.g. https://app.example, with no path or trailing slash"
+        )
+    };
+    let uri: axum::http::Uri = s.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let bare = uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.path() == "/" && p.query().is_none())
+        && !s.ends_with('/');
+    if !scheme_ok || !bare {
+        return Err(bad());
+    }
+    HeaderValue::from_str(&s.to_ascii_lowercase()).map_err(|_| bad())
+}
+
+/// The CORS layer for `origins`, or none when there are none.
+pub fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let h = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                h("idempotency-key"),
+                h("last-event-id"),
+                h("x-request-id"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                h("x-request-id"),
+                h("idempotent-replayed"),
+                h("x-checkpoint-epoch"),
+            ])
+            // A browser asks again at most once an hour per URL.
+            .max_age(Duration::from_secs(3600)),
+    )
 }
 
 /// Middleware: the body deadline and the request timeout of [`NetConfig`].
@@ -147,6 +209,30 @@ impl HttpBody for DeadlineBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port_only() {
+        assert_eq!(
+            parse_origin("https://App.example:8443").unwrap(),
+            "https://app.example:8443"
+        );
+        assert_eq!(
+            parse_origin(" http://a.example ").unwrap(),
+            "http://a.example"
+        );
+        for bad in [
+            "a.example",
+            "https://a.example/",
+            "https://a.example/path",
+            "https://a.example?x=1",
+            "ftp://a.example",
+            "https://user@a.example",
+            "*",
+            "",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn a_timeout_is_positive_and_at_most_a_day() {

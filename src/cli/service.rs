@@ -181,6 +181,14 @@ pub struct ServeArgs {
     /// body, such as the curve stream, is not timed).
     #[arg(long, env = "TRAINYARD_REQUEST_TIMEOUT_SECS", default_value_t = net::DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: f64,
+    /// An origin (`https://app.example`) whose pages may call the API (CORS); repeat the
+    /// flag or separate with commas. None: no CORS headers.
+    #[arg(
+        long = "cors-origin",
+        env = "TRAINYARD_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -216,6 +224,12 @@ impl ServeArgs {
             header_timeout: net::timeout_secs("header-timeout-secs", self.header_timeout_secs)?,
             body_timeout: net::timeout_secs("body-timeout-secs", self.body_timeout_secs)?,
             request_timeout: net::timeout_secs("request-timeout-secs", self.request_timeout_secs)?,
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .filter(|o| !o.trim().is_empty())
+                .map(|o| net::parse_origin(o))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }
