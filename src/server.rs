@@ -13,6 +13,8 @@
 //! connection re-subscribes with backoff (see [`crate::store::listen`]), and workers
 //! retry their writes while their lease can still hold.
 
+pub mod http;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use sqlx::migrate::MigrateDatabase;
 use tokio::sync::watch;
 
 use crate::api::auth::{AuthMode, RateLimits};
+use crate::api::net::NetConfig;
 use crate::api::predict::BatchConfig;
 use crate::api::{self, AppState};
 use crate::store::Store;
@@ -100,6 +103,8 @@ pub struct HttpConfig {
     pub rate_limits: RateLimits,
     /// Where the first start writes the admin key it makes (besides printing it).
     pub admin_key_file: Option<PathBuf>,
+    /// Time limits and CORS origins.
+    pub net: NetConfig,
 }
 
 /// On a first start with keys required and no admin key: makes one for the `admin`
@@ -152,21 +157,21 @@ pub async fn serve(
         auth = ?http.auth,
         predict_batch_window_us = http.batching.window.as_micros() as u64,
         predict_max_batch = http.batching.max_batch,
+        header_timeout_secs = http.net.header_timeout.as_secs_f64(),
+        body_timeout_secs = http.net.body_timeout.as_secs_f64(),
+        request_timeout_secs = http.net.request_timeout.as_secs_f64(),
+        cors_origins = ?http.net.cors_origins,
         "serving"
     );
     let state = AppState::new(store.clone(), hub.clone(), shutdown.clone())
         .with_predict_batching(http.batching)
         .with_max_sse_streams(http.max_sse_streams)
-        .with_auth(http.auth, http.rate_limits);
+        .with_auth(http.auth, http.rate_limits)
+        .with_net(http.net.clone());
     let app = api::app(state);
     let worker_task = (workers.workers > 0)
         .then(|| tokio::spawn(worker::run(store, hub, workers, shutdown.clone())));
-    let mut stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            crate::worker::stopped(&mut stop).await;
-        })
-        .await?;
+    self::http::serve(listener, app, http.net.header_timeout, shutdown).await;
     if let Some(t) = worker_task {
         t.await?;
     }

@@ -23,6 +23,10 @@ pub struct Problem {
     /// The quota exceeded, for a 429 of a quota (`max_queued`, `max_flops_per_day`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<String>,
+    /// The request this answers, `urn:trainyard:request:<id>`, the id being the
+    /// response's `X-Request-ID` (what the server's log lines of that request carry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,12 @@ pub enum ApiError {
     Quota(crate::store::QuotaExceeded),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
+    /// The request body did not arrive within the body timeout (seconds).
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(f64),
+    /// No response within the request timeout (seconds).
+    #[error("the request was not answered within {0} s")]
+    Timeout(f64),
     #[error("internal error")]
     Internal(String),
 }
@@ -86,6 +96,10 @@ impl ApiError {
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
             ApiError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota-exceeded"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body-timeout"),
+            // Not a 503: the work may have been done (or half done), so a client must not
+            // take it for "not attempted" and blindly retry a POST.
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -135,6 +149,7 @@ impl IntoResponse for ApiError {
                 ApiError::Quota(q) => Some(q.quota.to_string()),
                 _ => None,
             },
+            instance: super::request_id::instance(),
         };
         let mut res = (status, axum::Json(body)).into_response();
         res.headers_mut().insert(

@@ -1,7 +1,9 @@
 //! The HTTP API: one module per resource, each with its own `router()`, merged here.
 //!
 //! `app(state)` builds the whole service, so tests drive it with `oneshot` or on a real
-//! socket exactly as `trainyard serve` does.
+//! socket exactly as `trainyard serve` does. Around every route, from the outside in:
+//! request ids and the request's span ([`request_id`]), CORS when configured, the
+//! security header, compression, and the time limits ([`net`]).
 
 pub mod auth;
 pub mod checkpoints;
@@ -13,9 +15,11 @@ pub mod health;
 pub mod input;
 pub mod keys;
 pub mod labels;
+pub mod net;
 pub mod openapi;
 pub mod pictures;
 pub mod predict;
+pub mod request_id;
 pub mod session;
 pub mod specs;
 pub mod stats;
@@ -28,8 +32,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use tokio::sync::{Semaphore, watch};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::store::Store;
 use crate::store::listen::Hub;
@@ -53,6 +58,8 @@ pub struct AppState {
     pub max_sse_streams: usize,
     /// Keys, sessions and rate limits.
     pub auth: Arc<auth::Auth>,
+    /// Time limits and CORS origins.
+    pub net: Arc<net::NetConfig>,
 }
 
 impl AppState {
@@ -68,7 +75,15 @@ impl AppState {
                 auth::AuthMode::Off,
                 auth::RateLimits::default(),
             )),
+            net: Arc::default(),
         }
+    }
+
+    /// The same state with these time limits and CORS origins (the defaults, and no
+    /// CORS, otherwise).
+    pub fn with_net(mut self, cfg: net::NetConfig) -> Self {
+        self.net = Arc::new(cfg);
+        self
     }
 
     /// The same state with keys required (`On`) or not, and these rate limits. (A bare
@@ -123,7 +138,8 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(web::router())
         .merge(session::public_router().layer(DefaultBodyLimit::max(MAX_JSON_BYTES)));
-    Router::new()
+    let net = state.net.clone();
+    let router = Router::new()
         .merge(private)
         .merge(public)
         .fallback(|| async { error::ApiError::NotFound("route") })
@@ -131,13 +147,31 @@ pub fn app(state: AppState) -> Router {
         // still adds the Allow header).
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            net.clone(),
+            net::time_limits,
+        ))
+        // gzip or brotli as the client accepts; never the event streams.
+        .layer(tower_http::compression::CompressionLayer::new())
         // Every response is what its Content-Type says: a browser never sniffs a JSON
         // body or a picture into HTML.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
-        ))
-        // gzip or brotli as the client accepts; never the event streams.
-        .layer(tower_http::compression::CompressionLayer::new())
+        ));
+    let router = match net::cors(&net.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
+        .layer(axum::middleware::from_fn(request_id::scope))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_id::span)
+                // One line per request: its status and latency, under its id.
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id::HEADER))
+        .layer(SetRequestIdLayer::new(request_id::HEADER, MakeRequestUuid))
+        .layer(axum::middleware::map_request(request_id::drop_unsafe))
 }

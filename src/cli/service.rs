@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::api::auth::{AuthMode, RateLimits};
+use crate::api::net::{self, NetConfig};
 
 use super::DataArgs;
 use crate::api::predict::BatchConfig;
@@ -175,6 +176,25 @@ pub struct ServeArgs {
     /// `POST /predict` per second and key; bursts of as many (0: unlimited).
     #[arg(long, env = "TRAINYARD_RATE_LIMIT_PREDICT", default_value_t = RateLimits::default().predict_per_second)]
     pub rate_limit_predict: u32,
+    /// Seconds a client has to send a request's line and headers (and the most a
+    /// keep-alive connection stays idle); then the connection closes.
+    #[arg(long, env = "TRAINYARD_HEADER_TIMEOUT_SECS", default_value_t = net::DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout_secs: f64,
+    /// Seconds a client has to send a request's whole body; then a 408.
+    #[arg(long, env = "TRAINYARD_BODY_TIMEOUT_SECS", default_value_t = net::DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: f64,
+    /// Seconds from a request's headers to its response's head, then a 504 (a response's
+    /// body, such as the curve stream, is not timed).
+    #[arg(long, env = "TRAINYARD_REQUEST_TIMEOUT_SECS", default_value_t = net::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout_secs: f64,
+    /// An origin (`https://app.example`) whose pages may call the API (CORS); repeat the
+    /// flag or separate with commas. None: no CORS headers.
+    #[arg(
+        long = "cors-origin",
+        env = "TRAINYARD_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -201,6 +221,21 @@ impl ServeArgs {
                 predict_per_second: self.rate_limit_predict,
             },
             admin_key_file: self.admin_key_file.clone(),
+            net: self.net()?,
+        })
+    }
+
+    fn net(&self) -> anyhow::Result<NetConfig> {
+        Ok(NetConfig {
+            header_timeout: net::timeout_secs("header-timeout-secs", self.header_timeout_secs)?,
+            body_timeout: net::timeout_secs("body-timeout-secs", self.body_timeout_secs)?,
+            request_timeout: net::timeout_secs("request-timeout-secs", self.request_timeout_secs)?,
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .filter(|o| !o.trim().is_empty())
+                .map(|o| net::parse_origin(o))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }

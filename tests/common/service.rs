@@ -85,15 +85,13 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = app(AppState::new(store.clone(), hub, rx.clone()));
-        let mut stop = rx.clone();
-        let mut tasks = vec![tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .unwrap();
-        })];
+        // The accept loop `trainyard serve` runs, header timeout and graceful drain included.
+        let mut tasks = vec![tokio::spawn(trainyard::server::http::serve(
+            listener,
+            router,
+            trainyard::api::net::NetConfig::default().header_timeout,
+            rx.clone(),
+        ))];
         for cfg in workers {
             tasks.push(Self::spawn_worker(&store, cfg.clone(), rx.clone()).await);
         }
