@@ -570,3 +570,14 @@ async fn the_event_log_names_who_created_cancelled_and_deleted(pool: PgPool) {
         "a"
     );
 }
+
+#[sqlx::test]
+async fn the_first_start_makes_one_admin_key_and_later_starts_none(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let first = store.first_admin_key("admin").await.unwrap();
+    let key = first.expect("no admin key existed: one is made");
+    assert!(key.info.admin);
+    assert_eq!(key.info.account, "admin");
+    assert!(store.first_admin_key("admin").await.unwrap().is_none());
+    assert_eq!(store.keys(None).await.unwrap().len(), 1);
+}
