@@ -40,7 +40,7 @@ pub struct CreateKey {
 }
 
 /// Make a key (admins only). The key is in this answer and nowhere else.
-#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
+#[utoipa::path(post, path = "/keys", tag = "keys", operation_id = "create_key", request_body = CreateKey,
     responses(
         (status = 201, body = NewKey),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -72,7 +72,7 @@ pub struct ListKeys {
 }
 
 /// Every key, never its secret (admins only).
-#[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
+#[utoipa::path(get, path = "/keys", tag = "keys", operation_id = "list_keys", params(ListKeys),
     responses(
         (status = 200, body = Vec<KeyInfo>),
         (status = 401, body = Problem, content_type = "application/problem+json"),
