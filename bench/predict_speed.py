@@ -178,8 +178,9 @@ def bench_preset(preset, args, tmp, log):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, DATABASE_URL=db, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+    # Without keys (loopback only), as the reference has none.
     serve = start([args.exe, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                   "--data-dir", args.data_dir, "--no-download"], log, env)
+                   "--data-dir", args.data_dir, "--no-download", "--auth", "off"], log, env)
     wait_up(f"{base}/readyz", serve)
     exp_id = train(base, preset, args.train_images, log)
     status, weights = http("GET", f"{base}/experiments/{exp_id}/checkpoints/best")

@@ -194,9 +194,12 @@ def follow(port, exp_id, timeout, on_progress=None):
 
 
 def start_api(procs, exe, port, env):
-    """Starts `trainyard serve --workers 0` on `port`; returns (process, Api) once ready."""
-    server, _ = procs.start("serve", [exe, "serve", "--workers", "0", "--bind", f"127.0.0.1:{port}"],
-                            env)
+    """Starts `trainyard serve --workers 0` on `port`; returns (process, Api) once ready.
+
+    Without keys (`--auth off`, allowed on loopback): the benchmarks measure the queue, not
+    authentication."""
+    server, _ = procs.start("serve", [exe, "serve", "--workers", "0", "--bind", f"127.0.0.1:{port}",
+                                      "--auth", "off"], env)
     api = Api(port)
 
     def ready():

@@ -203,3 +203,22 @@ fn document_places_parameters_and_media_types_where_the_server_reads_them() {
         ["schema"]["$ref"];
     assert_eq!(curve, "#/components/schemas/CurveEvent");
 }
+
+/// Operation ids name one operation each (OpenAPI requires it): clients generate
+/// functions from them, and links name their target by them. Handlers named alike in
+/// different modules (`list`, `create`) would otherwise share one.
+#[test]
+fn every_operation_id_is_unique() {
+    let doc: Value = serde_json::from_str(&trainyard::api::openapi::document()).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+            if let Some(other) = seen.insert(id.to_string(), format!("{method} {path}")) {
+                panic!("operationId {id} names both {other} and {method} {path}");
+            }
+        }
+    }
+}

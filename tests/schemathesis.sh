@@ -5,7 +5,11 @@
 # response whose content type, headers or body break the document.
 #
 # The server runs on a fresh database with no workers (`--workers 0`), so nothing a
-# generated request queues can train and take over the machine. Before it starts, one
+# generated request queues can train and take over the machine. It requires keys, as
+# `trainyard serve` does by default: an admin key made with `trainyard keys create` before
+# it starts goes with every request (schemathesis sends it as the document's `bearer`
+# scheme, and checks that operations refuse requests without it). The rate limits are off
+# so that generated submissions and predictions reach the handlers, not a 429. Then one
 # worker process trains one tiny experiment and exits, so that generated requests reach
 # metrics, checkpoints and /predict with real weights too: its id (and a queued one's) are
 # offered to the generator as likely values of `id` and `experiment`.
@@ -62,13 +66,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# METHOD PATH [JSON BODY]: the response body; fails on a status other than 2xx.
+# METHOD PATH [JSON BODY]: the response body, asked with the key; fails on a status other
+# than 2xx.
 http() {
   python3 - "$BASE$2" "$1" "${3:-}" <<'PY'
-import sys, urllib.request
+import os, sys, urllib.request
 url, method, body = sys.argv[1:]
 req = urllib.request.Request(url, method=method, data=body.encode() or None,
-                             headers={"content-type": "application/json"})
+                             headers={"content-type": "application/json",
+                                      "authorization": "Bearer " + os.environ["TRAINYARD_SCHEMATHESIS_KEY"]})
 with urllib.request.urlopen(req, timeout=10) as r:
     sys.stdout.write(r.read().decode())
 PY
@@ -76,8 +82,15 @@ PY
 
 export TRAINYARD_DATA_DIR=../shared/data TRAINYARD_NO_DOWNLOAD=true TRAINYARD_DEVICE=cpu
 export DATABASE_URL="$DB_URL" RUST_LOG="${RUST_LOG:-warn}"
-# serve creates the database and applies the migrations.
-"$BIN" serve --bind "127.0.0.1:$PORT" --workers 0 >"$WORK/serve.log" 2>&1 &
+# Making the key creates the database and applies the migrations; serve, finding an admin
+# key, makes none of its own. Schemathesis reads the key from the environment.
+TRAINYARD_SCHEMATHESIS_KEY=$("$BIN" keys create --account schemathesis --admin 2>"$WORK/keys.log") || {
+  cat "$WORK/keys.log" >&2
+  exit 1
+}
+export TRAINYARD_SCHEMATHESIS_KEY
+"$BIN" serve --bind "127.0.0.1:$PORT" --workers 0 --rate-limit-experiments 0 \
+  --rate-limit-predict 0 >"$WORK/serve.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
   http GET /readyz >/dev/null 2>&1 && break
@@ -135,6 +148,9 @@ values = ["$TRAINED", "$QUEUED", "$CANCELLED"]
 values = ["$DELETABLE"]
 [dictionaries.checkpoints]
 values = ["best", "last", "1", "2"]
+# The document's security scheme, with the admin key made above.
+[auth.openapi.bearer]
+bearer = "\${TRAINYARD_SCHEMATHESIS_KEY}"
 [parameters]
 "path.id" = { dictionary = "experiments", probability = 0.5 }
 "query.experiment" = { dictionary = "experiments", probability = 0.5 }
@@ -169,6 +185,14 @@ SCHEMATHESIS_HOOKS=tests/schemathesis_hooks.py \
   tail -n 50 "$WORK/serve.log" >&2
   exit "$status"
 }
+# Without the key every generated request would get a 401, which the document lists too:
+# experiments queued by generated requests (beyond the four above) show it was sent.
+QUEUED_BY_RUN=$(psql -X -q -t -A "$DB_URL" -c "SELECT count(*) - 4 FROM experiments")
+if [ "$QUEUED_BY_RUN" -le 0 ]; then
+  echo "no generated request queued an experiment: was the key sent?" >&2
+  exit 1
+fi
+echo "generated requests queued $QUEUED_BY_RUN experiments with the key" >&2
 # A panic that schemathesis saw only as a dropped connection still fails the step.
 if ! kill -0 "$SERVER_PID" 2>/dev/null || grep -q "panicked" "$WORK/serve.log"; then
   echo "the server died or panicked during the run:" >&2

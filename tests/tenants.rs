@@ -570,3 +570,68 @@ async fn the_event_log_names_who_created_cancelled_and_deleted(pool: PgPool) {
         "a"
     );
 }
+
+#[sqlx::test]
+async fn the_first_start_makes_one_admin_key_and_later_starts_none(pool: PgPool) {
+    let store = Store::from_pool(pool);
+    let first = store.first_admin_key("admin").await.unwrap();
+    let key = first.expect("no admin key existed: one is made");
+    assert!(key.info.admin);
+    assert_eq!(key.info.account, "admin");
+    assert!(store.first_admin_key("admin").await.unwrap().is_none());
+    assert_eq!(store.keys(None).await.unwrap().len(), 1);
+}
+
+#[sqlx::test]
+async fn admin_bodies_must_be_objects_and_whole_numbers_may_have_a_point(pool: PgPool) {
+    let store = Store::from_pool(pool.clone());
+    let admin = store.create_key("root", true).await.unwrap().key;
+    let user = store.create_key("a", false).await.unwrap().key;
+    store
+        .set_quotas(
+            "a",
+            QuotasPatch {
+                max_queued: Some(Some(5)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let app = app_with(pool, unlimited()).await;
+    let patch = |body: &str| {
+        Request::patch("/accounts/a")
+            .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+            .header(header::CONTENT_TYPE, "application/merge-patch+json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    // serde would read an array by position: max_queued and max_running set to null.
+    let (s, _, body) = oneshot_json(&app, patch("[null, null]")).await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(store.account("a").await.unwrap().quotas.max_queued, Some(5));
+    // JSON Schema's integers include 2.0.
+    let (s, _, body) = oneshot_json(&app, patch(r#"{"max_running": 2.0}"#)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["quotas"]["max_running"], 2);
+    for (wrong, field) in [
+        (r#"{"max_running": 2.5}"#, "max_running"),
+        (r#"{"max_queued": 3e10}"#, "max_queued"),
+        (r#"{"max_queued": "3"}"#, "max_queued"),
+    ] {
+        let (s, _, body) = oneshot_json(&app, patch(wrong)).await;
+        assert_eq!(s, 422, "{wrong}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+    }
+    let (s, _, body) = oneshot_json(&app, post("/keys", &admin, &json!(["b", true]))).await;
+    assert_eq!(s, 422, "{body}");
+    assert!(store.keys(Some("b")).await.unwrap().is_empty());
+    let (s, _, body) = oneshot_json(
+        &app,
+        Request::post("/session")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!([user]).to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+}

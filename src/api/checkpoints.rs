@@ -19,7 +19,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The stored checkpoints (the best and the last epoch, or every epoch when the spec asks).
-#[utoipa::path(get, path = "/experiments/{id}/checkpoints", tag = "checkpoints",
+#[utoipa::path(get, path = "/experiments/{id}/checkpoints", tag = "checkpoints", operation_id = "list_checkpoints",
     params(("id" = uuid::Uuid, Path, description = "Experiment id")),
     responses(
         (status = 200, body = Vec<CheckpointInfo>),

@@ -86,3 +86,13 @@ pub fn require_media(headers: &HeaderMap, accepted: &[&str]) -> Result<(), ApiEr
         )))
     }
 }
+
+/// 422 unless a JSON body is an object. serde reads a struct from an array too, by
+/// position (`[null, null]` as the first two fields), which no document describes.
+pub fn require_object(body: &[u8]) -> Result<(), ApiError> {
+    if body.trim_ascii_start().first() == Some(&b'{') {
+        Ok(())
+    } else {
+        Err(ApiError::field("", "the body must be a JSON object"))
+    }
+}

@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::error::Problem;
-use super::input::{body_error, query_error, require_json, require_media};
+use super::input::{body_error, query_error, require_json, require_media, require_object};
 use crate::store::accounts::{Account, KeyInfo, NewKey, QuotasPatch};
 
 pub fn router() -> Router<AppState> {
@@ -40,7 +40,7 @@ pub struct CreateKey {
 }
 
 /// Make a key (admins only). The key is in this answer and nowhere else.
-#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKey,
+#[utoipa::path(post, path = "/keys", tag = "keys", operation_id = "create_key", request_body = CreateKey,
     responses(
         (status = 201, body = NewKey),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -72,7 +72,7 @@ pub struct ListKeys {
 }
 
 /// Every key, never its secret (admins only).
-#[utoipa::path(get, path = "/keys", tag = "keys", params(ListKeys),
+#[utoipa::path(get, path = "/keys", tag = "keys", operation_id = "list_keys", params(ListKeys),
     responses(
         (status = 200, body = Vec<KeyInfo>),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -167,11 +167,11 @@ async fn own(State(state): State<AppState>, caller: Caller) -> Result<Json<Accou
 #[serde(deny_unknown_fields)]
 pub struct QuotasChange {
     /// Most experiments queued at once (null: no limit).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_count")]
     #[schema(value_type = Option<i32>, minimum = 0)]
     pub max_queued: Option<Option<i32>>,
     /// Most experiments running at once; more wait in the queue (null: no limit).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_count")]
     #[schema(value_type = Option<i32>, minimum = 0)]
     pub max_running: Option<Option<i32>>,
     /// Most training FLOPs submitted in any 24 hours (null: no limit).
@@ -187,6 +187,29 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A present count (even `null`) is `Some`. A number with nothing after the point is a
+/// whole number, as JSON Schema counts it (`5.0` is the integer 5).
+fn present_count<'de, D>(d: D) -> Result<Option<Option<i32>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(Some(None));
+    };
+    let whole = match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => Some(i),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() <= i64::MAX as f64 => Some(f as i64),
+        _ => None,
+    };
+    whole
+        .and_then(|i| i32::try_from(i).ok())
+        .map(|i| Some(Some(i)))
+        .ok_or_else(|| {
+            D::Error::custom(format!("{n} is not a whole number of at most {}", i32::MAX))
+        })
 }
 
 /// Set an account's quotas (admins only).
@@ -248,6 +271,7 @@ pub fn quotas_patch(c: QuotasChange) -> Result<QuotasPatch, ApiError> {
 
 /// A JSON body as `T`, with the field at fault named in the 422.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    require_object(body)?;
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

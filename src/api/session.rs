@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::{AuthMode, Caller, SESSION_COOKIE, end_session, session_token};
 use super::error::{ApiError, Problem};
-use super::input::{body_error, require_json};
+use super::input::{body_error, require_json, require_object};
 
 /// `POST /session` (signing in) needs no key: it takes one.
 pub fn public_router() -> Router<AppState> {
@@ -61,6 +61,7 @@ async fn sign_in(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let body = body.map_err(body_error)?;
+    require_object(&body)?;
     let req: SignIn = serde_json::from_slice(&body)
         .map_err(|e| ApiError::field("key", format!("expected {{\"key\": \"ty_...\"}}: {e}")))?;
     let p = state

@@ -303,7 +303,8 @@ impl Store {
     /// exists. Several processes starting at once make one key between them.
     pub async fn first_admin_key(&self, account: &str) -> Result<Option<NewKey>> {
         let mut tx = self.pool.begin().await?;
-        // Serialises concurrent first starts (the number is arbitrary but fixed).
+        // Serialises concurrent first starts (the number is arbitrary but fixed; no `_`
+        // separators, which PostgreSQL reads only from version 16).
         sqlx::query("SELECT pg_advisory_xact_lock(7154202611)")
             .execute(&mut *tx)
             .await?;
