@@ -242,7 +242,12 @@ async fn send(app: &axum::Router, key: Option<&str>, req: &Req) -> Answer {
         .await
         .unwrap();
     let status = res.status().as_u16();
-    let headers = res.headers().clone();
+    let mut headers = res.headers().clone();
+    // Each answer names its own request (`x-request-id`, a problem's `instance`): that
+    // says nothing about the experiment, so it is set aside before answers are compared.
+    let request_id = headers
+        .remove("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
     let body = tokio::time::timeout(
         Duration::from_secs(30),
         axum::body::to_bytes(res.into_body(), usize::MAX),
@@ -251,6 +256,11 @@ async fn send(app: &axum::Router, key: Option<&str>, req: &Req) -> Answer {
     .unwrap_or_else(|_| panic!("{} {}: no end to the body in 30s", req.method, req.uri))
     .unwrap()
     .to_vec();
+    let body = match (request_id, String::from_utf8(body)) {
+        (Some(id), Ok(text)) => text.replace(&id, "REQUEST-ID").into_bytes(),
+        (_, Ok(text)) => text.into_bytes(),
+        (_, Err(e)) => e.into_bytes(),
+    };
     Answer {
         status,
         headers,
