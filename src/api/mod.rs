@@ -13,6 +13,7 @@ pub mod health;
 pub mod input;
 pub mod keys;
 pub mod labels;
+pub mod metrics;
 pub mod openapi;
 pub mod pictures;
 pub mod predict;
@@ -120,6 +121,7 @@ pub fn app(state: AppState) -> Router {
             ));
     let public = Router::new()
         .merge(health::router())
+        .merge(metrics::router())
         .merge(openapi::router())
         .merge(web::router())
         .merge(session::public_router().layer(DefaultBodyLimit::max(MAX_JSON_BYTES)));
@@ -130,6 +132,7 @@ pub fn app(state: AppState) -> Router {
         // After every route: a known path with another method is a 405 problem (axum
         // still adds the Allow header).
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
         .layer(TraceLayer::new_for_http())
         // Every response is what its Content-Type says: a browser never sniffs a JSON

@@ -39,6 +39,7 @@ impl Worker {
             notified.as_mut().enable();
             match self.store.claim(&self.owner, self.cfg.lease_secs).await {
                 Ok(Some(claim)) => {
+                    crate::telemetry::job_claimed();
                     backoff = Duration::from_millis(200);
                     self.run_job(claim, shutdown.clone()).await;
                     continue;
@@ -137,7 +138,12 @@ impl Worker {
         };
         match ending {
             Some(e) => match self.retry(|| self.store.finish(id, attempt, &e)).await {
-                Ok(()) => tracing::info!(%id, ending = ?e, "experiment ended"),
+                Ok(()) => {
+                    if let Ending::Failed(_) = e {
+                        crate::telemetry::job_failed();
+                    }
+                    tracing::info!(%id, ending = ?e, "experiment ended")
+                }
                 Err(err) => tracing::warn!(%id, error = %err, "could not record the ending"),
             },
             None if why == LOST => tracing::warn!(%id, attempt, "lease lost; dropped the job"),
@@ -296,6 +302,9 @@ impl Observer for JobObserver {
     }
 
     fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
+        if let Some(m) = ckpt.history.last() {
+            crate::telemetry::epoch_trained(m.train_seconds, m.images_per_second);
+        }
         // A database outage (a restart, a failover) must not cost the run: retry with
         // backoff until the epoch is stored or the lease is known to be lost (recording
         // an epoch twice is harmless: the second is a no-op). A shutdown meanwhile gives
