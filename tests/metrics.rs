@@ -1,6 +1,7 @@
 //! What the service says it is doing: `GET /metrics` scraped from a real server after
 //! real traffic (a worker training, predictions, an open curve stream, requests to known
-//! and unknown routes), checked family by family and by Prometheus's own linter.
+//! and unknown routes), checked family by family and by Prometheus's own linter; and the
+//! job span on a real `trainyard serve`'s JSON log lines.
 //!
 //! Counters and histograms belong to the process, so tests running beside each other in
 //! this binary add to the same ones: those are checked as at least what this test did.
@@ -12,7 +13,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::procs;
+use common::procs::{self, Harness, Timing};
 use common::service::{TestServer, worker_config};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -20,6 +21,23 @@ use sqlx::PgPool;
 /// torch-cnn, one epoch on a small slice: a second or two.
 fn tiny() -> Value {
     json!({"preset": "torch-cnn", "epochs": 1, "dataset": {"train_limit": 64, "test_limit": 64}})
+}
+
+/// A spec with batch norm, which the fused CPU kernels do not implement.
+fn batch_norm() -> Value {
+    json!({
+        "version": 1,
+        "dataset": {"name": "mnist", "train_limit": 64, "test_limit": 64},
+        "model": {"init": "keras", "layers": [
+            {"type": "conv2d", "filters": 4, "kernel": 3, "activation": "relu"},
+            {"type": "batch_norm"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10}
+        ]},
+        "optimizer": {"type": "sgd", "learning_rate": 0.01},
+        "batch_size": 32,
+        "epochs": 1
+    })
 }
 
 fn png(i: usize) -> Vec<u8> {
@@ -215,4 +233,80 @@ async fn promtool_finds_nothing_to_complain_about_in_a_scrape(pool: PgPool) {
     assert!(out.status.success(), "{:?}: {said}\n{text}", out.status);
     assert_eq!(said, "", "promtool's warnings for:\n{text}");
     s.stop().await;
+}
+
+/// The `span` of a JSON log line, when it was logged inside a job.
+fn job_span(line: &Value) -> Option<&Value> {
+    line["spans"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == "job")
+}
+
+#[sqlx::test]
+async fn every_job_log_line_names_its_job_and_the_start_names_the_engine_path(pool: PgPool) {
+    let h = Harness::new(&pool, Timing::default());
+    let (p, base) = h.serve_with("serve", 1, "127.0.0.1:0", &["--auth", "off"]);
+    let client = reqwest::Client::new();
+    let kernels = procs::submit(&client, &base, &tiny()).await;
+    let graph = procs::submit(&client, &base, &batch_norm()).await;
+    for id in [kernels, graph] {
+        let id = id.to_string();
+        p.wait_log(
+            |l| {
+                procs::message(l) == "experiment ended"
+                    && job_span(l).is_some_and(|s| s["experiment_id"] == id)
+            },
+            Duration::from_secs(120),
+        );
+    }
+    let account: String = sqlx::query_scalar(
+        "SELECT a.name FROM experiments e JOIN accounts a ON a.id = e.account_id WHERE e.id = $1",
+    )
+    .bind(kernels)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    let lines = p.log_lines();
+    // Whatever a job logs, on the runtime or on its training thread, is inside its span.
+    let job_lines: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "trainyard::worker::job")
+        .collect();
+    for l in &job_lines {
+        let span = job_span(l).unwrap_or_else(|| panic!("outside a job span: {l}"));
+        assert_eq!(span["attempt"], 1, "{l}");
+        assert_eq!(span["account"], account.as_str(), "{l}");
+    }
+    let of = |id: uuid::Uuid| -> Vec<&Value> {
+        let id = id.to_string();
+        job_lines
+            .iter()
+            .copied()
+            .filter(|l| job_span(l).is_some_and(|s| s["experiment_id"] == id.as_str()))
+            .collect()
+    };
+    let start = |id: uuid::Uuid| -> Value {
+        let lines = of(id);
+        let messages: Vec<&str> = lines.iter().map(|l| procs::message(l)).collect();
+        assert_eq!(
+            messages,
+            ["claimed experiment", "set up", "experiment ended"],
+            "{id}"
+        );
+        lines[1]["fields"].clone()
+    };
+
+    let fast = start(kernels);
+    assert_eq!(fast["engine"], "cpu-kernels", "{fast}");
+    assert_eq!(fast.get("engine_reason"), None, "{fast}");
+    let slow = start(graph);
+    assert_eq!(slow["engine"], "candle-graph", "{slow}");
+    assert!(
+        slow["engine_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("batch_norm")),
+        "{slow}"
+    );
 }
