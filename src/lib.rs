@@ -4,6 +4,7 @@
 //! it: [`spec`] (what to train), [`data`] (datasets and preprocessing), [`engine`] (the
 //! Candle training engine: models, optimizers, the training loop, checkpoints, inference)
 //! and [`cli`] (the `trainyard` command). [`plot`] draws curves of runs as SVG or PNG.
+//! [`telemetry`] is the metrics registry that the API and the workers both record into.
 
 pub mod api;
 pub mod cli;
@@ -13,4 +14,5 @@ pub mod plot;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod telemetry;
 pub mod worker;

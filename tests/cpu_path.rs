@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use serde_json::{Value, json};
 use trainyard::data::prepare::prepare;
 use trainyard::engine::trainer::Silent;
-use trainyard::engine::{EpochMetrics, Trainer};
+use trainyard::engine::{EpochMetrics, Trainer, TrainingPath};
 use trainyard::spec::{self, ExperimentSpec};
 
 fn spec_of(layers: Value, optimizer: Value, extra: Value) -> ExperimentSpec {
@@ -223,8 +223,39 @@ fn batch_norm_specs_train_on_the_graph() {
     );
     let summary = spec::validate(&spec).unwrap();
     let data = prepare(common::mnist(), &spec.dataset);
-    let t = Trainer::new(&spec, &summary, &data, &Device::Cpu).unwrap();
+    let mut t = Trainer::new(&spec, &summary, &data, &Device::Cpu).unwrap();
     assert!(!t.uses_cpu_path());
+    assert_eq!(
+        t.path(),
+        TrainingPath::CandleGraph("the CPU kernels do not support layer 1: batch_norm".into())
+    );
+    // Forcing Candle's graph changes nothing here, and the reason stays the layer's.
+    t.use_candle_graph();
+    assert_eq!(t.path().name(), "candle-graph");
+    assert!(t.path().reason().unwrap().contains("batch_norm"));
+}
+
+#[test]
+fn the_path_names_the_cpu_kernels_or_says_the_graph_was_forced() {
+    let spec = spec_of(
+        json!([
+            {"type": "conv2d", "name": "c1", "filters": 4, "kernel": 3, "activation": "relu"},
+            {"type": "flatten"},
+            {"type": "dense", "name": "fc", "units": 10}
+        ]),
+        json!({"type": "sgd", "learning_rate": 0.01}),
+        json!({}),
+    );
+    let summary = spec::validate(&spec).unwrap();
+    let data = prepare(common::mnist(), &spec.dataset);
+    let mut t = Trainer::new(&spec, &summary, &data, &Device::Cpu).unwrap();
+    assert_eq!(t.path(), TrainingPath::CpuKernels);
+    assert_eq!((t.path().name(), t.path().reason()), ("cpu-kernels", None));
+    t.use_candle_graph();
+    assert_eq!(
+        t.path(),
+        TrainingPath::CandleGraph("forced (use_candle_graph)".into())
+    );
 }
 
 #[test]

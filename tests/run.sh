@@ -46,6 +46,15 @@ ensure_browser() {
 }
 ensure_browser
 
+# tests/metrics.rs lints the /metrics scrape with Debian's promtool (package prometheus).
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  echo "installing prometheus (for promtool)" >&2
+  apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+}
+ensure_promtool
+
 # Candle in an unoptimised build is an order of magnitude slower; Cargo.toml gives
 # dependencies opt-level 3 in the dev and test profiles.
 cargo fmt --all -- --check

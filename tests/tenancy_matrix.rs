@@ -934,6 +934,15 @@ fn rows() -> Vec<Row> {
         // --- probes ---
         Row {
             method: "GET",
+            path: "/metrics",
+            variant: "",
+            public: true,
+            request: |_, _, _| Req::get("/metrics"),
+            expect: anyone,
+            check: ok,
+        },
+        Row {
+            method: "GET",
             path: "/healthz",
             variant: "",
             public: true,

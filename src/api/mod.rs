@@ -15,6 +15,7 @@ pub mod health;
 pub mod input;
 pub mod keys;
 pub mod labels;
+pub mod metrics;
 pub mod net;
 pub mod openapi;
 pub mod pictures;
@@ -135,6 +136,7 @@ pub fn app(state: AppState) -> Router {
             ));
     let public = Router::new()
         .merge(health::router())
+        .merge(metrics::router())
         .merge(openapi::router())
         .merge(web::router())
         .merge(session::public_router().layer(DefaultBodyLimit::max(MAX_JSON_BYTES)));
@@ -146,6 +148,7 @@ pub fn app(state: AppState) -> Router {
         // After every route: a known path with another method is a 405 problem (axum
         // still adds the Allow header).
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             net.clone(),

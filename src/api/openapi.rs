@@ -21,7 +21,7 @@ use super::AppState;
         super::pictures::curve_svg, super::pictures::curve_png,
         super::pictures::compare_svg, super::pictures::compare_png, super::experiments::metrics, super::curve::curve,
         super::checkpoints::list, super::checkpoints::download, super::predict::predict,
-        super::health::healthz, super::health::readyz, super::stats::stats,
+        super::health::healthz, super::health::readyz, super::metrics::metrics, super::stats::stats,
         super::keys::create, super::keys::list, super::keys::revoke, super::keys::accounts,
         super::keys::account, super::keys::set_quotas, super::keys::own,
         super::session::sign_in, super::session::sign_out, super::session::whoami,
@@ -71,9 +71,10 @@ pub fn openapi() -> serde_json::Value {
 }
 
 /// Operations anyone may call: `(path, method)`.
-const PUBLIC: [(&str, &str); 4] = [
+const PUBLIC: [(&str, &str); 5] = [
     ("/healthz", "get"),
     ("/readyz", "get"),
+    ("/metrics", "get"),
     ("/session", "post"),
     ("/session", "delete"),
 ];

@@ -18,7 +18,7 @@ pub mod trainer;
 
 pub use checkpoint::Checkpoint;
 pub use metrics::EpochMetrics;
-pub use trainer::{BatchProgress, Observer, Outcome, Trainer};
+pub use trainer::{BatchProgress, Observer, Outcome, Trainer, TrainingPath};
 
 use crate::spec::SpecErrors;
 

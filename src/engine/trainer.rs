@@ -57,6 +57,32 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
+/// The code that trains a model: the fused CPU kernels ([`super::cpu`]) where they can,
+/// else Candle's graph, for the reason given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrainingPath {
+    CpuKernels,
+    CandleGraph(String),
+}
+
+impl TrainingPath {
+    /// A short name for logs: `cpu-kernels` or `candle-graph`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TrainingPath::CpuKernels => "cpu-kernels",
+            TrainingPath::CandleGraph(_) => "candle-graph",
+        }
+    }
+
+    /// Why Candle's graph trains it (`None` on the CPU kernels).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            TrainingPath::CpuKernels => None,
+            TrainingPath::CandleGraph(why) => Some(why),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Completed { epochs: u32 },
@@ -176,6 +202,22 @@ impl Trainer {
     /// Whether the fused CPU path trains this model.
     pub fn uses_cpu_path(&self) -> bool {
         self.fast.is_some()
+    }
+
+    /// Which code trains this model, and when it is Candle's graph, why.
+    pub fn path(&self) -> TrainingPath {
+        if self.fast.is_some() {
+            return TrainingPath::CpuKernels;
+        }
+        let why = match &self.device {
+            Device::Cpu => match FastNet::supports(&self.spec) {
+                Err(refused) => format!("the CPU kernels do not support {refused}"),
+                Ok(()) => "forced (use_candle_graph)".into(),
+            },
+            Device::Cuda(_) => "the device is CUDA".into(),
+            Device::Metal(_) => "the device is Metal".into(),
+        };
+        TrainingPath::CandleGraph(why)
     }
 
     /// Rebuilds the CPU path from the Candle model and optimizer after they were loaded.

@@ -141,6 +141,17 @@ impl Store {
         }))
     }
 
+    /// Running experiments per worker process: the workers name their leases
+    /// `<process>/<task>`, and they are counted here by their process part.
+    pub async fn running_by_worker(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT regexp_replace(lease_owner, '/[0-9]+$', ''), count(*) FROM experiments
+             WHERE status = 'running' AND lease_owner IS NOT NULL GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Extends the lease of `(id, attempt)`; [`StoreError::LeaseLost`] when it is gone.
     pub async fn heartbeat(&self, id: Uuid, attempt: i32, lease_secs: f64) -> Result<Beat> {
         let row: Option<(bool,)> = sqlx::query_as(

@@ -1,4 +1,9 @@
 //! One worker's loop and one job's life.
+//!
+//! Everything a job does runs inside one `job` span (experiment id, attempt, account):
+//! its async part, the tasks it spawns and the blocking training thread all enter it, so
+//! every line logged for the job names it, whichever thread wrote it, and the fields are
+//! not repeated on each line.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -7,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::cache::DataCache;
 use super::{WorkerConfig, stopped};
@@ -39,6 +45,7 @@ impl Worker {
             notified.as_mut().enable();
             match self.store.claim(&self.owner, self.cfg.lease_secs).await {
                 Ok(Some(claim)) => {
+                    crate::telemetry::job_claimed();
                     backoff = Duration::from_millis(200);
                     self.run_job(claim, shutdown.clone()).await;
                     continue;
@@ -65,9 +72,20 @@ impl Worker {
         }
     }
 
-    async fn run_job(&self, claim: Claim, mut shutdown: watch::Receiver<bool>) {
+    async fn run_job(&self, claim: Claim, shutdown: watch::Receiver<bool>) {
+        let span = tracing::info_span!(
+            "job",
+            experiment_id = %claim.id,
+            attempt = claim.attempt,
+            account = %claim.account,
+        );
+        self.job(claim, shutdown).instrument(span).await
+    }
+
+    /// The job's life, inside its span.
+    async fn job(&self, claim: Claim, mut shutdown: watch::Receiver<bool>) {
         let (id, attempt) = (claim.id, claim.attempt);
-        tracing::info!(%id, attempt, owner = %self.owner, "claimed experiment");
+        tracing::info!(owner = %self.owner, "claimed experiment");
         let stop = Arc::new(AtomicU8::new(GO));
         let set = |s: &AtomicU8, why: u8| {
             let _ = s.compare_exchange(GO, why, Ordering::SeqCst, Ordering::SeqCst);
@@ -90,7 +108,7 @@ impl Worker {
                             Ok(b) if b.cancel_requested => set(&stop, CANCEL),
                             Ok(_) => {}
                             Err(StoreError::LeaseLost) => set(&stop, LOST),
-                            Err(e) => tracing::warn!(%id, error = %e, "heartbeat failed"),
+                            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                         },
                         s = signals.recv() => if let Ok(Signal::Cancel(c)) = s && c == id {
                             set(&stop, CANCEL);
@@ -102,18 +120,15 @@ impl Worker {
                         _ = done_rx.changed() => return,
                     }
                 }
-            })
+            }.in_current_span())
         };
 
         // Progress goes out as NOTIFYs, at most ten a second.
         let (progress_tx, progress_rx) = mpsc::channel::<(BatchProgress, DateTime<Utc>)>(16);
-        let progress = tokio::spawn(forward_progress(
-            self.store.clone(),
-            id,
-            attempt,
-            stop.clone(),
-            progress_rx,
-        ));
+        let progress = tokio::spawn(
+            forward_progress(self.store.clone(), id, attempt, stop.clone(), progress_rx)
+                .in_current_span(),
+        );
 
         let result = self.train(&claim, stop.clone(), progress_tx).await;
         let _ = done_tx.send(true);
@@ -128,8 +143,8 @@ impl Worker {
             (Ok(Outcome::Stopped { .. }), CANCEL) => Some(Ending::Cancelled),
             (Ok(Outcome::Stopped { .. }) | Err(JobError::Interrupted), _) => {
                 match self.retry(|| self.store.hand_back(id, attempt)).await {
-                    Ok(()) => tracing::info!(%id, attempt, "handed back on shutdown"),
-                    Err(e) => tracing::warn!(%id, error = %e, "hand back failed"),
+                    Ok(()) => tracing::info!("handed back on shutdown"),
+                    Err(e) => tracing::warn!(error = %e, "hand back failed"),
                 }
                 None
             }
@@ -137,10 +152,15 @@ impl Worker {
         };
         match ending {
             Some(e) => match self.retry(|| self.store.finish(id, attempt, &e)).await {
-                Ok(()) => tracing::info!(%id, ending = ?e, "experiment ended"),
-                Err(err) => tracing::warn!(%id, error = %err, "could not record the ending"),
+                Ok(()) => {
+                    if let Ending::Failed(_) = e {
+                        crate::telemetry::job_failed();
+                    }
+                    tracing::info!(ending = ?e, "experiment ended")
+                }
+                Err(err) => tracing::warn!(error = %err, "could not record the ending"),
             },
-            None if why == LOST => tracing::warn!(%id, attempt, "lease lost; dropped the job"),
+            None if why == LOST => tracing::warn!("lease lost; dropped the job"),
             None => {}
         }
     }
@@ -198,7 +218,9 @@ impl Worker {
         };
         let (store, cfg, data) = (self.store.clone(), self.cfg.clone(), self.data.clone());
         let handle = Handle::current();
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || -> Result<Outcome, JobError> {
+            let _job = span.entered();
             let failed = |e: EngineError| JobError::Failed(e.to_string());
             let t0 = Instant::now();
             let (prepared, cached) = data
@@ -211,9 +233,16 @@ impl Worker {
             if let Some(ck) = &resume {
                 trainer.resume(ck).map_err(failed)?;
             }
+            // Which code trains it, and why when it is not the fused CPU kernels: the
+            // first thing to know when an experiment trains slower than expected.
+            let path = trainer.path();
             tracing::info!(
-                %id, data_cached = cached, data_ms = ms(t_data),
-                model_ms = ms(t0.elapsed() - t_data), "set up"
+                engine = path.name(),
+                engine_reason = path.reason(),
+                data_cached = cached,
+                data_ms = ms(t_data),
+                model_ms = ms(t0.elapsed() - t_data),
+                "set up"
             );
             let mut obs = JobObserver {
                 store,
@@ -281,11 +310,16 @@ impl JobObserver {
     /// Stores when training began, off the training thread so the batch need not wait.
     fn training_started(&mut self) {
         let (store, id, attempt, at) = (self.store.clone(), self.id, self.attempt, Utc::now());
-        self.started = Some(self.handle.spawn(async move {
-            if let Err(e) = store.mark_training_started(id, attempt, at).await {
-                tracing::warn!(%id, error = %e, "could not record the training start");
-            }
-        }));
+        self.started = Some(
+            self.handle.spawn(
+                async move {
+                    if let Err(e) = store.mark_training_started(id, attempt, at).await {
+                        tracing::warn!(error = %e, "could not record the training start");
+                    }
+                }
+                .in_current_span(),
+            ),
+        );
     }
 }
 
@@ -296,6 +330,9 @@ impl Observer for JobObserver {
     }
 
     fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
+        if let Some(m) = ckpt.history.last() {
+            crate::telemetry::epoch_trained(m.train_seconds, m.images_per_second);
+        }
         // A database outage (a restart, a failover) must not cost the run: retry with
         // backoff until the epoch is stored or the lease is known to be lost (recording
         // an epoch twice is harmless: the second is a no-op). A shutdown meanwhile gives
@@ -326,7 +363,7 @@ impl Observer for JobObserver {
                     )));
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(id = %self.id, error = %e, "storing the epoch failed; retrying");
+                    tracing::warn!(error = %e, "storing the epoch failed; retrying");
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }

@@ -109,7 +109,10 @@ async fn rescuer(store: Store, cfg: Arc<WorkerConfig>, mut shutdown: watch::Rece
     loop {
         match store.rescue_expired().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "rescued experiments with expired leases"),
+            Ok(n) => {
+                crate::telemetry::jobs_rescued(n);
+                tracing::info!(count = n, "rescued experiments with expired leases")
+            }
             Err(e) => tracing::warn!(error = %e, "lease rescue failed"),
         }
         tokio::select! {

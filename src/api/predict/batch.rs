@@ -247,6 +247,7 @@ fn run_batch(predictor: &dyn Classify, jobs: Vec<Job>, max: usize, counters: &Co
             }
         }
         counters.passes.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::predict_batch(chunk.len() / PIXELS);
         counters
             .largest
             .fetch_max(chunk.len() / PIXELS, Ordering::Relaxed);

@@ -13,6 +13,7 @@ mod models;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,18 @@ pub struct ImageParts(pub std::collections::HashMap<String, ImageBytes>);
         (status = 429, description = "Over the key's rate limit; retry after `Retry-After` seconds", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn predict(
+    state: State<AppState>,
+    caller: Caller,
+    p: Result<Query<PredictParams>, axum::extract::rejection::QueryRejection>,
+    req: Request<Body>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let res = answer(state, caller, p, req).await.into_response();
+    crate::telemetry::predict_answered(res.status().as_u16(), started.elapsed());
+    res
+}
+
+async fn answer(
     State(state): State<AppState>,
     caller: Caller,
     p: Result<Query<PredictParams>, axum::extract::rejection::QueryRejection>,
