@@ -135,18 +135,21 @@ def train(base, preset, train_images, log):
     return exp["id"]
 
 
-def wrk(url, image_dir, count, connections, duration, threads):
+def wrk(url, image_dir, count, connections, duration, threads, key=None):
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
            "-s", os.path.join(HERE, "predict_wrk.lua"), url, "--", image_dir, str(count)]
+    if key:
+        cmd.append(key)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("WRK_JSON "))
     return json.loads(line[len("WRK_JSON "):])
 
 
-def measure(name, url, pid, args, image_dir, count):
-    wrk(url, image_dir, count, args.connections, args.warmup, args.threads)  # warm-up
+def measure(name, url, pid, args, image_dir, count, key=None, warmup=True):
+    if warmup:
+        wrk(url, image_dir, count, args.connections, args.warmup, args.threads, key)
     c0 = cpu_seconds(pid)
-    r = wrk(url, image_dir, count, args.connections, args.duration, args.threads)
+    r = wrk(url, image_dir, count, args.connections, args.duration, args.threads, key)
     cpu = cpu_seconds(pid) - c0
     secs = r["duration_us"] / 1e6
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]

@@ -1,10 +1,12 @@
 -- wrk script for bench/predict_speed.py: POSTs real MNIST test images as PNG bodies,
 -- cycling through them, and prints one JSON line of results at the end.
--- Usage: wrk -s bench/predict_wrk.lua URL -- IMAGE_DIR COUNT
--- (IMAGE_DIR holds 0.png .. COUNT-1.png)
+-- Usage: wrk -s bench/predict_wrk.lua URL -- IMAGE_DIR COUNT [KEY]
+-- (IMAGE_DIR holds 0.png .. COUNT-1.png; with KEY each request carries
+-- `Authorization: Bearer KEY`, as bench/predict_auth.py needs)
 
 local bodies = {}
 local next_body = 1
+local headers = {["Content-Type"] = "image/png"}
 
 function init(args)
   local dir, count = args[1], tonumber(args[2])
@@ -13,6 +15,9 @@ function init(args)
     bodies[#bodies + 1] = f:read("*a")
     f:close()
   end
+  if args[3] then
+    headers["Authorization"] = "Bearer " .. args[3]
+  end
   -- Threads start at different images so they do not send the same ones in step.
   next_body = (math.random(#bodies) - 1) % #bodies + 1
 end
@@ -20,7 +25,7 @@ end
 function request()
   local body = bodies[next_body]
   next_body = next_body % #bodies + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "image/png"}, body)
+  return wrk.format("POST", nil, headers, body)
 end
 
 function done(summary, latency, requests)
