@@ -177,7 +177,7 @@ async fn running_experiments_are_counted_per_worker_process(pool: PgPool) {
     }
     // Two tasks of one process and one of another hold leases (no worker trains them).
     for owner in ["proc-a/0", "proc-a/1", "proc-b/0"] {
-        assert!(s.store.claim(owner, 60.0).await.unwrap().is_some());
+        assert!(s.store.claim(owner, 60.0, false).await.unwrap().is_some());
     }
     let m = scrape(&s).await;
     assert_eq!(m.value("trainyard_experiments{status=\"running\"}"), 3.0);

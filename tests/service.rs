@@ -210,7 +210,7 @@ async fn an_expired_lease_is_rescued_and_the_run_resumes_from_its_last_checkpoin
     let id: uuid::Uuid = exp["id"].as_str().unwrap().parse().unwrap();
 
     // A worker claims it, stores epoch 1, then goes silent (as if stopped).
-    let claim = s.store.claim("ghost", 1.0).await.unwrap().unwrap();
+    let claim = s.store.claim("ghost", 1.0, false).await.unwrap().unwrap();
     assert_eq!(claim.attempt, 1);
     let ghost = train_locally(&claim.spec, Some(1));
     s.store.record_epoch(id, 1, &ghost[0], false).await.unwrap();
@@ -287,7 +287,7 @@ async fn a_cancel_requested_while_the_worker_is_lost_ends_cancelled_not_requeued
     let (_, exp) = s.submit(&tiny(3)).await;
     let id = exp["id"].as_str().unwrap().to_string();
     // A worker claims it and goes silent; the client cancels meanwhile.
-    s.store.claim("ghost", 0.5).await.unwrap().unwrap();
+    s.store.claim("ghost", 0.5, false).await.unwrap().unwrap();
     let r = s.cancel(&id).await;
     assert_eq!(r.json::<Value>().await.unwrap()["cancel_requested"], true);
     // The rescuer of another worker ends it instead of handing it to someone to train.
@@ -611,7 +611,7 @@ async fn the_training_start_belongs_to_the_current_attempt(pool: PgPool) {
     let s = TestServer::start(pool, &[]).await;
     let (_, exp) = s.submit(&tiny(1)).await;
     let id: uuid::Uuid = exp["id"].as_str().unwrap().parse().unwrap();
-    let first = s.store.claim("ghost", 0.2).await.unwrap().unwrap();
+    let first = s.store.claim("ghost", 0.2, false).await.unwrap().unwrap();
     let t1 = chrono::Utc::now();
     s.store
         .mark_training_started(id, first.attempt, t1)
@@ -627,7 +627,7 @@ async fn the_training_start_belongs_to_the_current_attempt(pool: PgPool) {
     // The lease expires; the next claim starts over: no training start until its own.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.store.rescue_expired().await.unwrap(), 1);
-    let second = s.store.claim("next", 30.0).await.unwrap().unwrap();
+    let second = s.store.claim("next", 30.0, false).await.unwrap().unwrap();
     assert_eq!(second.attempt, first.attempt + 1);
     assert_eq!(
         s.store.experiment(id).await.unwrap().training_started_at,

@@ -78,15 +78,15 @@ async fn one_accounts_long_queue_does_not_starve_another(pool: PgPool) {
     let a = account_id(&store, "a").await;
     let b = account_id(&store, "b").await;
     let a_ids = queue(&store, a, 50).await;
-    let first = store.claim("w1", 30.0).await.unwrap().unwrap();
+    let first = store.claim("w1", 30.0, false).await.unwrap().unwrap();
     assert_eq!(first.id, a_ids[0]);
     assert_eq!(first.account, "a");
     // B queues one after all of A's: it starts next, A having one running already.
     let b_ids = queue(&store, b, 1).await;
-    let next = store.claim("w2", 30.0).await.unwrap().unwrap();
+    let next = store.claim("w2", 30.0, false).await.unwrap().unwrap();
     assert_eq!(next.id, b_ids[0], "B's experiment starts next");
     // Then both have one running, and A's queue goes on in order.
-    let third = store.claim("w3", 30.0).await.unwrap().unwrap();
+    let third = store.claim("w3", 30.0, false).await.unwrap().unwrap();
     assert_eq!(third.id, a_ids[1]);
 }
 
@@ -110,10 +110,13 @@ async fn priority_orders_within_a_turn_and_age_breaks_ties(pool: PgPool) {
         .unwrap();
     // Neither runs anything: the higher priority goes first, though it is younger.
     assert_eq!(
-        store.claim("w", 30.0).await.unwrap().unwrap().id,
+        store.claim("w", 30.0, false).await.unwrap().unwrap().id,
         urgent_a.id
     );
-    assert_eq!(store.claim("w", 30.0).await.unwrap().unwrap().id, old_b);
+    assert_eq!(
+        store.claim("w", 30.0, false).await.unwrap().unwrap().id,
+        old_b
+    );
 }
 
 #[sqlx::test]
@@ -131,17 +134,20 @@ async fn the_running_quota_keeps_the_rest_waiting_in_the_queue(pool: PgPool) {
         .await
         .unwrap();
     let ids = queue(&store, a, 2).await;
-    let c = store.claim("w", 30.0).await.unwrap().unwrap();
+    let c = store.claim("w", 30.0, false).await.unwrap().unwrap();
     assert_eq!(c.id, ids[0]);
     assert!(
-        store.claim("w", 30.0).await.unwrap().is_none(),
+        store.claim("w", 30.0, false).await.unwrap().is_none(),
         "the second waits while the first runs"
     );
     store
         .finish(c.id, c.attempt, &trainyard::store::queue::Ending::Succeeded)
         .await
         .unwrap();
-    assert_eq!(store.claim("w", 30.0).await.unwrap().unwrap().id, ids[1]);
+    assert_eq!(
+        store.claim("w", 30.0, false).await.unwrap().unwrap().id,
+        ids[1]
+    );
 }
 
 #[sqlx::test]

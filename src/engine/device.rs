@@ -27,6 +27,11 @@ pub fn select(spec: DeviceSpec) -> Result<Device, EngineError> {
     }
 }
 
+/// Whether this build has CUDA and a GPU answers (device 0).
+pub fn gpu_present() -> bool {
+    candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok()
+}
+
 /// cudarc records two CUDA events per allocation to order uses across streams; each
 /// Candle device here uses its one stream, so that is pure overhead (hundreds of driver
 /// calls per training step).

@@ -85,6 +85,10 @@ pub struct Experiment {
     pub best_val_accuracy: Option<f64>,
     /// The highest test accuracy of its stored epochs.
     pub best_test_accuracy: Option<f64>,
+    /// What a queued experiment waits for besides its turn: `cuda` when its spec asks for
+    /// CUDA, which only a worker with a GPU takes (a CPU-only worker leaves it queued).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 #[derive(FromRow)]
@@ -110,6 +114,7 @@ struct Row {
     tags: Vec<String>,
     best_val_accuracy: Option<f64>,
     best_test_accuracy: Option<f64>,
+    waiting_for: Option<String>,
 }
 
 pub(crate) const COLUMNS: &str = "id, account_id, \
@@ -119,7 +124,8 @@ pub(crate) const COLUMNS: &str = "id, account_id, \
     (SELECT max(m.val_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
         AS best_val_accuracy, \
     (SELECT max(m.test_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
-        AS best_test_accuracy";
+        AS best_test_accuracy, \
+    CASE WHEN status = 'queued' AND needs_cuda THEN 'cuda' END AS waiting_for";
 
 impl TryFrom<Row> for Experiment {
     type Error = StoreError;
@@ -147,6 +153,7 @@ impl TryFrom<Row> for Experiment {
             tags: r.tags,
             best_val_accuracy: r.best_val_accuracy,
             best_test_accuracy: r.best_test_accuracy,
+            waiting_for: r.waiting_for,
         })
     }
 }

@@ -55,7 +55,7 @@ const FAIR_NEXT: &str = "heads AS (
         LEFT JOIN running r ON r.account_id = a.id
         CROSS JOIN LATERAL (
             SELECT q.id, q.priority, q.created_at FROM experiments q
-            WHERE q.account_id = a.id AND q.status = 'queued'
+            WHERE q.account_id = a.id AND q.status = 'queued' AND ($3 OR NOT q.needs_cuda)
             ORDER BY q.priority DESC, q.created_at, q.id LIMIT 1
         ) h
         WHERE a.max_running IS NULL OR coalesce(r.n, 0) < a.max_running
@@ -73,7 +73,7 @@ const ANY_NEXT: &str = "next AS (
         SELECT x.id FROM experiments x
         JOIN accounts a ON a.id = x.account_id
         LEFT JOIN running r ON r.account_id = x.account_id
-        WHERE x.status = 'queued'
+        WHERE x.status = 'queued' AND ($3 OR NOT x.needs_cuda)
           AND (a.max_running IS NULL OR coalesce(r.n, 0) < a.max_running)
         ORDER BY x.priority DESC, x.created_at, x.id
         FOR UPDATE OF x SKIP LOCKED LIMIT 1
@@ -85,6 +85,7 @@ async fn claim_next(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     owner: &str,
     lease_secs: f64,
+    cuda: bool,
     next: &str,
 ) -> Result<Option<Claimed>> {
     Ok(sqlx::query_as(&format!(
@@ -99,6 +100,7 @@ async fn claim_next(
     ))
     .bind(owner)
     .bind(lease_secs)
+    .bind(cuda)
     .fetch_optional(&mut **tx)
     .await?)
 }
@@ -113,11 +115,14 @@ impl Store {
     /// Should every head be locked by concurrent claims, the claim falls back to the
     /// next unlocked experiment of any account under its quota, so no worker idles while
     /// work is queued.
-    pub async fn claim(&self, owner: &str, lease_secs: f64) -> Result<Option<Claim>> {
+    ///
+    /// A worker without CUDA (`cuda` false) passes over experiments whose spec asks for
+    /// it (`needs_cuda`): they wait, queued, for one that has it.
+    pub async fn claim(&self, owner: &str, lease_secs: f64, cuda: bool) -> Result<Option<Claim>> {
         let mut tx = self.pool.begin().await?;
-        let mut row = claim_next(&mut tx, owner, lease_secs, FAIR_NEXT).await?;
+        let mut row = claim_next(&mut tx, owner, lease_secs, cuda, FAIR_NEXT).await?;
         if row.is_none() {
-            row = claim_next(&mut tx, owner, lease_secs, ANY_NEXT).await?;
+            row = claim_next(&mut tx, owner, lease_secs, cuda, ANY_NEXT).await?;
         }
         let Some((id, attempt, spec, epochs_done, account)) = row else {
             return Ok(None);

@@ -33,6 +33,8 @@ pub(super) struct Worker {
     pub cfg: Arc<WorkerConfig>,
     pub data: Arc<DataCache>,
     pub owner: String,
+    /// Whether to claim experiments that ask for CUDA.
+    pub cuda: bool,
 }
 
 impl Worker {
@@ -43,7 +45,11 @@ impl Worker {
             let notified = self.hub.jobs().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.store.claim(&self.owner, self.cfg.lease_secs).await {
+            match self
+                .store
+                .claim(&self.owner, self.cfg.lease_secs, self.cuda)
+                .await
+            {
                 Ok(Some(claim)) => {
                     crate::telemetry::job_claimed();
                     backoff = Duration::from_millis(200);

@@ -85,6 +85,10 @@ pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Rec
     crate::engine::device::lower_compute_priority(COMPUTE_NICE);
     let cfg = Arc::new(cfg);
     let data = Arc::new(cache::DataCache::new(cfg.prepared_cache_bytes));
+    // Which experiments this process can run: those asking for CUDA only with a GPU, or
+    // when the operator overrides every spec's device (`--device`).
+    let cuda = cfg.device.is_some() || crate::engine::device::gpu_present();
+    tracing::info!(cuda, "takes experiments that ask for CUDA: {cuda}");
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..cfg.workers {
         let w = job::Worker {
@@ -93,6 +97,7 @@ pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Rec
             cfg: cfg.clone(),
             data: data.clone(),
             owner: format!("{}/{i}", cfg.name),
+            cuda,
         };
         tasks.spawn(w.run(shutdown.clone()));
     }
