@@ -4,6 +4,7 @@
 //! configured by flags on a laptop and by environment in a container.
 
 mod bench;
+mod health;
 mod housekeep;
 mod keys;
 mod plot;
@@ -68,6 +69,8 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Exit 0 when the local server answers `GET /readyz` with 200 (a container healthcheck).
+    Healthcheck(health::HealthcheckArgs),
     /// Download (when missing) and verify datasets into the data folder.
     FetchData {
         /// Datasets to fetch.
@@ -144,6 +147,7 @@ impl Cli {
                 }
                 Ok(())
             }
+            Command::Healthcheck(a) => health::run(a),
             Command::Openapi => {
                 print!("{}", crate::api::openapi::document());
                 Ok(())
@@ -172,12 +176,15 @@ pub fn print_summary(s: &crate::spec::Summary) {
     );
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Colours only on a terminal:
+/// piped into `docker logs`, a file or a collector, escape codes are noise.
 pub fn init_tracing(json: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {
         b.json().try_init()
