@@ -1,4 +1,4 @@
-//! Loading MNIST from the IDX files in `shared/data`, checksum and missing-file errors, and
+//! Loading MNIST from the IDX files of the data folder, checksum and missing-file errors, and
 //! downloading from mirrors (a tiny HTTP server on 127.0.0.1; these tests never leave the
 //! machine).
 
@@ -14,8 +14,7 @@ use trainyard::data::mnist::{
 };
 use trainyard::spec::DatasetName;
 
-/// The shared data folder: `shared/` sits beside the repository, here and in CI.
-const SHARED_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+mod common;
 
 const FILES: [&str; 4] = [
     "train-images-idx3-ubyte",
@@ -28,9 +27,7 @@ const MNIST_TRAIN_LABELS_SHA256: &str =
     "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5";
 
 fn shared_gz(file: &str) -> PathBuf {
-    Path::new(SHARED_DATA)
-        .join("mnist")
-        .join(format!("{file}.gz"))
+    common::data_dir().join("mnist").join(format!("{file}.gz"))
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -65,7 +62,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 #[test]
 fn loads_mnist_from_shared_data_with_expected_counts_and_labels() {
     let start = Instant::now();
-    let data = mnist::load(DatasetName::Mnist, &Source::offline(SHARED_DATA)).unwrap();
+    let data = mnist::load(DatasetName::Mnist, &Source::offline(common::data_dir())).unwrap();
     eprintln!("MNIST loaded and verified in {:?}", start.elapsed());
 
     assert_eq!(data.name, DatasetName::Mnist);

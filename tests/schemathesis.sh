@@ -15,7 +15,7 @@
 # offered to the generator as likely values of `id` and `experiment`.
 #
 # Usage: tests/schemathesis.sh   (needs python3 with venv and pip, PostgreSQL on
-# 127.0.0.1:5432 as tests/run.sh starts it, and ../shared/data/mnist).
+# 127.0.0.1:5432 as tests/run.sh starts it, and MNIST in $TRAINYARD_DATA_DIR or ../shared/data).
 # SCHEMATHESIS_MAX_EXAMPLES (default 100) bounds the test cases per operation; the seed is
 # fixed (SCHEMATHESIS_SEED, default 1) so a failure reproduces. Extra arguments go to
 # `schemathesis run`.
@@ -80,7 +80,7 @@ with urllib.request.urlopen(req, timeout=10) as r:
 PY
 }
 
-export TRAINYARD_DATA_DIR=../shared/data TRAINYARD_NO_DOWNLOAD=true TRAINYARD_DEVICE=cpu
+export TRAINYARD_DATA_DIR=${TRAINYARD_DATA_DIR:-../shared/data} TRAINYARD_NO_DOWNLOAD=true TRAINYARD_DEVICE=cpu
 export DATABASE_URL="$DB_URL" RUST_LOG="${RUST_LOG:-warn}"
 # Making the key creates the database and applies the migrations; serve, finding an admin
 # key, makes none of its own. Schemathesis reads the key from the environment.

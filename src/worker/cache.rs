@@ -265,7 +265,9 @@ mod tests {
     #[test]
     fn the_second_job_on_the_same_data_skips_loading_and_preparing() {
         let cfg = WorkerConfig {
-            data_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data").into(),
+            data_dir: std::env::var_os("TRAINYARD_DATA_DIR")
+                .map(Into::into)
+                .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data").into()),
             download: false,
             ..WorkerConfig::default()
         };

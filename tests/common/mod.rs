@@ -1,4 +1,4 @@
-//! Shared test helpers: the real MNIST files from the shared data folder, loaded once.
+//! Shared test helpers: the real MNIST files of the data folder, loaded once.
 
 #![allow(dead_code)]
 
@@ -8,9 +8,13 @@ use std::sync::OnceLock;
 use trainyard::data::mnist::{self, Dataset, Source};
 use trainyard::spec::DatasetName;
 
-/// The data folder CI and developers have beside the repository (never the network).
+/// The datasets the tests read (never the network): `TRAINYARD_DATA_DIR` when set, as
+/// `tests/run.sh` sets it, else the shared folder beside the repository.
 pub fn data_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data"))
+    match std::env::var_os("TRAINYARD_DATA_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")),
+    }
 }
 
 pub fn mnist() -> &'static Dataset {
