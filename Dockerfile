@@ -14,8 +14,14 @@ COPY migrations migrations
 COPY assets assets
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
     && strip target/release/trainyard
-# MNIST into the image, downloaded from the usual mirrors and checked against its SHA-256.
-RUN target/release/trainyard fetch-data mnist,fashion-mnist --data-dir /data
+# MNIST and Fashion-MNIST into the image, each file checked against its SHA-256. Files in
+# docker/data/<dataset>/ are taken as they are; only missing ones are downloaded, and with
+# DATA_OFFLINE=true none are (the build fails naming the file instead): see docker/data.
+ARG DATA_OFFLINE=false
+COPY docker/data /data
+RUN if [ "$DATA_OFFLINE" = true ]; then set -- --no-download; fi \
+    && target/release/trainyard fetch-data mnist,fashion-mnist --data-dir /data "$@" \
+    && rm -f /data/README.md
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
