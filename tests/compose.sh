@@ -137,7 +137,14 @@ wait_ready() {
   done
   log "ready, but the healthcheck did not call trainyard healthy in 30 s"; return 1
 }
-mem() { docker stats --no-stream --format '{{.MemUsage}}' "$(cid)" | cut -d/ -f1 | tr -d ' '; }
+# The container's memory as Docker counts it (cgroup, less page cache), and the resident
+# set of the trainyard process itself.
+mem() {
+  local cg rss
+  cg=$(docker stats --no-stream --format '{{.MemUsage}}' "$(cid)" | cut -d/ -f1 | tr -d ' ')
+  rss=$(compose exec -T trainyard sh -c 'grep VmRSS /proc/1/status' | awk '{printf "%.1fMiB", $2 / 1024}')
+  echo "$cg (cgroup), $rss (RSS)"
+}
 BASE=http://127.0.0.1:$PORT
 t=$(now); compose up -d >&2; FIG[up_to_ready_s]=$(wait_ready "$t")
 KEY=$(compose exec -T trainyard cat /var/lib/trainyard/admin-key)

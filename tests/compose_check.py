@@ -148,7 +148,7 @@ def check_predict(api, exp_id):
 
 
 def use(api):
-    exp_id = api.submit("torch-cnn", epochs=2, train_limit=12000)
+    exp_id = api.submit("keras-cnn", epochs=2, train_limit=6000)
     events = curve(api, exp_id)
     epochs = [d for k, d in events if k == "epoch"]
     end = events[-1][1]
@@ -156,7 +156,7 @@ def use(api):
         fail(f"the curve ended {end['status']} after {len(epochs)} epoch events")
     right = check_predict(api, exp_id)
     size, tensors = check_checkpoint(api, exp_id)
-    print(f"use: {exp_id} trained torch-cnn 2 epochs (val_loss {epochs[-1].get('val_loss')}), "
+    print(f"use: {exp_id} trained keras-cnn 2 epochs (val_loss {epochs[-1].get('val_loss')}), "
           f"predict {right}/20 right, checkpoint {size} bytes with {tensors} tensors",
           file=sys.stderr)
     print(exp_id)
