@@ -12,6 +12,7 @@ pub mod data;
 pub mod engine;
 pub mod plot;
 pub mod server;
+pub mod shutdown;
 pub mod spec;
 pub mod store;
 pub mod telemetry;

@@ -51,7 +51,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = crate::worker::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
         };
         let arrived = Arc::new(AtomicBool::new(false));
         let service = {

@@ -14,9 +14,10 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::WorkerConfig;
 use super::cache::DataCache;
-use super::{WorkerConfig, stopped};
 use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
+use crate::shutdown::stopped;
 use crate::store::listen::{Hub, Signal};
 use crate::store::queue::{Claim, Ending};
 use crate::store::{Store, StoreError};
@@ -162,7 +163,7 @@ impl Worker {
                     if let Ending::Failed(_) = e {
                         crate::telemetry::job_failed();
                     }
-                    tracing::info!(ending = ?e, "experiment ended")
+                    tracing::info!(ending = %e, "experiment ended")
                 }
                 Err(err) => tracing::warn!(error = %err, "could not record the ending"),
             },

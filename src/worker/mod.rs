@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::shutdown::stopped;
 use crate::spec::DeviceSpec;
 use crate::store::Store;
 use crate::store::housekeeping::Housekeeping;
@@ -144,9 +145,4 @@ async fn housekeeper(store: Store, cfg: Arc<WorkerConfig>, mut shutdown: watch::
             Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
     }
-}
-
-/// Resolves once the shutdown flag is true (or its sender is gone).
-pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
