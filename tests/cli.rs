@@ -180,6 +180,110 @@ fn presets_prints_both_complete_specs() {
     assert_eq!(serde_json::to_value(again).unwrap(), out["torch-cnn"]);
 }
 
+fn tiny_spec(dir: &Path, train_limit: u32, epochs: u32) -> std::path::PathBuf {
+    let spec = dir.join("spec.json");
+    let v = json!({
+        "preset": "torch-cnn", "dataset": {"train_limit": train_limit, "test_limit": 100},
+        "batch_size": 50, "epochs": epochs, "device": "cpu"
+    });
+    std::fs::write(&spec, v.to_string()).unwrap();
+    spec
+}
+
+#[test]
+fn train_refuses_a_folder_that_holds_a_run_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tiny_spec(tmp.path(), 200, 1);
+    let (spec, run) = (spec.to_str().unwrap(), tmp.path().join("run"));
+    let run = run.to_str().unwrap();
+    let first = ok(trainyard(&["train", spec, "--out", run]));
+    assert!(first.contains("device: cpu"), "{first}");
+    let before = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+
+    let again = trainyard(&["train", spec, "--out", run]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains(&format!("{run} already holds a run")), "{err}");
+    assert!(
+        err.contains(&format!("--out {run} --resume {run}")),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    let after = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(before, after, "the refused run touched the folder");
+
+    ok(trainyard(&["train", spec, "--out", run, "--force"]));
+}
+
+#[test]
+fn ctrl_c_stops_train_at_a_batch_and_says_how_to_resume() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tiny_spec(tmp.path(), 6000, 200);
+    let run = tmp.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainyard"))
+        .args([
+            "train",
+            spec.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .env("TRAINYARD_DATA_DIR", common::data_dir())
+        .env("TRAINYARD_NO_DOWNLOAD", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's row (it starts with the epoch number), then Ctrl-C.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().trim_start().starts_with("1 ") {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid; no memory is touched.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {rest:?}");
+    let last = rest.last().unwrap();
+    let (out, spec) = (run.display(), spec.display());
+    assert!(
+        last.contains(&format!(
+            "trainyard train {spec} --out {out} --resume {out}"
+        )),
+        "{rest:?}"
+    );
+    let done = metrics(&run).len();
+    assert!((1..200).contains(&done), "{done} epochs stored");
+}
+
+#[test]
+fn presets_name_prints_that_one_and_an_unknown_name_lists_the_presets() {
+    let one: Value = serde_json::from_str(&ok(trainyard(&["presets", "keras-cnn"]))).unwrap();
+    let all: Value = serde_json::from_str(&ok(trainyard(&["presets"]))).unwrap();
+    assert_eq!(one, all["keras-cnn"]);
+    let out = trainyard(&["presets", "resnet"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown preset \"resnet\": the presets are keras-cnn, torch-cnn"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_of_a_missing_file_names_it() {
+    let out = trainyard(&["validate", "/nonexistent/nosuch.json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read the spec /nonexistent/nosuch.json"),
+        "{err}"
+    );
+    assert!(err.contains("No such file"), "{err}");
+}
+
 /// A run folder as `train` writes it, with `n` epochs of made-up figures.
 fn fake_run(dir: &Path, n: u32, val: bool) {
     std::fs::create_dir_all(dir).unwrap();

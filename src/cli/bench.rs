@@ -60,7 +60,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let device = device::select(a.device)?;
     let data = mnist::load(crate::spec::DatasetName::Mnist, &a.data.source())?;
     println!(
-        "device {device:?}, threads {}",
+        "device {}, threads {}",
+        crate::engine::device::name(&device),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_default()
     );
     println!(

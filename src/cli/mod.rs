@@ -14,6 +14,7 @@ mod train;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::data::mnist::Source;
@@ -36,8 +37,11 @@ pub struct Cli {
 pub enum Command {
     /// Train a spec locally, without a database: metrics.jsonl and checkpoints in --out.
     Train(train::TrainArgs),
-    /// Print the presets as complete JSON specs.
-    Presets,
+    /// Print the presets as complete JSON specs (or the one named).
+    Presets {
+        /// One preset (keras-cnn, torch-cnn); all when absent.
+        name: Option<String>,
+    },
     /// Validate a spec and print its layer shapes, parameters and FLOPs.
     Validate {
         /// The spec (JSON file).
@@ -111,13 +115,23 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Train(a) => train::run(a),
-            Command::Presets => {
-                let all = crate::spec::presets::resolved_all()?;
-                println!("{}", serde_json::to_string_pretty(&all)?);
+            Command::Presets { name } => {
+                let mut all = crate::spec::presets::resolved_all()?;
+                let shown = match name {
+                    None => serde_json::Value::Object(all),
+                    Some(n) => all.remove(&n).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown preset {n:?}: the presets are {}",
+                            crate::spec::presets::PRESET_NAMES.join(", ")
+                        )
+                    })?,
+                };
+                println!("{}", serde_json::to_string_pretty(&shown)?);
                 Ok(())
             }
             Command::Validate { spec } => {
-                let text = std::fs::read_to_string(&spec)?;
+                let text = std::fs::read_to_string(&spec)
+                    .with_context(|| format!("cannot read the spec {}", spec.display()))?;
                 let (_, summary) = crate::spec::parse_and_validate(&text)?;
                 print_summary(&summary);
                 Ok(())

@@ -1,7 +1,9 @@
 //! `trainyard train SPEC.json --out DIR`: the engine on this machine, no database.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args;
@@ -31,6 +33,9 @@ pub struct TrainArgs {
     /// Override the spec's device (auto, cpu, cuda, cuda:N).
     #[arg(long, env = "TRAINYARD_DEVICE")]
     pub device: Option<DeviceSpec>,
+    /// Write into --out even when it already holds a run (its files are replaced).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -39,6 +44,8 @@ struct Cli {
     bar: ProgressBar,
     out: PathBuf,
     metrics: std::fs::File,
+    /// Set by Ctrl-C: stop at the next batch, keeping the epochs stored so far.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Observer for Cli {
@@ -53,6 +60,10 @@ impl Observer for Cli {
         if p.batch.is_multiple_of(10) || p.batch == p.batches {
             self.bar.set_message(format!("loss {:.4}", p.loss));
         }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
     }
 
     fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
@@ -109,9 +120,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(d) = a.device {
         spec.device = d;
     }
+    let continuing = a.resume.as_deref() == Some(a.out.as_path());
+    if !a.force && !continuing {
+        refuse_a_used_folder(&a.out, &a.spec)?;
+    }
     super::print_summary(&summary);
     let device = device::select(spec.device)?;
-    println!("device: {device:?}");
+    println!("device: {}", device::name(&device));
 
     let resume = match &a.resume {
         Some(dir) => {
@@ -159,10 +174,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {msg} ({eta})")?
             .progress_chars("=> "),
     );
+    let interrupted = Arc::new(AtomicBool::new(false));
+    stop_on_ctrl_c(interrupted.clone())?;
     let mut obs = Cli {
         bar,
         out: a.out.clone(),
         metrics,
+        interrupted,
     };
     let outcome = trainer.run(&mut obs)?;
     obs.bar.finish_and_clear();
@@ -175,7 +193,53 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 a.out.join("checkpoints").display()
             );
         }
-        Outcome::Stopped { epochs_done } => println!("stopped after {epochs_done} epochs"),
+        Outcome::Stopped { epochs_done } => {
+            let out = a.out.display();
+            println!(
+                "stopped after {epochs_done} epochs; to continue from there: trainyard train {} --out {out} --resume {out}",
+                a.spec.display()
+            );
+        }
     }
+    Ok(())
+}
+
+/// A run folder is never overwritten by accident: `--force` replaces it, `--resume` with
+/// the same folder continues it.
+fn refuse_a_used_folder(out: &Path, spec: &Path) -> anyhow::Result<()> {
+    let used = ["metrics.jsonl", "checkpoints"]
+        .iter()
+        .any(|f| out.join(f).exists());
+    anyhow::ensure!(
+        !used,
+        "{0} already holds a run; continue it with `trainyard train {1} --out {0} --resume {0}`, \
+         or pass --force to replace it",
+        out.display(),
+        spec.display()
+    );
+    Ok(())
+}
+
+/// The first Ctrl-C stops training at the next batch (the epochs stored so far are kept
+/// and the run can be resumed); a second one ends the process at once. The handler is in
+/// place when this returns, so no early Ctrl-C meets the default action.
+fn stop_on_ctrl_c(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let mut interrupts = {
+        let _in_rt = rt.enter();
+        signal(SignalKind::interrupt())?
+    };
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            interrupts.recv().await;
+            eprintln!("\nstopping at the next batch (Ctrl-C again to quit now)");
+            flag.store(true, Ordering::SeqCst);
+            interrupts.recv().await;
+            std::process::exit(130);
+        })
+    });
     Ok(())
 }

@@ -27,6 +27,15 @@ pub fn select(spec: DeviceSpec) -> Result<Device, EngineError> {
     }
 }
 
+/// A device as people write it in a spec: `cpu`, `cuda:0`.
+pub fn name(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// Whether this build has CUDA and a GPU answers (device 0).
 pub fn gpu_present() -> bool {
     candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok()
