@@ -154,9 +154,12 @@ impl Store {
         idle_in_transaction: std::time::Duration,
     ) -> Result<Self> {
         let ms = idle_in_transaction.as_millis().max(1000).to_string();
-        let options = url
-            .parse::<PgConnectOptions>()?
-            .options([("idle_in_transaction_session_timeout", ms.as_str())]);
+        // client_min_messages: the server's NOTICEs (`relation "_sqlx_migrations" already
+        // exists, skipping` at every start) are not news; warnings still come through.
+        let options = url.parse::<PgConnectOptions>()?.options([
+            ("idle_in_transaction_session_timeout", ms.as_str()),
+            ("client_min_messages", "warning"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(10))

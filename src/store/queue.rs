@@ -41,6 +41,17 @@ pub enum Ending {
     Failed(String),
 }
 
+/// As logs and people read it: `succeeded`, `cancelled`, `failed: <why>`.
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Succeeded => f.write_str("succeeded"),
+            Ending::Cancelled => f.write_str("cancelled"),
+            Ending::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
 /// Running experiments per account, for the claim's order and the running quota.
 const RUNNING: &str = "running AS (
         SELECT account_id, count(*) AS n FROM experiments WHERE status = 'running'
