@@ -43,15 +43,26 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/experiments/{id}/curve", get(curve))
 }
 
-/// The durable id before the first `.` of a Last-Event-ID.
-fn last_event_id(headers: &HeaderMap) -> i64 {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.split('.').next())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|n: &i64| *n >= 0)
-        .unwrap_or(0)
+/// The durable id of a `Last-Event-ID` (`N`, or `N.M` for a progress event), 0 when
+/// absent. Anything else is a 400: replaying from the start instead would hand the
+/// client everything again as if it were new.
+fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(0);
+    };
+    let bad = || {
+        ApiError::BadRequest(
+            "Last-Event-ID is not an event id of this stream (N or N.M, as its events carry)"
+                .into(),
+        )
+    };
+    let text = v.to_str().map_err(|_| bad())?.trim();
+    let (durable, progress) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |s: &str| !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(durable) || !digits(progress) {
+        return Err(bad());
+    }
+    durable.parse().map_err(|_| bad())
 }
 
 /// One server-sent event of the curve, as the OpenAPI document describes the stream's
@@ -78,6 +89,7 @@ pub struct CurveEvent {
     ),
     responses(
         (status = 200, description = "Events `status` (`{status, error}`), `epoch` (a `/metrics` row, with `recorded_at`), `progress` (`{epoch, epochs, batch, batches, loss, at}`, `at` when the batch finished), then `end` (the experiment)", content_type = "text/event-stream", body = CurveEvent),
+        (status = 400, description = "`Last-Event-ID` is not an id this stream sends", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many curve streams are open (`--max-sse-streams`); retry after `Retry-After` seconds", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -88,6 +100,7 @@ async fn curve(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = path_id(id)?;
+    let after = last_event_id(&headers)?;
     // Each stream holds a permit until its follower ends (the client left, the experiment
     // ended, or shutdown): memory and database work stay bounded however many connect.
     let permit = state.sse_streams.clone().try_acquire_owned().map_err(|_| {
@@ -99,20 +112,17 @@ async fn curve(
     // Subscribe before the first read so that nothing falls between them.
     let signals = state.hub.subscribe();
     state.store.experiment_in(caller.scope(), id).await?;
+    // An id past this experiment's newest event (another experiment's, or made up) means
+    // "seen everything": continue from the real newest, so the ids sent are its own.
+    let after = after.min(state.store.last_event_id(id).await?);
     let (tx, rx) = mpsc::channel(64);
     let mut shutdown = state.shutdown.clone();
-    let follower = follow(
-        state.store.clone(),
-        id,
-        last_event_id(&headers),
-        signals,
-        tx,
-    );
+    let follower = follow(state.store.clone(), id, after, signals, tx);
     tokio::spawn(async move {
         let _permit = permit;
         tokio::select! {
             _ = follower => {}
-            _ = crate::worker::stopped(&mut shutdown) => {}
+            _ = crate::shutdown::stopped(&mut shutdown) => {}
         }
     });
     Ok(Sse::new(ReceiverStream::new(rx))

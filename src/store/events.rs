@@ -119,4 +119,15 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// The id of an experiment's newest followed event (0 when it has none).
+    pub async fn last_event_id(&self, experiment: Uuid) -> Result<i64> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT coalesce(max(id), 0) FROM experiment_events
+                 WHERE experiment_id = $1 AND {FOLLOWED}"
+        ))
+        .bind(experiment)
+        .fetch_one(&self.pool)
+        .await?)
+    }
 }
