@@ -11,6 +11,7 @@ use super::auth::Caller;
 use super::input::{parse_id, path_id};
 use super::{AppState, error::ApiError};
 use crate::store::checkpoints::{CheckpointInfo, Which};
+use crate::store::experiments::Experiment;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -47,7 +48,8 @@ async fn list(
                 ("X-Checkpoint-Epoch" = i32, description = "The epoch the weights are from"),
                 ("Content-Disposition" = String, description = "`attachment` with a file name"),
             )),
-        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown experiment, or no checkpoint of that epoch", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The experiment has no checkpoint yet, or never will (it ended before its first epoch)", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn download(
     State(state): State<AppState>,
@@ -59,12 +61,12 @@ async fn download(
     let which: Which = which
         .parse()
         .map_err(|_| ApiError::NotFound("checkpoint"))?;
-    state.store.experiment_in(caller.scope(), id).await?;
+    let exp = state.store.experiment_in(caller.scope(), id).await?;
     let epoch = state
         .store
         .resolve_checkpoint(id, which)
         .await?
-        .ok_or(ApiError::NotFound("checkpoint"))?;
+        .ok_or_else(|| missing(&exp, which))?;
     let bytes = state.store.checkpoint_weights(id, epoch).await?;
     let name = format!("attachment; filename=\"{id}-epoch-{epoch}.safetensors\"");
     Ok((
@@ -79,4 +81,27 @@ async fn download(
         bytes,
     )
         .into_response())
+}
+
+/// Why `which` names no stored checkpoint of `exp`, in the same words wherever a
+/// checkpoint is asked for (its download, `/predict`).
+pub(super) fn missing(exp: &Experiment, which: Which) -> ApiError {
+    match which {
+        Which::Epoch(n) if exp.epochs_done >= n => ApiError::NotFoundNamed(format!(
+            "no checkpoint of epoch {n}: only the best and the last epochs are kept \
+             (the spec's keep_all_checkpoints keeps every one)"
+        )),
+        Which::Epoch(n) => ApiError::NotFoundNamed(format!(
+            "no checkpoint of epoch {n}: the experiment has stored {} epochs",
+            exp.epochs_done
+        )),
+        _ if exp.status.is_terminal() => ApiError::Conflict(format!(
+            "the experiment has no checkpoint and never will ({})",
+            exp.status.as_str()
+        )),
+        _ => ApiError::Conflict(format!(
+            "the experiment has no checkpoint yet ({})",
+            exp.status.as_str()
+        )),
+    }
 }

@@ -39,6 +39,10 @@ pub struct CheckpointInfo {
     pub sha256: String,
     pub size_bytes: i64,
     pub created_at: DateTime<Utc>,
+    /// This is the checkpoint `best` names (the best validation loss so far).
+    pub best: bool,
+    /// This is the checkpoint `last` names (the newest stored epoch).
+    pub last: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -47,13 +51,18 @@ struct InfoRow {
     sha256: Vec<u8>,
     size_bytes: i64,
     created_at: DateTime<Utc>,
+    best: bool,
+    last: bool,
 }
 
 impl Store {
     pub async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointInfo>> {
         let rows: Vec<InfoRow> = sqlx::query_as(
-            "SELECT epoch, sha256, size_bytes, created_at FROM checkpoints
-             WHERE experiment_id = $1 ORDER BY epoch",
+            "SELECT c.epoch, c.sha256, c.size_bytes, c.created_at,
+                coalesce(c.epoch = e.best_epoch, false) AS best,
+                c.epoch = max(c.epoch) OVER () AS last
+             FROM checkpoints c JOIN experiments e ON e.id = c.experiment_id
+             WHERE c.experiment_id = $1 ORDER BY c.epoch",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -65,6 +74,8 @@ impl Store {
                 sha256: hex::encode(r.sha256),
                 size_bytes: r.size_bytes,
                 created_at: r.created_at,
+                best: r.best,
+                last: r.last,
             })
             .collect())
     }

@@ -123,13 +123,7 @@ impl ModelCache {
         let epoch = store
             .resolve_checkpoint(id, which)
             .await?
-            .ok_or_else(|| match which {
-                Which::Epoch(n) if exp.epochs_done >= n => {
-                    ApiError::NotFound("checkpoint (only the best and the last epochs are kept)")
-                }
-                Which::Epoch(_) => ApiError::NotFound("checkpoint"),
-                _ => ApiError::Conflict("the experiment has no checkpoint yet".into()),
-            })?;
+            .ok_or_else(|| crate::api::checkpoints::missing(&exp, which))?;
         // Read before the checkpoint: if it had ended by then, the checkpoint is final.
         if exp.status.is_terminal() {
             let mut r = self.resolved.lock().unwrap();
