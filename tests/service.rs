@@ -90,8 +90,40 @@ async fn submitted_experiment_is_trained_followed_live_stored_and_used_by_predic
         .unwrap();
     assert!(csv.starts_with("epoch,train_loss,"), "{csv}");
     assert_eq!(csv.lines().count(), 3);
+    // The same by ?format=csv (a link, a plain curl); the answer varies by Accept.
+    let by_query = s
+        .client
+        .get(s.url(&format!("/experiments/{id}/metrics?format=csv")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.headers()["vary"], "accept");
+    assert!(
+        by_query.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert_eq!(by_query.text().await.unwrap(), csv);
+    let (status, problem) = s
+        .get_json(&format!("/experiments/{id}/metrics?format=xml"))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "format", "{problem}");
     let (_, ckpts) = s.get_json(&format!("/experiments/{id}/checkpoints")).await;
-    assert!(!ckpts.as_array().unwrap().is_empty());
+    let ckpts = ckpts.as_array().unwrap();
+    assert!(!ckpts.is_empty());
+    // The list says which checkpoint `best` and `last` name.
+    let (_, exp) = s.get_json(&format!("/experiments/{id}")).await;
+    let flagged = |k: &str| -> Vec<&Value> {
+        ckpts
+            .iter()
+            .filter(|c| c[k] == true)
+            .map(|c| &c["epoch"])
+            .collect()
+    };
+    assert_eq!(flagged("last"), [&json!(2)]);
+    assert_eq!(flagged("best"), [&exp["best_epoch"]]);
     let last = s
         .client
         .get(s.url(&format!("/experiments/{id}/checkpoints/last")))
@@ -149,6 +181,42 @@ async fn submitted_experiment_is_trained_followed_live_stored_and_used_by_predic
         .filter(|(i, p)| p["label"] == json!(test.labels[*i]))
         .count();
     assert!(correct >= 12, "{correct}/20 correct");
+    assert!(
+        preds.iter().all(|p| p["inverted"] == false),
+        "MNIST's own are not inverted"
+    );
+
+    // Dark ink on white, as people draw and scan: `auto` inverts it back, and the answer
+    // is exactly the one for the original; `false` leaves it as it is.
+    let ask = |body: Vec<u8>, invert: &str| {
+        let url = s.url(&format!("/predict?experiment={id}&invert={invert}"));
+        let req = s
+            .client
+            .post(url)
+            .header("content-type", "image/png")
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let original = test.image(0);
+    let on_paper: Vec<u8> = original.iter().map(|p| 255 - p).collect();
+    let (_, plain) = ask(png(original), "auto").await;
+    let (_, auto) = ask(png(&on_paper), "auto").await;
+    assert_eq!(auto["predictions"][0]["inverted"], true, "{auto}");
+    assert_eq!(
+        auto["predictions"][0]["probabilities"],
+        plain["predictions"][0]["probabilities"]
+    );
+    let (_, never) = ask(png(&on_paper), "false").await;
+    assert_eq!(never["predictions"][0]["inverted"], false);
+    let (_, always) = ask(png(original), "true").await;
+    assert_eq!(always["predictions"][0]["inverted"], true);
+    let (status, problem) = ask(png(original), "maybe").await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["errors"][0]["field"], "invert", "{problem}");
     // A succeeded experiment cannot be cancelled.
     assert_eq!(s.cancel(&id).await.status(), 409);
     s.stop().await;
@@ -357,6 +425,65 @@ async fn idempotency_key_makes_retries_safe(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn an_experiment_cancelled_before_training_says_it_never_will_have_a_checkpoint(
+    pool: PgPool,
+) {
+    let s = TestServer::start(pool, &[]).await;
+    let (_, exp) = s.submit(&tiny(1)).await;
+    let id = exp["id"].as_str().unwrap();
+    let waiting = s
+        .client
+        .get(s.url(&format!("/experiments/{id}/checkpoints/best")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waiting.status(), 409);
+    let body: Value = waiting.json().await.unwrap();
+    assert_eq!(
+        body["detail"],
+        "the experiment has no checkpoint yet (queued)"
+    );
+
+    assert_eq!(s.cancel(id).await.status(), 200);
+    let never = "the experiment has no checkpoint and never will (cancelled)";
+    for which in ["best", "last"] {
+        let r = s
+            .client
+            .get(s.url(&format!("/experiments/{id}/checkpoints/{which}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        assert_eq!(r.json::<Value>().await.unwrap()["detail"], never);
+    }
+    // /predict says the same, in the same words.
+    let body = png(&[0u8; 28 * 28]);
+    let r = s
+        .client
+        .post(s.url(&format!("/predict?experiment={id}")))
+        .header("content-type", "image/png")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["detail"], never);
+    // An epoch that never was names how many there are.
+    let r = s
+        .client
+        .get(s.url(&format!("/experiments/{id}/checkpoints/3")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["detail"],
+        "no checkpoint of epoch 3: the experiment has stored 0 epochs"
+    );
+    s.stop().await;
+}
+
+#[sqlx::test]
 async fn last_event_id_resumes_without_gaps_or_repeats(pool: PgPool) {
     let s = TestServer::start(pool, &[worker_config("w")]).await;
     let (_, exp) = s.submit(&tiny(3)).await;
@@ -375,6 +502,33 @@ async fn last_event_id_resumes_without_gaps_or_repeats(pool: PgPool) {
     // A progress id resumes at its durable prefix.
     let rest2 = read_curve(&s.client, &url, Some(&format!("{resume_at}.7")), 30).await;
     assert_eq!(rest2.len(), rest.len());
+
+    // An id past the end (made up, or another stream's) gets only the end event, and it
+    // carries the stream's real last id, not the client's.
+    let real_last = durable.last().unwrap().id.clone().unwrap();
+    let past = read_curve(&s.client, &url, Some("999999999999"), 30).await;
+    assert_eq!(past.len(), 1, "{past:?}");
+    assert_eq!(past[0].event, "end");
+    assert_eq!(past[0].id.as_deref(), Some(real_last.as_str()));
+
+    // One that does not parse is refused, not taken as "from the start".
+    for bad in ["abc", "-3", "12x", "1.2.3", ""] {
+        let r = s
+            .client
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "Last-Event-ID {bad:?}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains("Last-Event-ID"),
+            "{body}"
+        );
+    }
     s.stop().await;
 }
 

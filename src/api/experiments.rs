@@ -353,36 +353,60 @@ fn csv(rows: &[StoredEpoch]) -> String {
     out
 }
 
-/// Per-epoch metrics (JSON, or CSV with `Accept: text/csv`).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MetricsParams {
+    /// `json` or `csv`; overrides `Accept` (for a link or a plain `curl`).
+    #[param(value_type = Option<String>, pattern = "^(json|csv)$")]
+    pub format: Option<String>,
+}
+
+/// Per-epoch metrics (JSON, or CSV with `Accept: text/csv` or `?format=csv`).
 #[utoipa::path(get, path = "/experiments/{id}/metrics", tag = "experiments",
-    params(("id" = uuid::Uuid, Path, description = "Experiment id")),
+    params(("id" = uuid::Uuid, Path, description = "Experiment id"), MetricsParams),
     responses(
-        (status = 200, description = "One row per finished epoch, with when it was stored (as CSV with `Accept: text/csv`)", content(
+        (status = 200, description = "One row per finished epoch, with when it was stored (as CSV with `Accept: text/csv` or `?format=csv`)", content(
             (Vec<StoredEpoch> = "application/json"),
             (String = "text/csv"),
         )),
         (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
+    params: Result<Query<MetricsParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
+    let Query(params) = params.map_err(query_error)?;
+    let wants_csv = match params.format.as_deref() {
+        Some("csv") => true,
+        Some("json") => false,
+        Some(other) => {
+            return Err(ApiError::field(
+                "format",
+                format!("{other:?} is not a format: json or csv"),
+            ));
+        }
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/csv")),
+    };
     state.store.experiment_in(caller.scope(), id).await?;
     let rows = state.store.stored_epochs(id).await?;
-    let wants_csv = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/csv"));
+    // Caches must key the answer on Accept, which chooses its form.
+    let vary = [(header::VARY, "accept")];
     Ok(if wants_csv {
         (
+            vary,
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
             csv(&rows),
         )
             .into_response()
     } else {
-        Json(rows).into_response()
+        (vary, Json(rows)).into_response()
     })
 }

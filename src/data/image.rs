@@ -127,6 +127,31 @@ pub fn decode_to_28x28(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
     })
 }
 
+/// Whether a 28x28 image is dark ink on a light background (as people draw on paper and
+/// scanners see it), the opposite of MNIST's and Fashion-MNIST's light-on-black: the mean
+/// of its outermost ring of pixels is above mid-grey.
+pub fn has_light_background(px: &[u8]) -> bool {
+    const N: usize = 28;
+    debug_assert_eq!(px.len(), N * N);
+    let on_edge = |i: usize| {
+        let (row, col) = (i / N, i % N);
+        row == 0 || row == N - 1 || col == 0 || col == N - 1
+    };
+    let (sum, count) = px
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| on_edge(i))
+        .fold((0u32, 0u32), |(s, n), (_, &p)| (s + u32::from(p), n + 1));
+    sum > 128 * count
+}
+
+/// Turns light-on-dark into dark-on-light and back (`255 - p`).
+pub fn invert(px: &mut [u8]) {
+    for p in px {
+        *p = 255 - *p;
+    }
+}
+
 /// PIL's `convert("L")`: `(r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16` on 8-bit
 /// samples. 8-bit colour is read in place; anything else is converted to 8-bit RGB first.
 fn to_luma(img: DynamicImage) -> Vec<u8> {

@@ -48,6 +48,46 @@ pub struct PredictParams {
     /// How many classes to list in `top_k` (1 to 10, default 3).
     #[param(minimum = 1, maximum = 10)]
     pub top_k: Option<usize>,
+    /// `auto` (default): an image with a light background (dark ink on paper, as people
+    /// draw and scan) is inverted to the dataset's light-on-black first; `true`: always;
+    /// `false`: never. Each prediction says whether its image was.
+    #[param(value_type = Option<String>, pattern = "^(auto|true|false)$")]
+    pub invert: Option<String>,
+}
+
+/// Whether to invert an image before the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Invert {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Invert {
+    fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+        match v.unwrap_or("auto") {
+            "auto" => Ok(Invert::Auto),
+            "true" => Ok(Invert::Always),
+            "false" => Ok(Invert::Never),
+            other => Err(ApiError::field(
+                "invert",
+                format!("{other:?} is not auto, true or false"),
+            )),
+        }
+    }
+
+    /// Inverts `px` when this says so; whether it did.
+    fn apply(self, px: &mut [u8]) -> bool {
+        let yes = match self {
+            Invert::Always => true,
+            Invert::Never => false,
+            Invert::Auto => crate::data::image::has_light_background(px),
+        };
+        if yes {
+            crate::data::image::invert(px);
+        }
+        yes
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -66,6 +106,8 @@ pub struct Prediction {
     pub label: usize,
     /// The class name (digits for MNIST, garments for Fashion-MNIST).
     pub class_name: String,
+    /// Whether the image was inverted before the model saw it (see `invert`).
+    pub inverted: bool,
     /// Probability of each class, 0 to 9.
     pub probabilities: Vec<f32>,
     pub top_k: Vec<Ranked>,
@@ -117,7 +159,7 @@ pub struct ImageParts(pub std::collections::HashMap<String, ImageBytes>);
         (status = 200, body = PredictResponse),
         (status = 400, description = "Malformed multipart body", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown experiment or checkpoint", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The experiment has no checkpoint yet", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The experiment has no checkpoint yet, or never will (it ended before its first epoch)", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::error::Problem, content_type = "application/problem+json"),
         (status = 422, body = super::error::Problem, content_type = "application/problem+json"),
@@ -162,10 +204,12 @@ async fn answer(
     if !(1..=10).contains(&top_k) {
         return Err(ApiError::field("top_k", "must be between 1 and 10"));
     }
+    let invert = Invert::parse(p.invert.as_deref())?;
 
     // Counted from here: a batch waiting for company waits only while someone is coming.
     let incoming = state.models.incoming();
-    let images = images::read_images(req, &state).await?;
+    let mut images = images::read_images(req, &state).await?;
+    let inverted: Vec<bool> = images.iter_mut().map(|(_, px)| invert.apply(px)).collect();
     let epoch = state
         .models
         .resolve(&state.store, caller.scope(), experiment, which)
@@ -185,7 +229,8 @@ async fn answer(
     let predictions = images
         .into_iter()
         .zip(probs)
-        .map(|((filename, _), p)| {
+        .zip(inverted)
+        .map(|(((filename, _), p), inverted)| {
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
             let label = order[0];
@@ -193,6 +238,7 @@ async fn answer(
                 filename,
                 label,
                 class_name: class_name(dataset, label),
+                inverted,
                 top_k: order
                     .iter()
                     .take(top_k)
