@@ -85,7 +85,7 @@ pub struct CurveEvent {
 #[utoipa::path(get, path = "/experiments/{id}/curve", tag = "experiments",
     params(
         ("id" = uuid::Uuid, Path, description = "Experiment id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]{1,18}(\\.[0-9]{1,18})?$", description = "Resume after this event (the id of an event this stream sent)"),
     ),
     responses(
         (status = 200, description = "Events `status` (`{status, error}`), `epoch` (a `/metrics` row, with `recorded_at`), `progress` (`{epoch, epochs, batch, batches, loss, at}`, `at` when the batch finished), then `end` (the experiment)", content_type = "text/event-stream", body = CurveEvent),

@@ -67,6 +67,7 @@ pub fn openapi() -> serde_json::Value {
     doc["paths"]["/experiments/{id}"]["patch"]["requestBody"]["content"]["application/merge-patch+json"]
         ["schema"] = serde_json::json!({"$ref": "#/components/schemas/Labels"});
     require_keys(&mut doc);
+    headers_not_null(&mut doc);
     doc
 }
 
@@ -106,6 +107,36 @@ fn require_keys(doc: &mut serde_json::Value) {
                 responses
                     .entry("401")
                     .or_insert_with(|| unauthorized.clone());
+            }
+        }
+    }
+}
+
+/// A header is absent or a string: utoipa writes an optional header's schema as
+/// `["string", "null"]`, and generated clients then send the text `null`.
+fn headers_not_null(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for op in paths.values_mut().filter_map(|item| item.as_object_mut()) {
+        for op in op.values_mut() {
+            // `get_mut`, not indexing: indexing would add the keys it does not find.
+            let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) else {
+                continue;
+            };
+            for p in params
+                .iter_mut()
+                .filter(|p| p.get("in").is_some_and(|i| i == "header"))
+            {
+                let Some(ty) = p.get_mut("schema").and_then(|s| s.get_mut("type")) else {
+                    continue;
+                };
+                if let Some(types) = ty.as_array_mut() {
+                    types.retain(|t| t != "null");
+                    if types.len() == 1 {
+                        *ty = types[0].clone();
+                    }
+                }
             }
         }
     }
