@@ -259,6 +259,41 @@ fn ctrl_c_stops_train_at_a_batch_and_says_how_to_resume() {
 }
 
 #[test]
+fn predict_given_a_folder_or_an_optimizer_file_says_what_it_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tiny_spec(tmp.path(), 200, 1);
+    let run = tmp.path().join("run");
+    ok(trainyard(&[
+        "train",
+        spec.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    let weights = run.join("checkpoints/epoch-1.safetensors");
+    let err = |checkpoint: &Path| {
+        let out = trainyard(&[
+            "predict",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "x.png",
+        ]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for folder in [run.clone(), run.join("checkpoints")] {
+        let e = err(&folder);
+        assert!(
+            e.contains(&format!("{} is a folder", folder.display())),
+            "{e}"
+        );
+        assert!(e.contains(&format!("e.g. {}", weights.display())), "{e}");
+    }
+    let e = err(&run.join("checkpoints/epoch-1.optim.safetensors"));
+    assert!(e.contains("holds optimizer state"), "{e}");
+    assert!(e.contains(&format!("are {}", weights.display())), "{e}");
+}
+
+#[test]
 fn presets_name_prints_that_one_and_an_unknown_name_lists_the_presets() {
     let one: Value = serde_json::from_str(&ok(trainyard(&["presets", "keras-cnn"]))).unwrap();
     let all: Value = serde_json::from_str(&ok(trainyard(&["presets"]))).unwrap();

@@ -1,6 +1,6 @@
 //! `trainyard predict --checkpoint FILE IMAGE...`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -25,8 +25,37 @@ pub struct PredictArgs {
     pub device: DeviceSpec,
 }
 
+/// The weights file `--checkpoint` names, or an error that says what was given instead
+/// (a run folder, its checkpoints folder, an optimizer-state file) and what to give.
+fn weights_file(path: &Path) -> anyhow::Result<&Path> {
+    if path.is_dir() {
+        let checkpoints = path.join("checkpoints");
+        let dir = if checkpoints.is_dir() {
+            checkpoints
+        } else {
+            path.to_path_buf()
+        };
+        let hint = match Checkpoint::latest_in(&dir).ok().flatten() {
+            Some(latest) => format!(", e.g. {}", latest.display()),
+            None => String::new(),
+        };
+        anyhow::bail!(
+            "{} is a folder; --checkpoint takes a weights file (epoch-N.safetensors){hint}",
+            path.display()
+        );
+    }
+    let name = path.to_str().unwrap_or_default();
+    if let Some(stem) = name.strip_suffix(".optim.safetensors") {
+        anyhow::bail!(
+            "{name} holds optimizer state (momentum, Adam's moments), not weights; \
+             the weights of that epoch are {stem}.safetensors"
+        );
+    }
+    Ok(path)
+}
+
 pub fn run(a: PredictArgs) -> anyhow::Result<()> {
-    let ckpt = Checkpoint::load(&a.checkpoint)
+    let ckpt = Checkpoint::load(weights_file(&a.checkpoint)?)
         .with_context(|| format!("reading {}", a.checkpoint.display()))?;
     let predictor = Predictor::new(&ckpt, &device::select(a.device)?)?;
     let mut pixels = Vec::new();
