@@ -149,7 +149,10 @@ BASE=http://127.0.0.1:$PORT
 t=$(now); compose up -d >&2; FIG[up_to_ready_s]=$(wait_ready "$t")
 KEY=$(compose exec -T trainyard cat /var/lib/trainyard/admin-key)
 case $KEY in ty_*) ;; *) log "no admin key in /var/lib/trainyard/admin-key"; exit 1 ;; esac
-compose logs --no-color trainyard | grep -qF "$KEY" || { log "the first start did not print its admin key"; exit 1; }
+# Logs are read whole before grep: with pipefail, `grep -q` leaving early would fail the
+# pipe (SIGPIPE to compose logs) and turn a match into a miss.
+logs() { compose logs --no-color trainyard; }
+grep -qF "$KEY" <<<"$(logs)" || { log "the first start did not print its admin key"; exit 1; }
 sleep 2; FIG[memory_idle]=$(mem)
 A=$(python3 tests/compose_check.py "$BASE" "$KEY" use)
 
@@ -162,13 +165,13 @@ python3 tests/compose_check.py "$BASE" "$KEY" kept "$A"
 B=$(python3 tests/compose_check.py "$BASE" "$KEY" long)
 FIG[memory_training]=$(mem)
 compose stop trainyard >&2
-compose logs --no-color trainyard | grep -q "handed back\|hand.* back" ||
+grep -q "handed back\|hand.* back" <<<"$(logs)" ||
   { log "the stopped worker did not say it handed its experiment back"; exit 1; }
 compose up -d >&2; wait_ready "$(now)" >/dev/null
 python3 tests/compose_check.py "$BASE" "$KEY" resumed "$B"
 
 # 7. Plain logs, and the GPU image.
-if compose logs --no-color trainyard | grep -q $'\x1b\['; then
+if grep -q $'\x1b\[' <<<"$(logs)"; then
   log "the logs carry terminal colour codes although they go to no terminal"; exit 1
 fi
 if [ $GPU = 1 ]; then
