@@ -11,13 +11,15 @@
 //! layer list and reports every problem it finds, each naming its field.
 
 pub mod diff;
+pub mod plan;
 pub mod presets;
 pub mod schema;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::{Summary, validate};
+pub use plan::{LayerKind, Plan, PlannedLayer, Summary};
+pub use validate::validate;
 
 /// The only spec version this build understands.
 pub const SPEC_VERSION: u32 = 1;
