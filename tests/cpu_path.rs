@@ -281,7 +281,7 @@ fn resuming_on_the_cpu_path_equals_the_uninterrupted_run() {
             c: &trainyard::engine::Checkpoint,
         ) -> Result<(), trainyard::engine::EngineError> {
             if c.epoch >= self.0 {
-                return Err(trainyard::engine::EngineError::Data("stop".into()));
+                return Err(trainyard::engine::EngineError::Observer("stop".into()));
             }
             Ok(())
         }

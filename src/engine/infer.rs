@@ -4,14 +4,16 @@
 //! taken as 28x28 grayscale u8 (MNIST's format: white digit on black), then go through the
 //! spec's own resize and normalisation, exactly as the training data did.
 //!
-//! The training [`Model`] is built for gradients: ReLU and max pooling are composed of
-//! several ops so that their backward passes match PyTorch's, its weights are `Var`s (so
-//! every forward records a graph), and its forward takes `&mut self` for batch-norm
-//! statistics. None of that is needed to classify. So the weights are loaded and checked
-//! through [`Model`] (one place decides names and shapes), then copied into a plain,
-//! detached layer list whose forward is `&self`: one predictor serves any number of
-//! threads without a lock, and each layer is a single Candle op with the same values
-//! (`infer_matches_the_training_forward` checks that against the training forward).
+//! The training [`Model`](super::model::Model) is built for gradients: ReLU and max pooling
+//! are composed of several ops so that their backward passes match PyTorch's, its weights
+//! are `Var`s (so every forward records a graph), and its forward takes `&mut self` for
+//! batch-norm statistics. None of that is needed to classify. So the predictor is built
+//! from the spec's [`Plan`] and the checkpoint alone: the weights are checked against the
+//! plan's state dict (the same check, and the same errors, as loading them into a training
+//! model), then lowered into a plain, detached layer list whose forward is `&self`: one
+//! predictor serves any number of threads without a lock, and each layer is a single Candle
+//! op with the same values (`infer_matches_the_training_forward` checks that against the
+//! training forward).
 //!
 //! On the CPU, specs the training CPU path takes (`engine::cpu`) run on its kernels,
 //! forward only, with buffers kept between calls: the same fused im2col + gemm layers
@@ -20,17 +22,16 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 use super::EngineError;
 use super::checkpoint::Checkpoint;
 use super::cpu::FastNet;
-use super::model::Model;
+use super::model;
 use super::ops;
 use crate::data::prepare::Preprocess;
-use crate::spec::{
-    Activation, BatchNorm, Conv2d, Dense, ExperimentSpec, LayerSpec, Padding, validate,
-};
+use crate::spec::plan::{LayerKind, Plan, Role};
+use crate::spec::{Activation, ExperimentSpec, validate};
 
 /// Side of the images a model's dataset is made of (before the spec's own resize).
 pub const SOURCE_SIDE: usize = 28;
@@ -74,6 +75,55 @@ pub struct Predictor {
     device: Device,
 }
 
+/// The plan as single Candle ops on `device`. Identity pools and dropout (the identity
+/// at inference) are left out.
+fn lower(
+    plan: &Plan,
+    weights: &HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<Vec<Op>, EngineError> {
+    let mut ops = Vec::new();
+    for layer in &plan.layers {
+        // Every name exists: the state dict was checked against the plan.
+        let get = |role: Role| -> candle_core::Result<Tensor> {
+            let t = layer
+                .tensor(role)
+                .expect("the plan names this layer's tensors");
+            weights[&t.name].to_device(device)?.detach().contiguous()
+        };
+        let op = match &layer.kind {
+            LayerKind::Conv2d(c) => Op::Conv {
+                w: get(Role::Weight)?,
+                b: get(Role::Bias)?.reshape((1, (), 1, 1))?,
+                stride: c.stride,
+                pad: c.pad.as_array(),
+                act: c.activation,
+            },
+            LayerKind::MaxPool2d(p) | LayerKind::AvgPool2d(p) if p.is_identity() => continue,
+            LayerKind::MaxPool2d(p) => Op::MaxPool(p.size, p.stride),
+            LayerKind::AvgPool2d(p) => Op::AvgPool(p.size, p.stride),
+            LayerKind::Flatten => Op::Flatten,
+            LayerKind::Dense(d) => Op::Dense {
+                w: get(Role::Weight)?,
+                b: get(Role::Bias)?,
+                act: d.activation,
+            },
+            LayerKind::Dropout { .. } => continue,
+            LayerKind::BatchNorm(n) => {
+                let var = get(Role::RunningVar)?;
+                let scale = ((var + n.eps)?.sqrt()?.recip()? * get(Role::Weight)?)?;
+                Op::BatchNorm {
+                    mean: get(Role::RunningMean)?,
+                    scale,
+                    shift: get(Role::Bias)?,
+                }
+            }
+        };
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
 fn activate(x: Tensor, act: Activation) -> candle_core::Result<Tensor> {
     match act {
         Activation::Relu => x.relu(),
@@ -86,97 +136,38 @@ fn activate(x: Tensor, act: Activation) -> candle_core::Result<Tensor> {
 }
 
 impl Predictor {
-    /// Builds the model of a checkpoint's spec and loads its weights.
+    /// Validates the checkpoint's spec, then [`Predictor::with_plan`].
     pub fn new(ckpt: &Checkpoint, device: &Device) -> Result<Self, EngineError> {
-        let summary = validate(&ckpt.spec)?;
-        let mut model = Model::new(&ckpt.spec, &summary, device)?;
-        model.load_state_dict(&ckpt.weight_map())?;
-        let state: HashMap<String, Tensor> = model.state_dict()?.into_iter().collect();
-        // Every name below exists: load_state_dict checked the full state dict.
-        let get = |name: &Option<String>, key: &str| -> candle_core::Result<Tensor> {
-            let k = format!("{}.{key}", name.as_deref().unwrap_or_default());
-            state[&k].to_device(device)?.detach().contiguous()
-        };
-        let mut ops = Vec::new();
-        let mut last = Activation::None;
-        let mut shape: Vec<usize> = summary.input.to_vec();
-        for (layer, info) in ckpt.spec.model.layers.iter().zip(&summary.layers) {
-            let op = match layer {
-                LayerSpec::Conv2d(Conv2d {
-                    kernel,
-                    stride,
-                    padding,
-                    activation,
-                    ..
-                }) => {
-                    let ((kh, kw), (sh, sw)) = (kernel.hw(), stride.hw());
-                    let pad = match padding {
-                        Padding::Valid => [0; 4],
-                        Padding::Same => {
-                            let (t, bo) = ops::same_padding(shape[1], kh, sh);
-                            let (l, r) = ops::same_padding(shape[2], kw, sw);
-                            [t, bo, l, r]
-                        }
-                    };
-                    last = *activation;
-                    let (w, b) = (get(&info.name, "weight")?, get(&info.name, "bias")?);
-                    Op::Conv {
-                        w,
-                        b: b.reshape((1, (), 1, 1))?,
-                        stride: (sh, sw),
-                        pad,
-                        act: *activation,
-                    }
-                }
-                LayerSpec::MaxPool2d(p) => Op::MaxPool(p.size.hw(), p.stride_hw()),
-                LayerSpec::AvgPool2d(p) => Op::AvgPool(p.size.hw(), p.stride_hw()),
-                LayerSpec::Flatten => Op::Flatten,
-                LayerSpec::Dense(Dense { activation, .. }) => {
-                    last = *activation;
-                    let (w, b) = (get(&info.name, "weight")?, get(&info.name, "bias")?);
-                    Op::Dense {
-                        w,
-                        b,
-                        act: *activation,
-                    }
-                }
-                LayerSpec::Dropout(_) => {
-                    // Identity at inference; like any layer, it ends the last activation.
-                    last = Activation::None;
-                    shape = info.output.clone();
-                    continue;
-                }
-                LayerSpec::BatchNorm(BatchNorm { eps, .. }) => {
-                    let var = get(&info.name, "running_var")?;
-                    let scale = ((var + *eps)?.sqrt()?.recip()? * get(&info.name, "weight")?)?;
-                    Op::BatchNorm {
-                        mean: get(&info.name, "running_mean")?,
-                        scale,
-                        shift: get(&info.name, "bias")?,
-                    }
-                }
-            };
-            if !matches!(op, Op::Conv { .. } | Op::Dense { .. }) {
-                last = Activation::None;
-            }
-            ops.push(op);
-            shape = info.output.clone();
-        }
-        let fast = match device {
-            Device::Cpu if FastNet::supports(&ckpt.spec).is_ok() => {
-                Some(FastNet::for_inference(&ckpt.spec, &summary, &model)?)
-            }
+        let plan = validate(&ckpt.spec)?;
+        Self::with_plan(&plan, ckpt, device)
+    }
+
+    /// The model of `plan` (the checkpoint's spec's) with the checkpoint's weights: no
+    /// training model is built and nothing is initialised.
+    pub fn with_plan(plan: &Plan, ckpt: &Checkpoint, device: &Device) -> Result<Self, EngineError> {
+        let stored = ckpt.weight_map();
+        model::check_state_dict(&model::expected_state_dict(plan), &stored)?;
+        // The float tensors in f32 on the host, as training holds them.
+        let weights = plan
+            .state_dict()
+            .into_iter()
+            .filter(|t| t.role != Role::BatchesTracked)
+            .map(|t| Ok((t.name.clone(), stored[&t.name].to_dtype(DType::F32)?)))
+            .collect::<Result<HashMap<_, _>, EngineError>>()?;
+        let fast = match (device, plan.cpu_kernels_unsupported()) {
+            (Device::Cpu, None) => Some(FastNet::for_inference(plan, &weights)?),
             _ => None,
         };
-        if fast.is_some() {
-            // The CPU path answers: the Candle ops would only hold a second copy of the
-            // weights.
-            ops.clear();
-        }
+        // Where the CPU kernels answer, the Candle ops would only hold a second copy of
+        // the weights.
+        let ops = match fast {
+            Some(_) => Vec::new(),
+            None => lower(plan, &weights, device)?,
+        };
         Ok(Predictor {
             fast,
             ops,
-            last,
+            last: plan.output_activation(),
             pre: Preprocess::new(&ckpt.spec.dataset, SOURCE_SIDE, SOURCE_SIDE),
             spec: ckpt.spec.clone(),
             epoch: ckpt.epoch,
@@ -229,13 +220,7 @@ impl Predictor {
                     pad,
                     act,
                 } => activate(conv_candle(x, w, *stride, *pad)?.broadcast_add(b)?, *act)?,
-                Op::MaxPool(size, stride) => {
-                    if *size == (1, 1) && *stride == (1, 1) {
-                        x
-                    } else {
-                        x.max_pool2d_with_stride(*size, *stride)?
-                    }
-                }
+                Op::MaxPool(size, stride) => x.max_pool2d_with_stride(*size, *stride)?,
                 Op::AvgPool(size, stride) => ops::avg_pool2d(&x, *size, *stride)?,
                 Op::Flatten => x.flatten_from(1)?,
                 Op::Dense { w, b, act } => activate(x.matmul(&w.t()?)?.broadcast_add(b)?, *act)?,

@@ -27,18 +27,30 @@ use crate::spec::SpecErrors;
 pub enum EngineError {
     #[error("invalid spec: {0}")]
     Spec(#[from] SpecErrors),
-    #[error("data: {0}")]
-    Data(String),
+    #[error("dataset: no training samples left (check train_limit and the validation split)")]
+    NoTrainingSamples,
+    #[error("data has shape {data:?}, the model expects {model:?}")]
+    InputShape { data: [usize; 3], model: [usize; 3] },
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("checkpoint: the checkpoint was trained with a different model")]
+    OtherModel,
+    #[error("checkpoint: no tensor {0}")]
+    MissingTensor(String),
+    #[error("the CPU kernels do not support {0}")]
+    Unsupported(cpu::Unsupported),
     #[error("device: {0}")]
     Device(String),
-    #[error("training diverged: {0}")]
-    NonFinite(String),
+    #[error("training diverged: loss became {loss} by epoch {epoch}, batch {batch}")]
+    NonFinite { loss: f64, epoch: u32, batch: usize },
     #[error("input: {0}")]
     Input(String),
+    /// The observer stopped the run ([`trainer::Observer::on_epoch`]); its own error,
+    /// which the caller can downcast.
+    #[error("{0}")]
+    Observer(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -1,4 +1,4 @@
-//! A model built from a validated spec.
+//! Candle's graph of a validated spec's model, built from its [`Plan`].
 //!
 //! Tensors are NCHW with PyTorch's layouts (conv `[out, in, kh, kw]`, dense `[out, in]`,
 //! flatten in channel-major order), so the state dict we save loads into the equivalent
@@ -10,9 +10,8 @@ use candle_core::{D, DType, Device, Result, Tensor, Var};
 
 use super::ops;
 use super::rng::Rng;
-use crate::spec::{
-    Activation, BatchNorm, Conv2d, Dense, ExperimentSpec, InitScheme, LayerSpec, Padding, Summary,
-};
+use crate::spec::plan::{LayerKind, Plan};
+use crate::spec::{Activation, ExperimentSpec, InitScheme};
 
 enum Layer {
     Conv {
@@ -68,6 +67,8 @@ pub struct Model {
     params: Vec<(String, Var)>,
     /// Layer names, parallel to `layers` (empty for layers without state).
     names: Vec<String>,
+    /// Every state-dict tensor's name and shape, in order (from the plan).
+    expected: Vec<(String, Vec<usize>)>,
     device: Device,
     dtype: DType,
 }
@@ -114,14 +115,14 @@ fn init_values(
 
 impl Model {
     /// Builds the model of a validated spec with freshly initialised f32 weights.
-    pub fn new(spec: &ExperimentSpec, summary: &Summary, device: &Device) -> Result<Self> {
-        Self::with_dtype(spec, summary, device, DType::F32)
+    pub fn new(spec: &ExperimentSpec, plan: &Plan, device: &Device) -> Result<Self> {
+        Self::with_dtype(spec, plan, device, DType::F32)
     }
 
     /// Like [`Model::new`] in another float type (f64 for numeric gradient checks).
     pub fn with_dtype(
         spec: &ExperimentSpec,
-        summary: &Summary,
+        plan: &Plan,
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
@@ -129,104 +130,86 @@ impl Model {
         let mut layers = Vec::new();
         let mut params = Vec::new();
         let mut names = Vec::new();
-        let mut shape: Vec<usize> = summary.input.to_vec();
         let scheme = spec.model.init;
-        for (layer, info) in spec.model.layers.iter().zip(&summary.layers) {
-            let name = info.name.clone().unwrap_or_default();
+        for layer in &plan.layers {
             let var = |v: Vec<f32>, dims: &[usize]| {
                 Var::from_tensor(&Tensor::from_vec(v, dims, device)?.to_dtype(dtype)?)
             };
-            let l = match layer {
-                LayerSpec::Conv2d(Conv2d {
-                    filters,
-                    kernel,
-                    stride,
-                    padding,
-                    activation,
-                    ..
-                }) => {
-                    let (kh, kw) = kernel.hw();
-                    let (sh, sw) = stride.hw();
-                    let c = shape[0];
-                    let rf = kh * kw;
+            // Weight and bias, named and shaped by the plan, in its order.
+            let mut weight_and_bias = |w: Vec<f32>, b: Vec<f32>| -> Result<(Var, Var)> {
+                let (tw, tb) = (&layer.tensors[0], &layer.tensors[1]);
+                let (w, b) = (var(w, &tw.shape)?, var(b, &tb.shape)?);
+                params.push((tw.name.clone(), w.clone()));
+                params.push((tb.name.clone(), b.clone()));
+                Ok((w, b))
+            };
+            let l = match &layer.kind {
+                LayerKind::Conv2d(c) => {
                     let (w, b) = init_values(
                         scheme,
                         &mut rng,
-                        filters * c * rf,
-                        *filters,
-                        c * rf,
-                        filters * rf,
+                        c.filters * c.fan_in(),
+                        c.filters,
+                        c.fan_in(),
+                        c.fan_out(),
                     );
-                    let pad = match padding {
-                        Padding::Valid => [0; 4],
-                        Padding::Same => {
-                            let (t, bo) = ops::same_padding(shape[1], kh, sh);
-                            let (l, r) = ops::same_padding(shape[2], kw, sw);
-                            [t, bo, l, r]
-                        }
-                    };
-                    let w = var(w, &[*filters, c, kh, kw])?;
-                    let b = var(b, &[*filters])?;
-                    params.push((format!("{name}.weight"), w.clone()));
-                    params.push((format!("{name}.bias"), b.clone()));
+                    let (w, b) = weight_and_bias(w, b)?;
                     Layer::Conv {
                         w,
                         b,
-                        stride: (sh, sw),
-                        pad,
-                        act: *activation,
+                        stride: c.stride,
+                        pad: c.pad.as_array(),
+                        act: c.activation,
                     }
                 }
-                LayerSpec::MaxPool2d(p) => Layer::MaxPool {
-                    size: p.size.hw(),
-                    stride: p.stride_hw(),
+                LayerKind::MaxPool2d(p) => Layer::MaxPool {
+                    size: p.size,
+                    stride: p.stride,
                 },
-                LayerSpec::AvgPool2d(p) => Layer::AvgPool {
-                    size: p.size.hw(),
-                    stride: p.stride_hw(),
+                LayerKind::AvgPool2d(p) => Layer::AvgPool {
+                    size: p.size,
+                    stride: p.stride,
                 },
-                LayerSpec::Flatten => Layer::Flatten,
-                LayerSpec::Dense(Dense {
-                    units, activation, ..
-                }) => {
-                    let n_in = shape[0];
-                    let (w, b) = init_values(scheme, &mut rng, units * n_in, *units, n_in, *units);
-                    let w = var(w, &[*units, n_in])?;
-                    let b = var(b, &[*units])?;
-                    params.push((format!("{name}.weight"), w.clone()));
-                    params.push((format!("{name}.bias"), b.clone()));
+                LayerKind::Flatten => Layer::Flatten,
+                LayerKind::Dense(d) => {
+                    let (w, b) = init_values(
+                        scheme,
+                        &mut rng,
+                        d.units * d.inputs,
+                        d.units,
+                        d.inputs,
+                        d.units,
+                    );
+                    let (w, b) = weight_and_bias(w, b)?;
                     Layer::Dense {
                         w,
                         b,
-                        act: *activation,
+                        act: d.activation,
                     }
                 }
-                LayerSpec::Dropout(d) => Layer::Dropout { rate: d.rate },
-                LayerSpec::BatchNorm(BatchNorm { momentum, eps, .. }) => {
-                    let c = shape[0];
-                    let gamma = var(vec![1.0; c], &[c])?;
-                    let beta = var(vec![0.0; c], &[c])?;
-                    params.push((format!("{name}.weight"), gamma.clone()));
-                    params.push((format!("{name}.bias"), beta.clone()));
+                LayerKind::Dropout { rate } => Layer::Dropout { rate: *rate },
+                LayerKind::BatchNorm(n) => {
+                    let c = n.channels;
+                    let (gamma, beta) = weight_and_bias(vec![1.0; c], vec![0.0; c])?;
                     Layer::BatchNorm {
                         gamma,
                         beta,
                         running_mean: var(vec![0.0; c], &[c])?,
                         running_var: var(vec![1.0; c], &[c])?,
                         batches: 0,
-                        momentum: *momentum,
-                        eps: *eps,
+                        momentum: n.momentum,
+                        eps: n.eps,
                     }
                 }
             };
             layers.push(l);
-            names.push(name);
-            shape = info.output.clone();
+            names.push(layer.name.clone().unwrap_or_default());
         }
         Ok(Model {
             layers,
             params,
             names,
+            expected: expected_state_dict(plan),
             device: device.clone(),
             dtype,
         })
@@ -404,25 +387,7 @@ impl Model {
         &mut self,
         tensors: &std::collections::HashMap<String, Tensor>,
     ) -> Result<()> {
-        let expected = self.state_dict()?;
-        for (k, v) in &expected {
-            let t = tensors
-                .get(k)
-                .ok_or_else(|| candle_core::Error::Msg(format!("weights are missing {k}")))?;
-            if t.dims() != v.dims() {
-                candle_core::bail!(
-                    "{k} has shape {:?}, the model needs {:?}",
-                    t.dims(),
-                    v.dims()
-                );
-            }
-        }
-        if let Some(extra) = tensors
-            .keys()
-            .find(|k| !expected.iter().any(|(e, _)| e == *k))
-        {
-            candle_core::bail!("weights have a tensor {extra} that the model does not use");
-        }
+        check_state_dict(&self.expected, tensors)?;
         for (k, var) in self.named_vars() {
             var.set(&tensors[&k].to_dtype(self.dtype)?.to_device(&self.device)?)?;
         }
@@ -431,6 +396,37 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The state dict a model of `plan` holds: every tensor's name and shape, in order.
+pub(crate) fn expected_state_dict(plan: &Plan) -> Vec<(String, Vec<usize>)> {
+    plan.state_dict()
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect()
+}
+
+/// Checks that `tensors` are exactly the `expected` state dict: every tensor present with
+/// its shape (the first one that is not, in order, is named), and none other.
+pub(crate) fn check_state_dict(
+    expected: &[(String, Vec<usize>)],
+    tensors: &std::collections::HashMap<String, Tensor>,
+) -> Result<()> {
+    for (k, dims) in expected {
+        let t = tensors
+            .get(k)
+            .ok_or_else(|| candle_core::Error::Msg(format!("weights are missing {k}")))?;
+        if t.dims() != dims.as_slice() {
+            candle_core::bail!("{k} has shape {:?}, the model needs {:?}", t.dims(), dims);
+        }
+    }
+    if let Some(extra) = tensors
+        .keys()
+        .find(|k| !expected.iter().any(|(e, _)| e == *k))
+    {
+        candle_core::bail!("weights have a tensor {extra} that the model does not use");
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -486,4 +482,53 @@ fn batch_norm(
     x.broadcast_sub(&mean.reshape(bshape)?)?
         .broadcast_mul(&scale)?
         .broadcast_add(&shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::spec;
+
+    /// The plan names every tensor checkpoints hold, in their order: the same list the
+    /// model built from it writes.
+    #[test]
+    fn the_plans_state_dict_is_the_models() {
+        let custom = json!({
+            "version": 1,
+            "dataset": {"name": "mnist"},
+            "model": {"layers": [
+                {"type": "conv2d", "filters": 3, "kernel": [3, 2], "padding": "same"},
+                {"type": "batch_norm"},
+                {"type": "max_pool2d", "size": 2},
+                {"type": "flatten"},
+                {"type": "batch_norm"},
+                {"type": "dropout", "rate": 0.5},
+                {"type": "dense", "name": "out", "units": 10, "activation": "softmax"}
+            ]},
+            "optimizer": {"type": "sgd", "learning_rate": 0.1},
+            "epochs": 1,
+            "batch_size": 8
+        });
+        for v in [
+            json!({"preset": "keras-cnn"}),
+            json!({"preset": "torch-cnn"}),
+            custom,
+        ] {
+            let s = spec::from_value(v).unwrap();
+            let plan = spec::validate(&s).unwrap();
+            let model = Model::new(&s, &plan, &Device::Cpu).unwrap();
+            let built: Vec<(String, Vec<usize>)> = model
+                .state_dict()
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| (k, t.dims().to_vec()))
+                .collect();
+            assert_eq!(built, expected_state_dict(&plan));
+            let trainable: Vec<&str> = plan.trainable().map(|t| t.name.as_str()).collect();
+            let params: Vec<&str> = model.params().iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(trainable, params);
+        }
+    }
 }

@@ -105,13 +105,6 @@ pub fn avg_pool2d(x: &Tensor, size: (usize, usize), stride: (usize, usize)) -> R
     windows(x, size, stride)?.mean(D::Minus1)
 }
 
-/// TensorFlow's "same" padding: output `ceil(n / s)`, the extra pixel at the end.
-pub fn same_padding(n: usize, k: usize, s: usize) -> (usize, usize) {
-    let out = n.div_ceil(s);
-    let total = ((out - 1) * s + k).saturating_sub(n);
-    (total / 2, total - total / 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,13 +158,5 @@ mod tests {
         let y = relu(&x).unwrap();
         assert_eq!(y.to_vec1::<f32>().unwrap(), [0., 0., 2.]);
         assert_eq!(grad_of(&x, &y), [0., 0., 1.]);
-    }
-
-    #[test]
-    fn same_padding_matches_tensorflow() {
-        assert_eq!(same_padding(28, 3, 1), (1, 1));
-        assert_eq!(same_padding(28, 2, 1), (0, 1));
-        assert_eq!(same_padding(7, 3, 2), (1, 1));
-        assert_eq!(same_padding(8, 3, 2), (0, 1));
     }
 }

@@ -1,4 +1,5 @@
-//! The training loop.
+//! The training loop, one for every backend ([`backend`]: the CPU kernels or Candle's
+//! graph), chosen once from the spec's plan and the device.
 //!
 //! Plain synchronous code: the server runs it on a blocking thread of its own, never on
 //! the async runtime. It reports through an [`Observer`]: a progress call per batch, a
@@ -9,20 +10,20 @@
 //! randomness comes from seed-derived streams (init, each epoch's shuffle and dropout), so
 //! a run resumed from epoch k's checkpoint continues exactly as the uninterrupted one.
 
-use candle_core::{D, DType, Device, Tensor};
+mod backend;
 
+use candle_core::{Device, Tensor};
+
+use self::backend::{Backend, Batch, DeviceSamples, Graph, Kernels, State};
 use super::EngineError;
 use super::checkpoint::Checkpoint;
-use super::cpu::{FastNet, with_host_slice};
 use super::metrics::EpochMetrics;
 use super::model::{Forward, Model};
 use super::optim::Optimizer;
 use super::rng::Rng;
 use crate::data::prepare::{Prepared, Samples};
-use crate::spec::{Activation, ExperimentSpec, Summary};
-
-/// Batch size used for evaluation (it does not change the figures).
-const EVAL_BATCH: usize = 1000;
+use crate::spec::plan::Plan;
+use crate::spec::{Activation, ExperimentSpec};
 /// On a GPU, batches between reads of the running loss (each read waits for the device).
 const SYNC_EVERY: usize = 50;
 
@@ -89,12 +90,6 @@ pub enum Outcome {
     Stopped { epochs_done: u32 },
 }
 
-struct DeviceSamples {
-    x: Tensor,
-    y: Tensor,
-    len: usize,
-}
-
 fn upload(s: &Samples, shape: [usize; 3], device: &Device) -> Result<DeviceSamples, EngineError> {
     let x = Tensor::from_slice(&s.x, (s.len, shape[0], shape[1], shape[2]), device)?;
     let y: Vec<u32> = s.y.iter().map(|&v| v as u32).collect();
@@ -102,136 +97,96 @@ fn upload(s: &Samples, shape: [usize; 3], device: &Device) -> Result<DeviceSampl
     Ok(DeviceSamples { x, y, len: s.len })
 }
 
-/// Per-sample cross-entropy summed over the batch, and the number of correct predictions.
-fn loss_and_correct(f: &Forward, y: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-    let logp = candle_nn::ops::log_softmax(&f.loss_input, D::Minus1)?;
-    let picked = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let loss_sum = picked.sum_all()?.neg()?;
-    let correct = f
-        .output
-        .argmax(D::Minus1)?
-        .eq(y)?
-        .to_dtype(DType::F32)?
-        .sum_all()?;
-    Ok((loss_sum, correct))
+/// Which backend trains `plan` on `device`, and when it is Candle's graph, why.
+fn choose(plan: &Plan, device: &Device) -> TrainingPath {
+    match device {
+        Device::Cpu => match plan.cpu_kernels_unsupported() {
+            None => TrainingPath::CpuKernels,
+            Some(u) => TrainingPath::CandleGraph(format!("the CPU kernels do not support {u}")),
+        },
+        Device::Cuda(_) => TrainingPath::CandleGraph("the device is CUDA".into()),
+        Device::Metal(_) => TrainingPath::CandleGraph("the device is Metal".into()),
+    }
 }
 
 /// A model, its optimizer and its data, ready to train.
 pub struct Trainer {
     spec: ExperimentSpec,
-    model: Model,
-    optimizer: Optimizer,
+    state: State,
     train: DeviceSamples,
     val: Option<DeviceSamples>,
     test: DeviceSamples,
     history: Vec<EpochMetrics>,
     device: Device,
-    summary: Summary,
-    /// The fused CPU path ([`super::cpu`]), when the device is the CPU and the spec's
-    /// layers are all supported there; otherwise Candle's graph trains.
-    fast: Option<FastNet>,
+    backend: Box<dyn Backend>,
 }
 
 impl Trainer {
-    /// Builds the model of a validated spec on `device` and uploads the data once.
+    /// Builds the model of a validated spec's `plan` on `device` and uploads the data
+    /// once. The CPU kernels train it where they can, else Candle's graph ([`Trainer::path`]).
     pub fn new(
         spec: &ExperimentSpec,
-        summary: &Summary,
+        plan: &Plan,
         data: &Prepared,
         device: &Device,
     ) -> Result<Self, EngineError> {
         if data.train.len == 0 {
-            return Err(EngineError::Data(
-                "dataset: no training samples left (check train_limit and the validation split)"
-                    .into(),
-            ));
+            return Err(EngineError::NoTrainingSamples);
         }
-        if data.shape != summary.input {
-            return Err(EngineError::Data(format!(
-                "data has shape {:?}, the model expects {:?}",
-                data.shape, summary.input
-            )));
+        if data.shape != plan.input {
+            return Err(EngineError::InputShape {
+                data: data.shape,
+                model: plan.input,
+            });
         }
-        let model = Model::new(spec, summary, device)?;
+        let model = Model::new(spec, plan, device)?;
         let optimizer = Optimizer::new(&spec.optimizer, model.params().to_vec())?;
-        let fast = match device {
-            Device::Cpu if FastNet::supports(spec).is_ok() => Some(FastNet::new(
-                spec,
-                summary,
-                &model,
-                &optimizer,
-                spec.batch_size as usize,
-            )?),
-            _ => None,
+        let state = State { model, optimizer };
+        let backend: Box<dyn Backend> = match choose(plan, device) {
+            TrainingPath::CpuKernels => Box::new(Kernels::new(spec, plan, &state)?),
+            TrainingPath::CandleGraph(why) => Box::new(Graph::new(device, why)),
         };
         Ok(Trainer {
             spec: spec.clone(),
-            optimizer,
+            state,
             train: upload(&data.train, data.shape, device)?,
             val: match &data.val {
                 Some(v) if v.len > 0 => Some(upload(v, data.shape, device)?),
                 _ => None,
             },
             test: upload(&data.test, data.shape, device)?,
-            model,
             history: Vec::new(),
             device: device.clone(),
-            summary: summary.clone(),
-            fast,
+            backend,
         })
     }
 
     /// Trains with Candle's graph even where the fused CPU path could run (to compare the
     /// two, or to measure what the CPU path gains).
     pub fn use_candle_graph(&mut self) {
-        self.fast = None;
+        if self.uses_cpu_path() {
+            self.backend = Box::new(Graph::new(&self.device, "forced (use_candle_graph)".into()));
+        }
     }
 
     /// Where the CPU path's time went, per layer, when `profile` was set before training.
     pub fn cpu_profile(&self) -> Option<(Vec<String>, super::cpu::Profile)> {
-        self.fast.as_ref().and_then(|f| f.profile())
+        self.backend.profile()
     }
 
     /// Records per-layer times on the CPU path.
     pub fn enable_cpu_profile(&mut self) {
-        if let Some(f) = &mut self.fast {
-            f.enable_profile();
-        }
+        self.backend.enable_profile();
     }
 
     /// Whether the fused CPU path trains this model.
     pub fn uses_cpu_path(&self) -> bool {
-        self.fast.is_some()
+        self.path() == TrainingPath::CpuKernels
     }
 
     /// Which code trains this model, and when it is Candle's graph, why.
     pub fn path(&self) -> TrainingPath {
-        if self.fast.is_some() {
-            return TrainingPath::CpuKernels;
-        }
-        let why = match &self.device {
-            Device::Cpu => match FastNet::supports(&self.spec) {
-                Err(refused) => format!("the CPU kernels do not support {refused}"),
-                Ok(()) => "forced (use_candle_graph)".into(),
-            },
-            Device::Cuda(_) => "the device is CUDA".into(),
-            Device::Metal(_) => "the device is Metal".into(),
-        };
-        TrainingPath::CandleGraph(why)
-    }
-
-    /// Rebuilds the CPU path from the Candle model and optimizer after they were loaded.
-    fn resync(&mut self) -> Result<(), EngineError> {
-        if self.fast.is_some() {
-            self.fast = Some(FastNet::new(
-                &self.spec,
-                &self.summary,
-                &self.model,
-                &self.optimizer,
-                self.spec.batch_size as usize,
-            )?);
-        }
-        Ok(())
+        self.backend.path()
     }
 
     /// Starts from given weights instead of the initialisation (warm start, fine-tuning).
@@ -239,27 +194,27 @@ impl Trainer {
         &mut self,
         weights: &std::collections::HashMap<String, Tensor>,
     ) -> Result<(), EngineError> {
-        self.model.load_state_dict(weights)?;
-        self.resync()
+        self.state.model.load_state_dict(weights)?;
+        self.backend.reload(&self.state)
     }
 
     /// Continues from a checkpoint of this spec: weights, optimizer state and history.
     pub fn resume(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
         if ckpt.spec.model != self.spec.model {
-            return Err(EngineError::Checkpoint(
-                "the checkpoint was trained with a different model".into(),
-            ));
+            return Err(EngineError::OtherModel);
         }
-        self.model.load_state_dict(&ckpt.weight_map())?;
+        self.state.model.load_state_dict(&ckpt.weight_map())?;
         let state = ckpt
             .optimizer
             .iter()
             .map(|(k, t)| Ok((k.clone(), t.to_device(&self.device)?)))
             .collect::<Result<_, candle_core::Error>>()?;
-        self.optimizer.load_state(ckpt.optimizer_steps, &state)?;
+        self.state
+            .optimizer
+            .load_state(ckpt.optimizer_steps, &state)?;
         self.history = ckpt.history.clone();
         self.history.truncate(ckpt.epoch as usize);
-        self.resync()
+        self.backend.reload(&self.state)
     }
 
     /// Epochs completed so far.
@@ -281,18 +236,14 @@ impl Trainer {
                     epochs_done: epoch - 1,
                 });
             };
-            if let Some(fast) = &self.fast {
-                fast.write_back(&mut self.model, &mut self.optimizer)?;
-            }
             let (val_loss, val_accuracy) = match &self.val {
                 Some(v) => {
-                    let (l, a) = evaluate_on(&mut self.model, self.fast.as_ref(), v)?;
+                    let (l, a) = self.backend.evaluate(&mut self.state, v)?;
                     (Some(l), Some(a))
                 }
                 None => (None, None),
             };
-            let (test_loss, test_accuracy) =
-                evaluate_on(&mut self.model, self.fast.as_ref(), &self.test)?;
+            let (test_loss, test_accuracy) = self.backend.evaluate(&mut self.state, &self.test)?;
             self.history.push(EpochMetrics {
                 epoch,
                 train_loss,
@@ -311,115 +262,64 @@ impl Trainer {
         })
     }
 
-    /// One epoch of training steps. `None` when the observer asked to stop.
+    /// One epoch of training steps: the only loop, whichever backend steps. `None` when
+    /// the observer asked to stop.
     fn train_epoch(
         &mut self,
         epoch: u32,
         observer: &mut dyn Observer,
     ) -> Result<Option<(f64, f64, f64)>, EngineError> {
         let start = std::time::Instant::now();
-        let n = self.train.len;
-        let bs = self.spec.batch_size as usize;
+        let (n, bs) = (self.train.len, self.spec.batch_size as usize);
         let batches = n.div_ceil(bs);
-        let order = if self.spec.shuffle {
-            let perm = Rng::derive(self.spec.seed, "shuffle", epoch as u64).permutation(n);
-            Some(Tensor::from_vec(perm, n, &self.device)?)
-        } else {
-            None
-        };
+        let order = self
+            .spec
+            .shuffle
+            .then(|| Rng::derive(self.spec.seed, "shuffle", epoch as u64).permutation(n));
         let mut dropout = Rng::derive(self.spec.seed, "dropout", epoch as u64);
-        let (mut loss_sum, mut correct) = (0f64, 0f64);
-        if let Some(fast) = &mut self.fast {
-            let perm = self
-                .spec
-                .shuffle
-                .then(|| Rng::derive(self.spec.seed, "shuffle", epoch as u64).permutation(n));
-            let row = self.train.x.elem_count() / n.max(1);
-            let (mut xb, mut yb) = (vec![0f32; bs * row], vec![0u32; bs]);
-            for b in 0..batches {
-                if observer.should_stop() {
-                    return Ok(None);
-                }
-                let (lo, len) = (b * bs, bs.min(n - b * bs));
-                with_host_slice(&self.train.x, |xs: &[f32]| {
-                    with_host_slice(&self.train.y, |ys: &[u32]| {
-                        for k in 0..len {
-                            let i = perm.as_ref().map_or(lo + k, |p| p[lo + k] as usize);
-                            xb[k * row..(k + 1) * row].copy_from_slice(&xs[i * row..(i + 1) * row]);
-                            yb[k] = ys[i];
-                        }
-                    })
-                })??;
-                let (l, c) = fast.train_step(&xb[..len * row], &yb[..len], &mut dropout);
-                if !l.is_finite() {
-                    return Err(EngineError::NonFinite(format!(
-                        "loss became {l} at epoch {epoch}, batch {}",
-                        b + 1
-                    )));
-                }
-                loss_sum += l;
-                correct += c as f64;
-                observer.on_batch(&BatchProgress {
-                    epoch,
-                    epochs: self.spec.epochs,
-                    batch: b + 1,
-                    batches,
-                    loss: l / len as f64,
-                });
-            }
-            let secs = start.elapsed().as_secs_f64();
-            return Ok(Some((loss_sum / n as f64, correct / n as f64, secs)));
-        }
-        // The epoch's samples in training order, gathered once (one copy, not two gathers
-        // per batch); batches are then views.
-        let (xs, ys) = match &order {
-            Some(idx) => (
-                self.train.x.index_select(idx, 0)?,
-                self.train.y.index_select(idx, 0)?,
-            ),
-            None => (self.train.x.clone(), self.train.y.clone()),
-        };
-        // Running sums stay on the device: reading a scalar back waits for the device to
-        // drain, so on a GPU the loss is read only at sync points (every batch for the
-        // first ten, then every SYNC_EVERY, and the last); progress reports the loss of
-        // the latest batch read.
+        // Reading a loss back waits for a GPU to drain: there, it is read only every batch
+        // for the first ten, then every SYNC_EVERY, and the last; progress reports the
+        // loss of the latest batch read.
         let on_cpu = matches!(self.device, Device::Cpu);
-        let zero = Tensor::zeros((), DType::F32, &self.device)?;
-        let (mut loss_acc, mut correct_acc) = (zero.clone(), zero);
+        let Trainer {
+            backend,
+            state,
+            train,
+            spec,
+            ..
+        } = self;
+        backend.begin_epoch(train, order.as_deref())?;
         let mut last_loss = f64::NAN;
         for b in 0..batches {
             if observer.should_stop() {
                 return Ok(None);
             }
             let (lo, len) = (b * bs, bs.min(n - b * bs));
-            let (x, y) = (xs.narrow(0, lo, len)?, ys.narrow(0, lo, len)?);
-            let f = self.model.forward(&x, true, Some(&mut dropout))?;
-            let (batch_loss_sum, batch_correct) = loss_and_correct(&f, &y)?;
-            let loss = (&batch_loss_sum / len as f64)?;
-            let grads = loss.backward()?;
-            self.optimizer.step(&grads)?;
-            loss_acc = (loss_acc + batch_loss_sum.detach())?;
-            correct_acc = (correct_acc + batch_correct)?;
-            if on_cpu || b < 10 || (b + 1) % SYNC_EVERY == 0 || b + 1 == batches {
-                last_loss = batch_loss_sum.to_scalar::<f32>()? as f64 / len as f64;
-                let total = loss_acc.to_scalar::<f32>()? as f64;
-                if !last_loss.is_finite() || !total.is_finite() {
-                    return Err(EngineError::NonFinite(format!(
-                        "loss became {last_loss} by epoch {epoch}, batch {}",
-                        b + 1
-                    )));
+            let batch = Batch {
+                lo,
+                len,
+                index: order.as_deref().map(|o| &o[lo..lo + len]),
+            };
+            let read = on_cpu || b < 10 || (b + 1) % SYNC_EVERY == 0 || b + 1 == batches;
+            if let Some(r) = backend.step(state, train, batch, &mut dropout, read)? {
+                last_loss = r.batch / len as f64;
+                if !last_loss.is_finite() || !r.total.is_finite() {
+                    return Err(EngineError::NonFinite {
+                        loss: last_loss,
+                        epoch,
+                        batch: b + 1,
+                    });
                 }
             }
             observer.on_batch(&BatchProgress {
                 epoch,
-                epochs: self.spec.epochs,
+                epochs: spec.epochs,
                 batch: b + 1,
                 batches,
                 loss: last_loss,
             });
         }
-        loss_sum = loss_acc.to_scalar::<f32>()? as f64;
-        correct = correct_acc.to_scalar::<f32>()? as f64;
+        let (loss_sum, correct) = backend.end_epoch(state)?;
         let secs = start.elapsed().as_secs_f64();
         Ok(Some((loss_sum / n as f64, correct / n as f64, secs)))
     }
@@ -427,6 +327,7 @@ impl Trainer {
     /// The checkpoint of the current state.
     pub fn checkpoint(&self) -> Result<Checkpoint, EngineError> {
         let optimizer = self
+            .state
             .optimizer
             .state_tensors()?
             .into_iter()
@@ -436,44 +337,11 @@ impl Trainer {
             spec: self.spec.clone(),
             epoch: self.epochs_done(),
             history: self.history.clone(),
-            weights: self.model.state_dict()?,
-            optimizer_steps: self.optimizer.steps(),
+            weights: self.state.model.state_dict()?,
+            optimizer_steps: self.state.optimizer.steps(),
             optimizer,
         })
     }
-}
-
-/// Mean loss and accuracy over a sample set, in inference mode, on the CPU path when
-/// there is one.
-fn evaluate_on(
-    model: &mut Model,
-    fast: Option<&FastNet>,
-    s: &DeviceSamples,
-) -> Result<(f64, f64), EngineError> {
-    let Some(fast) = fast else {
-        return evaluate(model, s);
-    };
-    let (loss, correct) = with_host_slice(&s.x, |xs: &[f32]| {
-        with_host_slice(&s.y, |ys: &[u32]| fast.evaluate(xs, ys))
-    })??;
-    Ok((loss / s.len as f64, correct as f64 / s.len as f64))
-}
-
-/// Mean loss and accuracy over a sample set, in inference mode.
-fn evaluate(model: &mut Model, s: &DeviceSamples) -> Result<(f64, f64), EngineError> {
-    let (mut loss, mut correct) = (0f64, 0f64);
-    let mut lo = 0;
-    while lo < s.len {
-        let len = EVAL_BATCH.min(s.len - lo);
-        let x = s.x.narrow(0, lo, len)?;
-        let y = s.y.narrow(0, lo, len)?;
-        let f = model.forward(&x, false, None)?;
-        let (l, c) = loss_and_correct(&f, &y)?;
-        loss += l.to_scalar::<f32>()? as f64;
-        correct += c.to_scalar::<f32>()? as f64;
-        lo += len;
-    }
-    Ok((loss / s.len as f64, correct / s.len as f64))
 }
 
 /// Class probabilities from a model output, whatever its last activation.

@@ -13,9 +13,9 @@
 //! weights and optimizer state in, [`FastNet::write_back`] copies them out for evaluation
 //! elsewhere, checkpoints and resumes. The arithmetic follows the Candle path's (and so
 //! PyTorch's) operation by operation; the products sum in a different order, so results
-//! agree to float rounding, and the tests hold both paths to each other. Batch norm and
-//! softmax activations on conv layers are not implemented here: such specs train on
-//! Candle's path ([`FastNet::supports`] says why).
+//! agree to float rounding, and the tests hold both paths to each other. The network is
+//! built from the spec's [`Plan`]. Batch norm is not implemented here: such specs train on
+//! Candle's path ([`Plan::cpu_kernels_unsupported`] says why).
 //!
 //! Deterministic: no reduction depends on the number of threads.
 
@@ -37,7 +37,8 @@ use super::EngineError;
 use super::model::Model;
 use super::optim::Optimizer;
 use super::rng::Rng;
-use crate::spec::{Activation, Conv2d, Dense, ExperimentSpec, LayerSpec, Padding, Summary};
+use crate::spec::plan::{LayerKind, Plan, PoolPlan, Role};
+use crate::spec::{Activation, ExperimentSpec};
 
 /// Rows per evaluation pass.
 const EVAL_ROWS: usize = 256;
@@ -116,33 +117,61 @@ pub struct FastNet {
     pool: std::sync::Mutex<Vec<Buffers>>,
 }
 
-impl FastNet {
-    /// Why a spec cannot run here, if it cannot.
-    pub fn supports(spec: &ExperimentSpec) -> Result<(), String> {
-        for (i, l) in spec.model.layers.iter().enumerate() {
-            match l {
-                LayerSpec::BatchNorm(_) => return Err(format!("layer {i}: batch_norm")),
-                LayerSpec::Conv2d(c)
+/// A layer the CPU kernels lack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// Its position in the spec's layers.
+    pub layer: usize,
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "layer {}: {}", self.layer, self.what)
+    }
+}
+
+impl Plan {
+    /// Why engine::cpu's kernels cannot run this plan (the first layer they lack), if they
+    /// cannot. Such a plan trains on Candle's graph.
+    pub fn cpu_kernels_unsupported(&self) -> Option<Unsupported> {
+        self.layers.iter().find_map(|l| {
+            let what = match &l.kind {
+                LayerKind::BatchNorm(_) => "batch_norm",
+                // Validation allows softmax only on the last, dense layer: kept as a guard.
+                LayerKind::Conv2d(c)
                     if matches!(c.activation, Activation::Softmax | Activation::LogSoftmax) =>
                 {
-                    return Err(format!("layer {i}: softmax activation on conv2d"));
+                    "softmax activation on conv2d"
                 }
-                _ => {}
-            }
-        }
-        Ok(())
+                // Exhaustive on purpose: a new layer kind must decide here.
+                LayerKind::Conv2d(_)
+                | LayerKind::MaxPool2d(_)
+                | LayerKind::AvgPool2d(_)
+                | LayerKind::Flatten
+                | LayerKind::Dense(_)
+                | LayerKind::Dropout { .. } => return None,
+            };
+            Some(Unsupported {
+                layer: l.index,
+                what,
+            })
+        })
     }
+}
 
-    /// The network of a validated spec with the weights of `model` and the state of
-    /// `optimizer`, ready for batches of up to `batch` rows.
+impl FastNet {
+    /// The network of a validated spec's `plan` with the weights of `model` and the state
+    /// of `optimizer`, ready for batches of up to `batch` rows.
     pub fn new(
         spec: &ExperimentSpec,
-        summary: &Summary,
+        plan: &Plan,
         model: &Model,
         optimizer: &Optimizer,
         batch: usize,
     ) -> Result<Self, EngineError> {
-        let mut net = Self::for_inference(spec, summary, model)?;
+        let weights: HashMap<String, Tensor> = model.state_dict()?.into_iter().collect();
+        let mut net = Self::for_inference(plan, &weights)?;
         let lens: Vec<usize> = net.params.iter().map(Vec::len).collect();
         net.grads = lens.iter().map(|&n| mem::zeroed(n)).collect();
         net.optim = optim::Optim::new(&spec.optimizer, &lens);
@@ -169,34 +198,31 @@ impl FastNet {
         Ok(net)
     }
 
-    /// The network with the weights of `model`, for [`FastNet::outputs`] and
-    /// [`FastNet::evaluate`] only: no optimizer state, no gradient buffers.
+    /// The network of `plan` with `weights` (a state dict, f32), for
+    /// [`FastNet::outputs`] and [`FastNet::evaluate`] only: no optimizer state, no
+    /// gradient buffers.
     pub fn for_inference(
-        spec: &ExperimentSpec,
-        summary: &Summary,
-        model: &Model,
+        plan: &Plan,
+        weights: &HashMap<String, Tensor>,
     ) -> Result<Self, EngineError> {
-        Self::supports(spec).map_err(|r| EngineError::Device(format!("CPU path: {r}")))?;
-        let weights: HashMap<String, Tensor> = model.state_dict()?.into_iter().collect();
+        if let Some(u) = plan.cpu_kernels_unsupported() {
+            return Err(EngineError::Unsupported(u));
+        }
         let mut nodes = Vec::new();
         let (mut names, mut shapes, mut params) = (Vec::new(), Vec::new(), Vec::new());
         let mut transposed = Vec::new();
-        let mut shape: Vec<usize> = summary.input.to_vec();
         let mut first_param_layer = None;
-        for (layer, info) in spec.model.layers.iter().zip(&summary.layers) {
-            let out_len: usize = info.output.iter().product();
-            let is_dense = matches!(layer, LayerSpec::Dense(_));
+        for layer in &plan.layers {
+            let is_dense = matches!(layer.kind, LayerKind::Dense(_));
             let mut add_params = |nodes_len: usize| -> Result<usize, EngineError> {
                 first_param_layer.get_or_insert(nodes_len);
-                let name = info.name.clone().unwrap_or_default();
                 let at = params.len();
-                for part in ["weight", "bias"] {
-                    let key = format!("{name}.{part}");
-                    let t = weights
-                        .get(&key)
-                        .ok_or_else(|| EngineError::Checkpoint(format!("no tensor {key}")))?;
-                    let v = t.flatten_all()?.to_vec1::<f32>()?;
-                    match (is_dense && part == "weight", t.dims()) {
+                for t in layer.tensors.iter().filter(|t| t.role.trainable()) {
+                    let w = weights
+                        .get(&t.name)
+                        .ok_or_else(|| EngineError::MissingTensor(t.name.clone()))?;
+                    let v = w.flatten_all()?.to_vec1::<f32>()?;
+                    match (is_dense && t.role == Role::Weight, t.shape.as_slice()) {
                         (true, &[o, i]) => {
                             params.push(mem::copied(&layers::transpose(&v, o, i)));
                             transposed.push(Some((i, o)));
@@ -206,94 +232,68 @@ impl FastNet {
                             transposed.push(None);
                         }
                     }
-                    shapes.push(t.dims().to_vec());
-                    names.push(key);
+                    shapes.push(t.shape.clone());
+                    names.push(t.name.clone());
                 }
                 Ok(at)
             };
-            let op = match layer {
-                LayerSpec::Conv2d(Conv2d {
-                    filters,
-                    kernel,
-                    stride,
-                    padding,
-                    activation,
-                    ..
-                }) => {
-                    let (kh, kw) = kernel.hw();
-                    let (sh, sw) = stride.hw();
-                    let (pt, pl) = match padding {
-                        Padding::Valid => (0, 0),
-                        Padding::Same => (
-                            super::ops::same_padding(shape[1], kh, sh).0,
-                            super::ops::same_padding(shape[2], kw, sw).0,
-                        ),
-                    };
-                    let g = conv::Geom {
-                        c: shape[0],
-                        h: shape[1],
-                        w: shape[2],
-                        f: *filters,
-                        kh,
-                        kw,
-                        sh,
-                        sw,
-                        pt,
-                        pl,
-                        oh: info.output[1],
-                        ow: info.output[2],
-                    };
-                    Some(Op::Conv {
-                        g,
-                        act: *activation,
-                        param: add_params(nodes.len())?,
-                    })
-                }
-                LayerSpec::MaxPool2d(p) | LayerSpec::AvgPool2d(p) => {
-                    let (kh, kw) = p.size.hw();
-                    let (sh, sw) = p.stride_hw();
-                    let pool = layers::Pool {
-                        c: shape[0],
-                        h: shape[1],
-                        w: shape[2],
-                        kh,
-                        kw,
-                        sh,
-                        sw,
-                        oh: info.output[1],
-                        ow: info.output[2],
-                    };
-                    match (layer, (kh, kw, sh, sw)) {
-                        // A 1x1 window with stride 1 is the identity (torch-cnn's pool).
-                        (_, (1, 1, 1, 1)) => None,
-                        (LayerSpec::MaxPool2d(_), _) => Some(Op::MaxPool(pool)),
-                        _ => Some(Op::AvgPool(pool)),
-                    }
-                }
-                // NCHW rows are already flat in channel-major order.
-                LayerSpec::Flatten => None,
-                LayerSpec::Dense(Dense {
-                    units, activation, ..
-                }) => Some(Op::Dense {
-                    i: shape[0],
-                    o: *units,
-                    act: *activation,
+            let pool = |p: &PoolPlan| layers::Pool {
+                c: p.c,
+                h: p.h,
+                w: p.w,
+                kh: p.size.0,
+                kw: p.size.1,
+                sh: p.stride.0,
+                sw: p.stride.1,
+                oh: p.out_h,
+                ow: p.out_w,
+            };
+            let op = match &layer.kind {
+                LayerKind::Conv2d(c) => Some(Op::Conv {
+                    g: conv::Geom {
+                        c: c.in_c,
+                        h: c.in_h,
+                        w: c.in_w,
+                        f: c.filters,
+                        kh: c.kernel.0,
+                        kw: c.kernel.1,
+                        sh: c.stride.0,
+                        sw: c.stride.1,
+                        pt: c.pad.top,
+                        pl: c.pad.left,
+                        oh: c.out_h,
+                        ow: c.out_w,
+                    },
+                    act: c.activation,
                     param: add_params(nodes.len())?,
                 }),
-                LayerSpec::Dropout(d) => Some(Op::Dropout { rate: d.rate }),
-                LayerSpec::BatchNorm(_) => unreachable!("checked by supports"),
+                // A 1x1 window with stride 1 is the identity (torch-cnn's pool).
+                LayerKind::MaxPool2d(p) | LayerKind::AvgPool2d(p) if p.is_identity() => None,
+                LayerKind::MaxPool2d(p) => Some(Op::MaxPool(pool(p))),
+                LayerKind::AvgPool2d(p) => Some(Op::AvgPool(pool(p))),
+                // NCHW rows are already flat in channel-major order.
+                LayerKind::Flatten => None,
+                LayerKind::Dense(d) => Some(Op::Dense {
+                    i: d.inputs,
+                    o: d.units,
+                    act: d.activation,
+                    param: add_params(nodes.len())?,
+                }),
+                LayerKind::Dropout { rate } => Some(Op::Dropout { rate: *rate }),
+                LayerKind::BatchNorm(_) => unreachable!("refused by cpu_kernels_unsupported"),
             };
             if let Some(op) = op {
-                nodes.push(Node { op, out_len });
+                nodes.push(Node {
+                    op,
+                    out_len: layer.output_len(),
+                });
             }
-            shape = info.output.clone();
         }
-        let classes = shape.iter().product();
         Ok(FastNet {
             grads: Vec::new(),
-            optim: optim::Optim::new(&spec.optimizer, &[]),
-            input_len: summary.input.iter().product(),
-            classes,
+            optim: optim::Optim::none(),
+            input_len: plan.input_len(),
+            classes: plan.classes(),
             first_param_layer: first_param_layer.unwrap_or(usize::MAX),
             fused_sgd: None,
             updated: Vec::new(),

@@ -24,6 +24,20 @@ pub struct Optim {
 }
 
 impl Optim {
+    /// No optimizer: an inference network's.
+    pub fn none() -> Self {
+        Optim {
+            spec: OptimizerSpec::Sgd {
+                learning_rate: 0.0,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            slots: Vec::new(),
+            steps: 0,
+        }
+    }
+
     /// Zeroed state for parameters of the given lengths (a zero momentum buffer continues
     /// exactly as PyTorch's absent one: `0 * momentum + d_p = d_p`).
     pub fn new(spec: &OptimizerSpec, lens: &[usize]) -> Self {
