@@ -191,6 +191,36 @@ fn tiny_spec(dir: &Path, train_limit: u32, epochs: u32) -> std::path::PathBuf {
 }
 
 #[test]
+fn train_says_when_candle_graph_trains_and_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("spec.json");
+    let v = json!({
+        "version": 1,
+        "dataset": {"name": "mnist", "train_limit": 100, "test_limit": 50, "resize": [8, 8]},
+        "model": {"layers": [
+            {"type": "conv2d", "filters": 2, "kernel": 3},
+            {"type": "batch_norm"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10}
+        ]},
+        "optimizer": {"type": "sgd", "learning_rate": 0.1},
+        "epochs": 1, "batch_size": 50, "device": "cpu"
+    });
+    std::fs::write(&spec, v.to_string()).unwrap();
+    let run = tmp.path().join("run");
+    let out = ok(trainyard(&[
+        "train",
+        spec.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains("engine: candle-graph (the CPU kernels do not support layer 1: batch_norm)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn train_refuses_a_folder_that_holds_a_run_unless_forced() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = tiny_spec(tmp.path(), 200, 1);
@@ -198,6 +228,7 @@ fn train_refuses_a_folder_that_holds_a_run_unless_forced() {
     let run = run.to_str().unwrap();
     let first = ok(trainyard(&["train", spec, "--out", run]));
     assert!(first.contains("device: cpu"), "{first}");
+    assert!(first.contains("engine: cpu-kernels"), "{first}");
     let before = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
 
     let again = trainyard(&["train", spec, "--out", run]);

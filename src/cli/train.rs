@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::DataArgs;
 use crate::data::{mnist, prepare};
-use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
+use crate::engine::{
+    BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, TrainingPath, device,
+};
 use crate::spec::DeviceSpec;
 
 #[derive(Debug, Args)]
@@ -72,7 +74,7 @@ impl Observer for Cli {
             .history
             .last()
             .expect("an epoch's checkpoint has its metrics");
-        let line = serde_json::to_string(m).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+        let line = serde_json::to_string(m).map_err(|e| EngineError::Observer(e.into()))?;
         writeln!(self.metrics, "{line}")?;
         self.bar.suspend(|| print_row(m));
         Ok(())
@@ -146,6 +148,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     drop(data);
     let mut trainer = Trainer::new(&spec, &summary, &prepared, &device)?;
     drop(prepared);
+    // Which code trains it and, when it is Candle's graph, why: a spec that trains ten
+    // times slower than expected says so here.
+    match trainer.path() {
+        TrainingPath::CpuKernels => println!("engine: {}", TrainingPath::CpuKernels.name()),
+        p @ TrainingPath::CandleGraph(_) => {
+            println!("engine: {} ({})", p.name(), p.reason().unwrap_or_default())
+        }
+    }
     if let Some(path) = &a.init {
         let w = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
             .with_context(|| format!("reading {}", path.display()))?;
