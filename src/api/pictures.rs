@@ -7,15 +7,15 @@
 //! never on the async runtime.
 
 use axum::Router;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::input::{int_param, path_id, query_error};
+use super::input::{int_param, path_id, query};
 use super::{AppState, error::ApiError};
 use crate::engine::metrics::EpochMetrics;
 use crate::plot::{self, Chart, Metric, Run};
@@ -157,11 +157,11 @@ async fn curve(
     state: AppState,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    p: Result<Query<PictureParams>, QueryRejection>,
+    p: RawQuery,
     format: Format,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    let Query(p) = p.map_err(query_error)?;
+    let p: PictureParams = query(p)?;
     let asked = p.check()?;
     let exp = state.store.experiment_in(caller.scope(), id).await?;
     let title = format!("{} · {}", label(&exp), asked.metric);
@@ -172,10 +172,10 @@ async fn curve(
 async fn compare(
     state: AppState,
     caller: Caller,
-    p: Result<Query<ComparePictureParams>, QueryRejection>,
+    p: RawQuery,
     format: Format,
 ) -> Result<Response, ApiError> {
-    let Query(p) = p.map_err(query_error)?;
+    let p: ComparePictureParams = query(p)?;
     let asked = PictureParams {
         metric: p.metric,
         width: p.width,
@@ -199,7 +199,7 @@ async fn curve_svg(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    p: Result<Query<PictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     curve(state, caller, id, p, Format::Svg).await
 }
@@ -216,7 +216,7 @@ async fn curve_png(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    p: Result<Query<PictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     curve(state, caller, id, p, Format::Png).await
 }
@@ -231,7 +231,7 @@ async fn curve_png(
 async fn compare_svg(
     State(state): State<AppState>,
     caller: Caller,
-    p: Result<Query<ComparePictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     compare(state, caller, p, Format::Svg).await
 }
@@ -246,7 +246,7 @@ async fn compare_svg(
 async fn compare_png(
     State(state): State<AppState>,
     caller: Caller,
-    p: Result<Query<ComparePictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     compare(state, caller, p, Format::Png).await
 }
