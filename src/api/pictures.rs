@@ -20,6 +20,7 @@ use super::{AppState, error::ApiError};
 use crate::engine::metrics::EpochMetrics;
 use crate::plot::{self, Chart, Metric, Run};
 use crate::store::Experiment;
+use crate::store::queue::EpochRecord;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -115,7 +116,7 @@ async fn chart_of(
     let mut epochs: Vec<Vec<EpochMetrics>> = Vec::with_capacity(experiments.len());
     for e in experiments {
         let rows = state.store.stored_epochs(e.id).await?;
-        epochs.push(rows.into_iter().map(|r| r.metrics).collect());
+        epochs.push(rows.into_iter().map(|r| plotted(r.metrics)).collect());
     }
     let labels: Vec<String> = experiments.iter().map(label).collect();
     let runs: Vec<Run> = labels
@@ -124,6 +125,21 @@ async fn chart_of(
         .map(|(name, epochs)| Run { name, epochs })
         .collect();
     Ok(plot::chart(&title, &runs, metric))
+}
+
+/// A stored epoch as the plot reads it (the engine's metric row).
+fn plotted(r: EpochRecord) -> EpochMetrics {
+    EpochMetrics {
+        epoch: r.epoch,
+        train_loss: r.train_loss,
+        train_accuracy: r.train_accuracy,
+        val_loss: r.val_loss,
+        val_accuracy: r.val_accuracy,
+        test_loss: r.test_loss,
+        test_accuracy: r.test_accuracy,
+        train_seconds: r.train_seconds,
+        images_per_second: r.images_per_second,
+    }
 }
 
 enum Format {
