@@ -20,6 +20,7 @@ use sqlx::postgres::PgListener;
 use trainyard::data::prepare::prepare;
 use trainyard::engine::{Checkpoint, EngineError, EpochMetrics, Observer, Trainer};
 use trainyard::store::CHANNEL_PROGRESS;
+use trainyard::store::queue::EpochRecord;
 use uuid::Uuid;
 
 /// torch-cnn on 8,000 images in batches of 20: 400 batches an epoch, from a fraction of a
@@ -55,8 +56,8 @@ fn tiny(seed: u64) -> Value {
 
 /// The per-epoch metrics (timings left out) of an uninterrupted in-process run of
 /// `slow(3)`, computed once for every test of this binary.
-async fn uninterrupted_slow3() -> Vec<EpochMetrics> {
-    static RUN: OnceLock<Vec<EpochMetrics>> = OnceLock::new();
+async fn uninterrupted_slow3() -> Vec<EpochRecord> {
+    static RUN: OnceLock<Vec<EpochRecord>> = OnceLock::new();
     tokio::task::spawn_blocking(|| {
         RUN.get_or_init(|| {
             struct Keep(Vec<EpochMetrics>);
@@ -72,7 +73,10 @@ async fn uninterrupted_slow3() -> Vec<EpochMetrics> {
             let mut t = Trainer::new(&spec, &summary, &data, &candle_core::Device::Cpu).unwrap();
             let mut keep = Keep(Vec::new());
             t.run(&mut keep).unwrap();
-            keep.0.iter().map(EpochMetrics::without_timing).collect()
+            keep.0
+                .iter()
+                .map(|m| EpochRecord::from(&m.without_timing()))
+                .collect()
         })
         .clone()
     })
@@ -80,13 +84,17 @@ async fn uninterrupted_slow3() -> Vec<EpochMetrics> {
     .unwrap()
 }
 
-async fn stored_metrics(pool: &PgPool, id: Uuid) -> Vec<EpochMetrics> {
+async fn stored_metrics(pool: &PgPool, id: Uuid) -> Vec<EpochRecord> {
     trainyard::store::Store::from_pool(pool.clone())
         .metrics(id)
         .await
         .unwrap()
-        .iter()
-        .map(EpochMetrics::without_timing)
+        .into_iter()
+        .map(|r| EpochRecord {
+            train_seconds: 0.0,
+            images_per_second: 0.0,
+            ..r
+        })
         .collect()
 }
 

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use trainyard::data::prepare::prepare;
 use trainyard::engine::{Checkpoint, EngineError, Observer, Trainer};
 use trainyard::store::StoreError;
-use trainyard::store::queue::Ending;
+use trainyard::store::queue::{Ending, EpochRecord};
 
 /// torch-cnn on a small slice: a few seconds per epoch at most.
 fn tiny(epochs: u32) -> Value {
@@ -281,9 +281,10 @@ async fn an_expired_lease_is_rescued_and_the_run_resumes_from_its_last_checkpoin
     let claim = s.store.claim("ghost", 1.0, false).await.unwrap().unwrap();
     assert_eq!(claim.attempt, 1);
     let ghost = train_locally(&claim.spec, Some(1));
-    s.store.record_epoch(id, 1, &ghost[0], false).await.unwrap();
+    let ghost = trainyard::worker::record::new_epoch(&ghost[0]).unwrap();
+    s.store.record_epoch(id, 1, &ghost, false).await.unwrap();
     // A retry of the same write (its answer lost) is a no-op, not a second row.
-    s.store.record_epoch(id, 1, &ghost[0], false).await.unwrap();
+    s.store.record_epoch(id, 1, &ghost, false).await.unwrap();
     assert_eq!(s.store.metrics(id).await.unwrap().len(), 1);
 
     // A real worker rescues it after the lease expires and finishes from epoch 1.
@@ -296,13 +297,25 @@ async fn an_expired_lease_is_rescued_and_the_run_resumes_from_its_last_checkpoin
     // The stored curve equals an uninterrupted run of the same spec.
     let full = train_locally(&claim.spec, None);
     let stored = s.store.metrics(id).await.unwrap();
-    let strip = |m: &[trainyard::engine::EpochMetrics]| {
-        m.iter().map(|m| m.without_timing()).collect::<Vec<_>>()
+    let untimed = |r: EpochRecord| EpochRecord {
+        train_seconds: 0.0,
+        images_per_second: 0.0,
+        ..r
     };
-    assert_eq!(strip(&stored), strip(&full.last().unwrap().history));
+    let expected: Vec<EpochRecord> = full
+        .last()
+        .unwrap()
+        .history
+        .iter()
+        .map(|m| untimed(m.into()))
+        .collect();
+    assert_eq!(
+        stored.into_iter().map(untimed).collect::<Vec<_>>(),
+        expected
+    );
 
     // The ghost wakes up: every write it tries is refused.
-    let late = s.store.record_epoch(id, 1, &ghost[0], false).await;
+    let late = s.store.record_epoch(id, 1, &ghost, false).await;
     assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
     assert!(matches!(
         s.store.heartbeat(id, 1, 1.0).await,

@@ -1,15 +1,14 @@
 //! `GET /compare?ids=a,b,...`: several experiments side by side, with their curves and
 //! every field in which their resolved specs differ (see [`crate::spec::diff`]).
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::input::query_error;
+use super::input::query;
 use super::view::ExperimentView;
 use super::{AppState, error::ApiError};
 use crate::spec::diff::{Difference, differences};
@@ -112,9 +111,9 @@ pub struct Comparison {
 async fn compare(
     State(state): State<AppState>,
     caller: Caller,
-    p: Result<Query<CompareParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Json<Comparison>, ApiError> {
-    let Query(p) = p.map_err(query_error)?;
+    let p: CompareParams = query(p)?;
     let found = experiments(&state, &caller, p.ids.as_deref()).await?;
     let diff = differences(&found.iter().map(|e| e.spec.clone()).collect::<Vec<_>>());
     let mut out = Vec::with_capacity(found.len());

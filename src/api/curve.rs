@@ -37,7 +37,7 @@ use super::experiments::ExperimentView;
 use super::input::path_id;
 use super::{AppState, error::ApiError};
 use crate::store::listen::Signal;
-use crate::store::{Status, Store, events};
+use crate::store::{Status, Store, StoreError, events};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/experiments/{id}/curve", get(curve))
@@ -142,8 +142,15 @@ async fn follow(
     let mut first = true;
     loop {
         match replay(&store, id, &mut last, &tx, std::mem::take(&mut first)).await {
-            Ok(true) | Err(()) => return,
-            Ok(false) => {}
+            Ok(Replayed::Following) => {}
+            Ok(Replayed::Ended) | Err(Closed::ClientGone) => return,
+            // Deleted while followed: nothing more will come.
+            Err(Closed::Store(StoreError::NotFound)) => return,
+            Err(Closed::Store(e)) => {
+                // The client reconnects with Last-Event-ID and misses nothing.
+                tracing::warn!(%id, error = %e, "curve: reading the experiment's events failed");
+                return;
+            }
         }
         // Wait for something about this experiment.
         loop {
@@ -176,23 +183,40 @@ async fn follow(
     }
 }
 
-/// Sends stored events after `last`; `Ok(true)` once the experiment has ended and the
-/// `end` event went out. `Err` when the client is gone or the database failed.
+/// Where a replay left the stream.
+#[derive(Debug)]
+enum Replayed {
+    /// Everything stored was sent; the experiment goes on, so the stream waits.
+    Following,
+    /// The experiment has ended and the `end` event went out.
+    Ended,
+}
+
+/// Why a stream closes before its `end` event.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("the client is gone")]
+    ClientGone,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Sends stored events after `last`, then says whether the experiment has ended (and
+/// its `end` event went out).
 ///
 /// Whether it ended is read from the experiment on the `first` replay and after a
 /// terminal `status` event only: every ending appends one in its own transaction, so
 /// an `epoch` (the common wake-up) costs one query, not two, before it goes out.
-async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx, first: bool) -> Result<bool, ()> {
+async fn replay(
+    store: &Store,
+    id: Uuid,
+    last: &mut i64,
+    tx: &Tx,
+    first: bool,
+) -> Result<Replayed, Closed> {
     let mut ended = first;
     loop {
-        let batch = match store.events_after(id, *last, 500).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(%id, error = %e, "curve: reading events failed");
-                // The client reconnects with Last-Event-ID and misses nothing.
-                return Err(());
-            }
-        };
+        let batch = store.events_after(id, *last, 500).await?;
         let n = batch.len();
         for e in batch {
             *last = e.id;
@@ -202,7 +226,7 @@ async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx, first: bool) -
                     .and_then(Status::parse)
                     .is_some_and(Status::is_terminal);
             if tx.send(Ok(to_sse(&e))).await.is_err() {
-                return Err(());
+                return Err(Closed::ClientGone);
             }
         }
         if n < 500 {
@@ -210,13 +234,13 @@ async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx, first: bool) -
         }
     }
     if !ended {
-        return Ok(false);
+        return Ok(Replayed::Following);
     }
-    let exp = store.experiment(id).await.map_err(|_| ())?;
+    let exp = store.experiment(id).await?;
     if exp.status.is_terminal() {
         // Events of the ending are written in the same transaction as the status, so
         // everything up to the end has been sent.
-        let more = store.events_after(id, *last, 1).await.map_err(|_| ())?;
+        let more = store.events_after(id, *last, 1).await?;
         if more.is_empty() {
             let ev = Event::default()
                 .event("end")
@@ -224,11 +248,11 @@ async fn replay(store: &Store, id: Uuid, last: &mut i64, tx: &Tx, first: bool) -
                 .json_data(ExperimentView::new(exp, false))
                 .expect("json");
             let _ = tx.send(Ok(ev)).await;
-            return Ok(true);
+            return Ok(Replayed::Ended);
         }
         return Box::pin(replay(store, id, last, tx, true)).await;
     }
-    Ok(false)
+    Ok(Replayed::Following)
 }
 
 fn to_sse(e: &events::Event) -> Event {

@@ -1,8 +1,8 @@
 //! `/experiments`: submit, list, read, rename and tag, cancel, delete, metrics.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::auth::{Caller, Limited};
-use super::input::{body_error, int_param, path_id, query_error, require_json, require_media};
+use super::input::{body_error, int_param, path_id, query, require_json, require_media};
 use super::labels;
 use super::specs::submission;
 pub use super::view::ExperimentView;
@@ -58,13 +58,13 @@ pub struct CreateParams {
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    params: Result<Query<CreateParams>, QueryRejection>,
+    params: RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     state.auth.limit(Limited::Experiments, &caller)?;
-    let Query(params) = params.map_err(query_error)?;
+    let params: CreateParams = query(params)?;
     let body = body.map_err(body_error)?;
     let priority: i32 = int_param("priority", params.priority.as_deref())?.unwrap_or(0);
     if !(-100..=100).contains(&priority) {
@@ -183,9 +183,9 @@ fn decode_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    p: Result<Query<ListParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Json<ExperimentPage>, ApiError> {
-    let Query(p) = p.map_err(query_error)?;
+    let p: ListParams = query(p)?;
     let status = match p.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -376,11 +376,11 @@ async fn metrics(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    params: Result<Query<MetricsParams>, QueryRejection>,
+    params: RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    let Query(params) = params.map_err(query_error)?;
+    let params: MetricsParams = query(params)?;
     let wants_csv = match params.format.as_deref() {
         Some("csv") => true,
         Some("json") => false,

@@ -2,9 +2,13 @@
 //! paths, query strings, bodies and their media types. Each failure is an [`ApiError`]
 //! naming what was wrong, never axum's plain-text rejection.
 
-use axum::extract::Path;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use std::collections::HashSet;
+
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -22,25 +26,65 @@ pub fn path_id(p: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError>
     parse_id(&id)
 }
 
-/// A query string that does not parse: 422 naming the parameter at fault when the
-/// message says which (`limit: invalid digit ...`, ``duplicate field `limit` ``), the
-/// whole `query` otherwise.
-pub fn query_error(e: QueryRejection) -> ApiError {
-    let text = e.body_text();
-    let detail = text
-        .strip_prefix("Failed to deserialize query string: ")
-        .unwrap_or(&text);
-    let is_name = |f: &&str| {
-        !f.is_empty() && f.len() <= 64 && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    let field = detail
-        .strip_prefix("duplicate field `")
-        .and_then(|rest| rest.split_once('`'))
-        .map(|(f, _)| f)
-        .or_else(|| detail.split_once(": ").map(|(f, _)| f))
-        .filter(is_name)
-        .unwrap_or("query");
-    ApiError::field(field, detail)
+/// The query string as `T`: 422 naming the parameter at fault. A value that does not
+/// parse is named by its path (`top_k`); a parameter `T` knows given twice is named
+/// before anything is parsed (serde would say only ``duplicate field `limit` ``, naming
+/// no path). Parameters `T` does not know are ignored, once or many times, as serde
+/// ignores them.
+pub fn query<T: DeserializeOwned>(RawQuery(raw): RawQuery) -> Result<T, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let pairs = form_urlencoded::parse(raw.as_bytes());
+    let known = struct_fields::<T>();
+    let mut seen = HashSet::new();
+    for (name, _) in pairs {
+        if known.contains(&name.as_ref()) && !seen.insert(name.clone()) {
+            return Err(ApiError::field(name, "given more than once"));
+        }
+    }
+    let de = serde_urlencoded::Deserializer::new(pairs);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "query".to_string()
+        } else {
+            path
+        };
+        ApiError::field(field, e.into_inner().to_string())
+    })
+}
+
+/// The field names a struct deserialises, as serde hands them to
+/// `deserialize_struct`; none for anything else.
+fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("only the fields were asked for"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }
 
 /// An optional integer query parameter, named in the 422 when it is not one.
@@ -94,5 +138,46 @@ pub fn require_object(body: &[u8]) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::field("", "the body must be a JSON object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Params {
+        limit: Option<u32>,
+        #[serde(rename = "tag")]
+        _tag: Option<String>,
+    }
+
+    /// The fields a query's 422 names, or the parsed `limit`.
+    fn parse(q: &str) -> Result<Option<u32>, Vec<String>> {
+        query::<Params>(RawQuery(Some(q.to_string())))
+            .map(|p| p.limit)
+            .map_err(|e| match e {
+                ApiError::Invalid(errs) => errs.0.into_iter().map(|f| f.field).collect(),
+                other => panic!("not a 422: {other:?}"),
+            })
+    }
+
+    #[test]
+    fn query_value_that_does_not_parse_is_named_by_its_parameter() {
+        assert_eq!(parse("tag=a&limit=abc"), Err(vec!["limit".to_string()]));
+        assert_eq!(parse("limit=-1"), Err(vec!["limit".to_string()]));
+    }
+
+    #[test]
+    fn query_parameter_given_twice_is_named_even_when_both_values_parse() {
+        assert_eq!(parse("limit=1&limit=2"), Err(vec!["limit".to_string()]));
+        assert_eq!(parse("tag=a&limit=1&tag=b"), Err(vec!["tag".to_string()]));
+    }
+
+    #[test]
+    fn query_parameters_the_handler_does_not_read_are_ignored_even_twice() {
+        assert_eq!(parse("x=1&x=2&limit=7"), Ok(Some(7)));
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(query::<Params>(RawQuery(None)).unwrap().limit, None);
     }
 }

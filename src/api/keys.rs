@@ -2,8 +2,8 @@
 //! their own account at `/account`.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::error::Problem;
-use super::input::{body_error, query_error, require_json, require_media, require_object};
+use super::input::{body_error, query, require_json, require_media, require_object};
 use crate::store::accounts::{Account, KeyInfo, NewKey, QuotasPatch};
 
 pub fn router() -> Router<AppState> {
@@ -82,10 +82,10 @@ pub struct ListKeys {
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    q: Result<Query<ListKeys>, QueryRejection>,
+    q: RawQuery,
 ) -> Result<Json<Vec<KeyInfo>>, ApiError> {
     caller.require_admin()?;
-    let Query(q) = q.map_err(query_error)?;
+    let q: ListKeys = query(q)?;
     Ok(Json(state.store.keys(q.account.as_deref()).await?))
 }
 

@@ -7,19 +7,20 @@
 //! never on the async runtime.
 
 use axum::Router;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::input::{int_param, path_id, query_error};
+use super::input::{int_param, path_id, query};
 use super::{AppState, error::ApiError};
 use crate::engine::metrics::EpochMetrics;
 use crate::plot::{self, Chart, Metric, Run};
 use crate::store::Experiment;
+use crate::store::queue::EpochRecord;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -115,7 +116,7 @@ async fn chart_of(
     let mut epochs: Vec<Vec<EpochMetrics>> = Vec::with_capacity(experiments.len());
     for e in experiments {
         let rows = state.store.stored_epochs(e.id).await?;
-        epochs.push(rows.into_iter().map(|r| r.metrics).collect());
+        epochs.push(rows.into_iter().map(|r| plotted(r.metrics)).collect());
     }
     let labels: Vec<String> = experiments.iter().map(label).collect();
     let runs: Vec<Run> = labels
@@ -124,6 +125,21 @@ async fn chart_of(
         .map(|(name, epochs)| Run { name, epochs })
         .collect();
     Ok(plot::chart(&title, &runs, metric))
+}
+
+/// A stored epoch as the plot reads it (the engine's metric row).
+fn plotted(r: EpochRecord) -> EpochMetrics {
+    EpochMetrics {
+        epoch: r.epoch,
+        train_loss: r.train_loss,
+        train_accuracy: r.train_accuracy,
+        val_loss: r.val_loss,
+        val_accuracy: r.val_accuracy,
+        test_loss: r.test_loss,
+        test_accuracy: r.test_accuracy,
+        train_seconds: r.train_seconds,
+        images_per_second: r.images_per_second,
+    }
 }
 
 enum Format {
@@ -157,11 +173,11 @@ async fn curve(
     state: AppState,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    p: Result<Query<PictureParams>, QueryRejection>,
+    p: RawQuery,
     format: Format,
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
-    let Query(p) = p.map_err(query_error)?;
+    let p: PictureParams = query(p)?;
     let asked = p.check()?;
     let exp = state.store.experiment_in(caller.scope(), id).await?;
     let title = format!("{} · {}", label(&exp), asked.metric);
@@ -172,10 +188,10 @@ async fn curve(
 async fn compare(
     state: AppState,
     caller: Caller,
-    p: Result<Query<ComparePictureParams>, QueryRejection>,
+    p: RawQuery,
     format: Format,
 ) -> Result<Response, ApiError> {
-    let Query(p) = p.map_err(query_error)?;
+    let p: ComparePictureParams = query(p)?;
     let asked = PictureParams {
         metric: p.metric,
         width: p.width,
@@ -199,7 +215,7 @@ async fn curve_svg(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    p: Result<Query<PictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     curve(state, caller, id, p, Format::Svg).await
 }
@@ -216,7 +232,7 @@ async fn curve_png(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    p: Result<Query<PictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     curve(state, caller, id, p, Format::Png).await
 }
@@ -231,7 +247,7 @@ async fn curve_png(
 async fn compare_svg(
     State(state): State<AppState>,
     caller: Caller,
-    p: Result<Query<ComparePictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     compare(state, caller, p, Format::Svg).await
 }
@@ -246,7 +262,7 @@ async fn compare_svg(
 async fn compare_png(
     State(state): State<AppState>,
     caller: Caller,
-    p: Result<Query<ComparePictureParams>, QueryRejection>,
+    p: RawQuery,
 ) -> Result<Response, ApiError> {
     compare(state, caller, p, Format::Png).await
 }

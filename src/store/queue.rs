@@ -5,6 +5,10 @@
 //! renewed by the worker's heartbeat; every later write names `(id, attempt)` and matches
 //! only while that attempt still runs. No transaction stays open while a model trains: each
 //! write is a short transaction of its own.
+//!
+//! An epoch arrives as a [`NewEpoch`]: plain figures and the checkpoint's bytes, which the
+//! worker made from the engine's record. The store knows nothing of the engine, so a
+//! change of the engine's types never reaches the tables.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -13,7 +17,6 @@ use uuid::Uuid;
 
 use super::experiments::{Status, notify};
 use super::{CHANNEL_JOBS, Result, Store, StoreError, events};
-use crate::engine::{Checkpoint, EpochMetrics};
 
 /// An experiment a worker now holds.
 #[derive(Debug, Clone)]
@@ -197,20 +200,15 @@ impl Store {
         &self,
         id: Uuid,
         attempt: i32,
-        ckpt: &Checkpoint,
+        epoch: &NewEpoch,
         keep_all: bool,
     ) -> Result<()> {
-        let m = ckpt
-            .history
-            .last()
-            .ok_or_else(|| StoreError::Corrupt("a checkpoint without metrics".into()))?;
-        let weights = ckpt
-            .weights_bytes()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let optimizer = ckpt
-            .optimizer_bytes()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sha = Sha256::digest(&weights).to_vec();
+        let NewEpoch {
+            metrics: m,
+            weights,
+            optimizer,
+        } = epoch;
+        let sha = Sha256::digest(weights).to_vec();
         let mut tx = self.pool.begin().await?;
         let held: Option<(i32,)> = sqlx::query_as(
             "SELECT epochs_done FROM experiments
@@ -239,8 +237,8 @@ impl Store {
         )
         .bind(id)
         .bind(m.epoch as i32)
-        .bind(&weights)
-        .bind(&optimizer)
+        .bind(weights)
+        .bind(optimizer)
         .bind(sha)
         .bind(weights.len() as i64)
         .execute(&mut *tx)
@@ -420,7 +418,7 @@ impl Store {
     }
 
     /// The per-epoch metrics of an experiment, in order.
-    pub async fn metrics(&self, id: Uuid) -> Result<Vec<EpochMetrics>> {
+    pub async fn metrics(&self, id: Uuid) -> Result<Vec<EpochRecord>> {
         Ok(self
             .stored_epochs(id)
             .await?
@@ -443,12 +441,44 @@ impl Store {
     }
 }
 
+// The columns of `epoch_metrics`. The worker converts the engine's record of an epoch
+// into this, so that the store needs nothing of the engine; the API document keeps
+// calling it `EpochMetrics` (and the doc comment below is its description there).
+/// One epoch's figures. A metric that does not apply (no validation split) is `None`
+/// (`null` in JSON). Losses are means over samples; accuracies are fractions in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = EpochMetrics)]
+pub struct EpochRecord {
+    pub epoch: u32,
+    /// Mean training loss over the epoch's batches, weighted by batch size (as Keras and
+    /// the PyTorch reference report it: measured while the weights change).
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// Wall time of the epoch's training steps (evaluation excluded).
+    pub train_seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// A finished epoch to store: its figures and its checkpoint, already serialised.
+#[derive(Debug, Clone)]
+pub struct NewEpoch {
+    pub metrics: EpochRecord,
+    /// The model's weights (safetensors).
+    pub weights: Vec<u8>,
+    /// The optimizer's state (safetensors), read only to resume.
+    pub optimizer: Vec<u8>,
+}
+
 /// A stored epoch: its metrics and when they were recorded. The `epoch` events of the
 /// curve and the rows of `/metrics` carry exactly this.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StoredEpoch {
     #[serde(flatten)]
-    pub metrics: EpochMetrics,
+    pub metrics: EpochRecord,
     /// When the epoch was stored (the database's clock), moments before its transaction
     /// committed and the `epoch` event went out.
     pub recorded_at: DateTime<Utc>,
@@ -470,7 +500,7 @@ struct MetricsRow {
 
 impl From<MetricsRow> for StoredEpoch {
     fn from(r: MetricsRow) -> Self {
-        let metrics = EpochMetrics {
+        let metrics = EpochRecord {
             epoch: r.epoch as u32,
             train_loss: r.train_loss,
             train_accuracy: r.train_accuracy,
@@ -534,7 +564,7 @@ async fn insert_metrics(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: Uuid,
     attempt: i32,
-    m: &EpochMetrics,
+    m: &EpochRecord,
 ) -> Result<DateTime<Utc>> {
     let (at,): (DateTime<Utc>,) = sqlx::query_as(
         "INSERT INTO epoch_metrics (experiment_id, epoch, train_loss, train_accuracy, val_loss,

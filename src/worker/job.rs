@@ -344,12 +344,13 @@ impl Observer for JobObserver {
         // backoff until the epoch is stored or the lease is known to be lost (recording
         // an epoch twice is harmless: the second is a no-op). A shutdown meanwhile gives
         // up and leaves the experiment to be handed back or rescued.
+        let epoch = super::record::new_epoch(ckpt)?;
         let mut wait = Duration::from_millis(100);
         loop {
             let r = self.handle.block_on(self.store.record_epoch(
                 self.id,
                 self.attempt,
-                ckpt,
+                &epoch,
                 self.keep_all,
             ));
             let stop = self.stop.load(Ordering::SeqCst);

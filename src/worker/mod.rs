@@ -13,6 +13,7 @@
 
 mod cache;
 mod job;
+pub mod record;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -12,7 +12,7 @@ mod images;
 mod models;
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -168,7 +168,7 @@ pub struct ImageParts(pub std::collections::HashMap<String, ImageBytes>);
 async fn predict(
     state: State<AppState>,
     caller: Caller,
-    p: Result<Query<PredictParams>, axum::extract::rejection::QueryRejection>,
+    p: RawQuery,
     req: Request<Body>,
 ) -> Response {
     let started = std::time::Instant::now();
@@ -180,11 +180,11 @@ async fn predict(
 async fn answer(
     State(state): State<AppState>,
     caller: Caller,
-    p: Result<Query<PredictParams>, axum::extract::rejection::QueryRejection>,
+    p: RawQuery,
     req: Request<Body>,
 ) -> Result<Json<PredictResponse>, ApiError> {
     state.auth.limit(Limited::Predict, &caller)?;
-    let Query(p) = p.map_err(super::input::query_error)?;
+    let p: PredictParams = super::input::query(p)?;
     let experiment = p.experiment.as_deref().ok_or_else(|| {
         ApiError::field(
             "experiment",
