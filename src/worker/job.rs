@@ -259,8 +259,6 @@ impl Worker {
                 keep_all: spec.keep_all_checkpoints,
                 stop,
                 progress,
-                lost: false,
-                interrupted: false,
                 started: None,
             };
             let outcome = trainer.run(&mut obs);
@@ -268,13 +266,17 @@ impl Worker {
             if let Some(started) = obs.started.take() {
                 let _ = obs.handle.block_on(started);
             }
-            if obs.lost {
-                return Err(JobError::LeaseLost);
+            match outcome {
+                Err(EngineError::Observer(e)) => Err(match e.downcast::<NotStored>() {
+                    Ok(n) => match *n {
+                        NotStored::LeaseLost => JobError::LeaseLost,
+                        NotStored::ShuttingDown(_) => JobError::Interrupted,
+                        n @ NotStored::Failed(_) => JobError::Failed(n.to_string()),
+                    },
+                    Err(e) => JobError::Failed(e.to_string()),
+                }),
+                r => r.map_err(failed),
             }
-            if obs.interrupted {
-                return Err(JobError::Interrupted);
-            }
-            outcome.map_err(failed)
         });
         match task.await {
             Ok(r) => r,
@@ -297,6 +299,25 @@ enum JobError {
     Failed(String),
 }
 
+/// Why an epoch was not stored: the observer's error, which stops the run and comes back
+/// through the engine as [`EngineError::Observer`].
+#[derive(Debug, thiserror::Error)]
+enum NotStored {
+    #[error("the lease was lost")]
+    LeaseLost,
+    /// Shutting down while the database is unreachable.
+    #[error("storing the epoch failed while shutting down: {0}")]
+    ShuttingDown(StoreError),
+    #[error("storing the epoch failed: {0}")]
+    Failed(StoreError),
+}
+
+impl From<NotStored> for EngineError {
+    fn from(n: NotStored) -> Self {
+        EngineError::Observer(Box::new(n))
+    }
+}
+
 /// The engine's observer inside a worker.
 struct JobObserver {
     store: Store,
@@ -306,9 +327,6 @@ struct JobObserver {
     keep_all: bool,
     stop: Arc<AtomicU8>,
     progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
-    lost: bool,
-    /// Gave up storing an epoch because the process is shutting down.
-    interrupted: bool,
     /// Storing `training_started_at`, once the first batch begins.
     started: Option<tokio::task::JoinHandle<()>>,
 }
@@ -356,30 +374,17 @@ impl Observer for JobObserver {
             let stop = self.stop.load(Ordering::SeqCst);
             match r {
                 Ok(()) => return Ok(()),
-                Err(StoreError::LeaseLost) => {
-                    self.lost = true;
-                    return Err(EngineError::Checkpoint("the lease was lost".into()));
-                }
-                Err(_) if stop == LOST => {
-                    self.lost = true;
-                    return Err(EngineError::Checkpoint("the lease was lost".into()));
-                }
+                Err(StoreError::LeaseLost) => return Err(NotStored::LeaseLost.into()),
+                Err(_) if stop == LOST => return Err(NotStored::LeaseLost.into()),
                 Err(e) if e.is_transient() && stop == SHUTDOWN => {
-                    self.interrupted = true;
-                    return Err(EngineError::Checkpoint(format!(
-                        "storing the epoch failed while shutting down: {e}"
-                    )));
+                    return Err(NotStored::ShuttingDown(e).into());
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "storing the epoch failed; retrying");
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => {
-                    return Err(EngineError::Checkpoint(format!(
-                        "storing the epoch failed: {e}"
-                    )));
-                }
+                Err(e) => return Err(NotStored::Failed(e).into()),
             }
         }
     }
