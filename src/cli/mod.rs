@@ -1,7 +1,9 @@
 //! The `trainyard` command.
 //!
-//! Every flag has an environment fallback (shown in `--help`), so the same binary is
-//! configured by flags on a laptop and by environment in a container.
+//! Every setting of the service and of where data comes from has an environment fallback
+//! (shown in `--help`), so the same binary is configured by flags on a laptop and by
+//! environment in a container; a command's own options (`train --out`, `bench
+//! --batches`, ...) are given on the command line only.
 
 mod bench;
 mod health;
