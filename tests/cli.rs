@@ -446,3 +446,65 @@ fn plot_draws_run_folders_as_svg_or_png_and_refuses_other_extensions() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("empty/metrics.jsonl"), "{err}");
 }
+
+/// A flag's range is clap's: a value outside it, given as a flag or through its
+/// environment variable, is refused before anything runs (exit 2, clap's usage error),
+/// and the message names the flag. The database URL leads nowhere, so a value that
+/// slipped through would fail differently rather than start a server.
+#[test]
+fn a_flag_out_of_its_range_is_refused_by_clap_naming_the_flag() {
+    let refused = |args: &[&str], env: Option<(&str, &str)>, flag: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainyard"));
+        cmd.args(args)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/nothing")
+            .env("TRAINYARD_DATA_DIR", common::data_dir())
+            .env("TRAINYARD_NO_DOWNLOAD", "true");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid value") && stderr.contains(flag),
+            "{args:?} {env:?}: {stderr}"
+        );
+    };
+    refused(
+        &["serve", "--max-sse-streams", "0"],
+        None,
+        "--max-sse-streams",
+    );
+    refused(
+        &["serve", "--predict-max-batch", "4097"],
+        None,
+        "--predict-max-batch",
+    );
+    refused(&["serve", "--lease-secs", "inf"], None, "--lease-secs");
+    refused(
+        &["serve", "--body-timeout-secs", "86401"],
+        None,
+        "--body-timeout-secs",
+    );
+    refused(
+        &["worker", "--db-connections", "0"],
+        None,
+        "--db-connections",
+    );
+    refused(
+        &["housekeep", "--retention-days=-1"],
+        None,
+        "--retention-days",
+    );
+    refused(&["bench", "--warmup", "0"], None, "--warmup");
+    refused(
+        &["healthcheck", "--timeout-secs", "0"],
+        None,
+        "--timeout-secs",
+    );
+    refused(
+        &["worker"],
+        Some(("TRAINYARD_HEARTBEAT_SECS", "0")),
+        "--heartbeat-secs",
+    );
+}

@@ -33,7 +33,7 @@ use crate::store::listen::{Hub, Signal};
 use crate::store::{Principal, Scope, Store};
 
 /// Seconds a checked key or session is trusted without asking the database again.
-pub const CACHE_SECS: u64 = 30;
+const CACHE_SECS: u64 = 30;
 /// The web app's session cookie.
 pub const SESSION_COOKIE: &str = "trainyard_session";
 

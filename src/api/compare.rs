@@ -16,8 +16,8 @@ use crate::store::Experiment;
 use crate::store::queue::StoredEpoch;
 
 /// How many experiments one comparison takes.
-pub const MIN_IDS: usize = 2;
-pub const MAX_IDS: usize = 8;
+const MIN_IDS: usize = 2;
+const MAX_IDS: usize = 8;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/compare", get(compare))
@@ -25,7 +25,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct CompareParams {
+struct CompareParams {
     /// 2 to 8 experiment ids, comma-separated.
     #[param(required = true, value_type = String, pattern = "^[0-9a-fA-F-]{32,36}(,[0-9a-fA-F-]{32,36}){1,7}$")]
     pub ids: Option<String>,
@@ -86,7 +86,7 @@ pub async fn experiments(
 
 /// One experiment of a comparison.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Compared {
+struct Compared {
     #[serde(flatten)]
     pub experiment: ExperimentView,
     /// Its stored epochs, as `/experiments/{id}/metrics` lists them.
@@ -94,7 +94,7 @@ pub struct Compared {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Comparison {
+struct Comparison {
     pub experiments: Vec<Compared>,
     /// Every field whose value differs between the resolved specs, each experiment's
     /// value in the order of `experiments`.

@@ -35,7 +35,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct CreateParams {
+struct CreateParams {
     /// Higher runs first (-100 to 100, default 0).
     #[param(value_type = Option<i32>, minimum = -100, maximum = 100)]
     pub priority: Option<String>,
@@ -123,7 +123,7 @@ async fn create(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListParams {
+struct ListParams {
     /// Only experiments in this status.
     #[param(value_type = Option<Status>)]
     pub status: Option<String>,
@@ -150,7 +150,7 @@ pub struct ListParams {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ExperimentPage {
+struct ExperimentPage {
     pub items: Vec<ExperimentView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -355,7 +355,7 @@ fn csv(rows: &[StoredEpoch]) -> String {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct MetricsParams {
+struct MetricsParams {
     /// `json` or `csv`; overrides `Accept` (for a link or a plain `curl`).
     #[param(value_type = Option<String>, pattern = "^(json|csv)$")]
     pub format: Option<String>,

@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
 /// What `POST /keys` takes.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateKey {
+struct CreateKey {
     /// The account the key acts for; created when new (1 to 64 letters, digits, `.`,
     /// `_` or `-`).
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -66,7 +66,7 @@ async fn create(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListKeys {
+struct ListKeys {
     /// Only this account's keys.
     pub account: Option<String>,
 }
@@ -165,7 +165,7 @@ async fn own(State(state): State<AppState>, caller: Caller) -> Result<Json<Accou
 /// `PATCH /accounts/{name}`: each quota given replaces the stored one; `null` removes it.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct QuotasChange {
+struct QuotasChange {
     /// Most experiments queued at once (null: no limit).
     #[serde(default, deserialize_with = "present_count")]
     #[schema(value_type = Option<i32>, minimum = 0)]
@@ -246,7 +246,7 @@ async fn set_quotas(
 }
 
 /// Checks a quota change: no negative limits, FLOPs a finite number.
-pub fn quotas_patch(c: QuotasChange) -> Result<QuotasPatch, ApiError> {
+fn quotas_patch(c: QuotasChange) -> Result<QuotasPatch, ApiError> {
     for (field, v) in [("max_queued", c.max_queued), ("max_running", c.max_running)] {
         if let Some(Some(n)) = v
             && n < 0

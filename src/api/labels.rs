@@ -12,10 +12,10 @@ use crate::spec::{FieldError, SpecErrors};
 use crate::store::{Labels, LabelsPatch};
 
 pub const MAX_NAME_CHARS: usize = 200;
-pub const MAX_TAGS: usize = 16;
+const MAX_TAGS: usize = 16;
 pub const MAX_TAG_CHARS: usize = 64;
 /// [`text`]'s rule as a regular expression, for the OpenAPI document.
-pub const PATTERN: &str = "^[^\\u0000]*[^ \\u0000][^\\u0000]*$";
+const PATTERN: &str = "^[^\\u0000]*[^ \\u0000][^\\u0000]*$";
 
 /// Takes `name` and `tags` out of a submission's top-level object.
 pub fn take(body: &mut Value) -> Result<Labels, ApiError> {

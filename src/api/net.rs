@@ -72,15 +72,6 @@ impl Default for NetConfig {
     }
 }
 
-/// A timeout flag's value as a duration: positive, at most a day.
-pub fn timeout_secs(flag: &str, secs: f64) -> anyhow::Result<Duration> {
-    anyhow::ensure!(
-        secs.is_finite() && secs > 0.0 && secs <= 86_400.0,
-        "--{flag} must be a positive number of seconds, at most 86400, got {secs}"
-    );
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// An origin as a browser sends it in `Origin`: scheme, host and port if any, lower
 /// case, no path. `https://App.example/` is refused rather than silently never matched.
 pub fn parse_origin(s: &str) -> anyhow::Result<HeaderValue> {
@@ -231,14 +222,6 @@ mod tests {
             "",
         ] {
             assert!(parse_origin(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn a_timeout_is_positive_and_at_most_a_day() {
-        assert_eq!(timeout_secs("x", 1.5).unwrap(), Duration::from_millis(1500));
-        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 86_401.0] {
-            assert!(timeout_secs("x", bad).is_err(), "{bad}");
         }
     }
 

@@ -38,7 +38,7 @@ use super::AppState;
         (name = "session", description = "The web app's sign-in"),
     )
 )]
-pub struct ApiDoc;
+struct ApiDoc;
 
 /// The operations whose request body is a submission (a spec with its labels).
 const SUBMISSION_BODIES: [&str; 2] = ["/experiments", "/specs/validate"];

@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PictureParams {
+struct PictureParams {
     /// `loss` (default) or `accuracy`.
     #[param(pattern = "^(loss|accuracy)$")]
     pub metric: Option<String>,
@@ -46,7 +46,7 @@ pub struct PictureParams {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ComparePictureParams {
+struct ComparePictureParams {
     /// `loss` (default) or `accuracy`.
     #[param(pattern = "^(loss|accuracy)$")]
     pub metric: Option<String>,

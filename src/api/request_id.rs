@@ -24,14 +24,14 @@ use tower_http::request_id::RequestId;
 /// The header, on requests and responses.
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// The longest id a client may choose.
-pub const MAX_LEN: usize = 64;
+const MAX_LEN: usize = 64;
 
 tokio::task_local! {
     static CURRENT: Arc<str>;
 }
 
 /// 1 to [`MAX_LEN`] characters of `A-Z a-z 0-9 . _ -`.
-pub fn is_safe(id: &[u8]) -> bool {
+fn is_safe(id: &[u8]) -> bool {
     (1..=MAX_LEN).contains(&id.len())
         && id
             .iter()

@@ -32,14 +32,14 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignIn {
+struct SignIn {
     /// An API key (`ty_...`).
     pub key: String,
 }
 
 /// Who is signed in.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Session {
+struct Session {
     pub account: String,
     pub admin: bool,
     /// Whether the server requires keys (`false` under `--auth off`).

@@ -51,7 +51,7 @@ pub fn submission(body: &[u8]) -> Result<(Submitted, Labels), ApiError> {
 
 /// What `POST /specs/validate` answers.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Validated {
+struct Validated {
     /// The resolved spec, as `POST /experiments` would store it.
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,

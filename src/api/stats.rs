@@ -28,7 +28,7 @@ pub struct Counts {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Stats {
+struct Stats {
     pub experiments: Counts,
     /// When the oldest queued experiment was submitted (null when none is queued).
     pub oldest_queued_at: Option<DateTime<Utc>>,

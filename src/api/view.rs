@@ -73,7 +73,7 @@ impl ExperimentView {
 }
 
 /// `conv2d 32 3x3 relu · max_pool2d 2x2 · flatten · dense 10 softmax`.
-pub fn layers_line(layers: &[LayerSpec]) -> String {
+fn layers_line(layers: &[LayerSpec]) -> String {
     let size = |s: crate::spec::Size2| {
         let (h, w) = s.hw();
         format!("{h}x{w}")

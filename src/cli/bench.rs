@@ -18,11 +18,14 @@ pub struct BenchArgs {
     /// Presets to measure.
     #[arg(long, value_delimiter = ',', default_value = "torch-cnn,keras-cnn")]
     pub presets: Vec<String>,
-    /// Batches measured per preset.
-    #[arg(long, default_value_t = 50)]
+    /// Batches measured per preset (at least 1).
+    #[arg(long, default_value_t = 50,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batches: usize,
-    /// Batches run first and not measured.
-    #[arg(long, default_value_t = 5)]
+    /// Batches run first and not measured (at least 1: the clock starts when the last of
+    /// them ends).
+    #[arg(long, default_value_t = 5,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub warmup: usize,
     #[arg(long, env = "TRAINYARD_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
@@ -73,7 +76,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let bs = spec.batch_size as usize;
         spec.epochs = 1;
         spec.dataset.validation = Validation::Named(ValidationName::None);
-        spec.dataset.train_limit = Some((a.warmup.max(1) + a.batches) * bs);
+        spec.dataset.train_limit = Some((a.warmup + a.batches) * bs);
         spec.dataset.test_limit = Some(1);
         let summary = crate::spec::validate(&spec)?;
         let prepared = prepare::prepare(&data, &spec.dataset);
@@ -90,7 +93,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "candle-graph"
         };
         let mut t = Timer {
-            warmup: a.warmup.max(1),
+            warmup: a.warmup,
             start: None,
             end: None,
         };

@@ -15,7 +15,7 @@ pub struct HealthcheckArgs {
     #[arg(long, env = "TRAINYARD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// Seconds to wait for the answer.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = super::seconds)]
     pub timeout_secs: f64,
 }
 
@@ -32,7 +32,7 @@ fn target(bind: SocketAddr) -> SocketAddr {
 pub fn run(a: HealthcheckArgs) -> anyhow::Result<()> {
     let url = format!("http://{}/readyz", target(a.bind));
     let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs_f64(a.timeout_secs.max(0.1)))
+        .timeout(Duration::from_secs_f64(a.timeout_secs))
         .build();
     match agent.get(&url).call() {
         Ok(r) if r.status() == 200 => Ok(()),

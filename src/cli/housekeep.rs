@@ -11,13 +11,13 @@ pub struct HousekeepArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Also delete experiments that ended more than this many days ago.
-    #[arg(long, env = "TRAINYARD_RETENTION_DAYS")]
+    #[arg(long, env = "TRAINYARD_RETENTION_DAYS", value_parser = super::days)]
     pub retention_days: Option<f64>,
 }
 
 pub fn run(a: HousekeepArgs) -> anyhow::Result<()> {
     let h = Housekeeping {
-        retention: super::service::retention(a.retention_days)?,
+        retention: super::service::retention(a.retention_days),
         ..Housekeeping::default()
     };
     tokio::runtime::Builder::new_current_thread()

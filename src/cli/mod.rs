@@ -1,7 +1,9 @@
 //! The `trainyard` command.
 //!
-//! Every flag has an environment fallback (shown in `--help`), so the same binary is
-//! configured by flags on a laptop and by environment in a container.
+//! Every setting of the service and of where data comes from has an environment fallback
+//! (shown in `--help`), so the same binary is configured by flags on a laptop and by
+//! environment in a container; a command's own options (`train --out`, `bench
+//! --batches`, ...) are given on the command line only.
 
 mod bench;
 mod health;
@@ -205,4 +207,72 @@ pub fn init_tracing(json: bool) {
     } else {
         b.try_init()
     };
+}
+
+/// clap value parsers of the flags that are a number of seconds or days. The range is
+/// part of the flag: a value outside it (or `inf`, `NaN`) is refused by clap, naming the
+/// flag, before anything runs; `--help` and the error message come from one place.
+fn number_in(s: &str, min: f64, min_allowed: bool, max: f64, what: &str) -> Result<f64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number: {what}"))?;
+    let above_min = if min_allowed { x >= min } else { x > min };
+    if x.is_finite() && above_min && x <= max {
+        Ok(x)
+    } else {
+        Err(format!("out of range: {what}"))
+    }
+}
+
+/// A positive number of seconds, at most a day: leases, intervals, timeouts.
+pub(crate) fn seconds(s: &str) -> Result<f64, String> {
+    number_in(
+        s,
+        0.0,
+        false,
+        86_400.0,
+        "a positive number of seconds, at most 86400",
+    )
+}
+
+/// A number of seconds between rounds, 0 (never) to a year.
+pub(crate) fn seconds_or_never(s: &str) -> Result<f64, String> {
+    number_in(
+        s,
+        0.0,
+        true,
+        31_536_000.0,
+        "a number of seconds from 0 (never) to 31536000",
+    )
+}
+
+/// A number of days, 0 to 36500.
+pub(crate) fn days(s: &str) -> Result<f64, String> {
+    number_in(s, 0.0, true, 36_500.0, "a number of days from 0 to 36500")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_positive_finite_and_at_most_a_day() {
+        assert_eq!(seconds("1.5"), Ok(1.5));
+        assert_eq!(seconds("86400"), Ok(86_400.0));
+        for bad in ["0", "-1", "NaN", "inf", "86401", "x", ""] {
+            assert!(seconds(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_interval_may_be_zero_for_never_and_days_stop_at_a_hundred_years() {
+        assert_eq!(seconds_or_never("0"), Ok(0.0));
+        assert!(seconds_or_never("-0.5").is_err());
+        assert!(seconds_or_never("inf").is_err());
+        assert_eq!(days("0"), Ok(0.0));
+        assert_eq!(days("36500"), Ok(36_500.0));
+        assert!(days("36501").is_err());
+        assert!(days("NaN").is_err());
+    }
 }

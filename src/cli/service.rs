@@ -29,7 +29,8 @@ pub struct DbArgs {
         long,
         env = "TRAINYARD_DB_CONNECTIONS",
         global = true,
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub db_connections: u32,
 }
@@ -37,55 +38,55 @@ pub struct DbArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// Worker tasks in this process (0: API only).
-    #[arg(long, env = "TRAINYARD_WORKERS", default_value_t = 1)]
+    #[arg(long, env = "TRAINYARD_WORKERS", default_value_t = WorkerConfig::default().workers)]
     pub workers: usize,
     /// Seconds a claim stays valid without a heartbeat.
-    #[arg(long, env = "TRAINYARD_LEASE_SECS", default_value_t = 30.0)]
+    #[arg(long, env = "TRAINYARD_LEASE_SECS", default_value_t = WorkerConfig::default().lease_secs,
+        value_parser = super::seconds)]
     pub lease_secs: f64,
-    /// Seconds between heartbeats (well under the lease).
-    #[arg(long, env = "TRAINYARD_HEARTBEAT_SECS", default_value_t = 5.0)]
+    /// Seconds between heartbeats (below the lease).
+    #[arg(long, env = "TRAINYARD_HEARTBEAT_SECS", default_value_t = WorkerConfig::default().heartbeat_secs,
+        value_parser = super::seconds)]
     pub heartbeat_secs: f64,
     /// Seconds between polls for work when no notification arrives.
-    #[arg(long, env = "TRAINYARD_POLL_SECS", default_value_t = 5.0)]
+    #[arg(long, env = "TRAINYARD_POLL_SECS", default_value_t = WorkerConfig::default().poll_secs,
+        value_parser = super::seconds)]
     pub poll_secs: f64,
     /// Train on this device whatever the spec says (auto, cpu, cuda, cuda:N).
     #[arg(long, env = "TRAINYARD_DEVICE")]
     pub device: Option<DeviceSpec>,
     /// Seconds after SIGTERM/SIGINT within which the process must have stopped: a job
     /// still running then is abandoned (its lease expires) and the process exits 1.
-    #[arg(long, env = "TRAINYARD_SHUTDOWN_GRACE_SECS", default_value_t = 30.0)]
+    #[arg(long, env = "TRAINYARD_SHUTDOWN_GRACE_SECS", default_value_t = 30.0,
+        value_parser = super::seconds)]
     pub shutdown_grace_secs: f64,
     /// Seconds between housekeeping rounds: ended experiments' checkpoints drop their
     /// optimizer state (0: never).
-    #[arg(long, env = "TRAINYARD_HOUSEKEEPING_SECS", default_value_t = 300.0)]
+    #[arg(long, env = "TRAINYARD_HOUSEKEEPING_SECS",
+        default_value_t = WorkerConfig::default().housekeeping_secs,
+        value_parser = super::seconds_or_never)]
     pub housekeeping_secs: f64,
     /// Housekeeping also deletes experiments that ended more than this many days ago.
-    #[arg(long, env = "TRAINYARD_RETENTION_DAYS")]
+    #[arg(long, env = "TRAINYARD_RETENTION_DAYS", value_parser = super::days)]
     pub retention_days: Option<f64>,
     /// MiB of prepared training data kept for the next job on the same data (0: none).
-    #[arg(long, env = "TRAINYARD_PREPARED_CACHE_MIB", default_value_t = 512)]
+    #[arg(long, env = "TRAINYARD_PREPARED_CACHE_MIB",
+        default_value_t = WorkerConfig::default().prepared_cache_bytes >> 20)]
     pub prepared_cache_mib: usize,
     #[command(flatten)]
     pub data: DataArgs,
 }
 
 impl WorkerArgs {
+    /// The workers' configuration. Each flag's own range is clap's to check; what is left
+    /// here is how flags relate.
     pub fn config(&self) -> anyhow::Result<WorkerConfig> {
-        anyhow::ensure!(self.lease_secs > 0.0, "--lease-secs must be positive");
         anyhow::ensure!(
-            self.heartbeat_secs > 0.0 && self.heartbeat_secs < self.lease_secs,
-            "--heartbeat-secs must be positive and below --lease-secs"
+            self.heartbeat_secs < self.lease_secs,
+            "--heartbeat-secs ({}) must be below --lease-secs ({})",
+            self.heartbeat_secs,
+            self.lease_secs
         );
-        anyhow::ensure!(self.poll_secs > 0.0, "--poll-secs must be positive");
-        anyhow::ensure!(
-            self.shutdown_grace_secs > 0.0 && self.shutdown_grace_secs <= 86_400.0,
-            "--shutdown-grace-secs must be positive (at most a day)"
-        );
-        anyhow::ensure!(
-            self.housekeeping_secs >= 0.0 && self.housekeeping_secs.is_finite(),
-            "--housekeeping-secs must be a number of seconds >= 0"
-        );
-        let retention = retention(self.retention_days)?;
         Ok(WorkerConfig {
             workers: self.workers,
             lease_secs: self.lease_secs,
@@ -97,7 +98,7 @@ impl WorkerArgs {
             prepared_cache_bytes: self.prepared_cache_mib.saturating_mul(1 << 20),
             housekeeping_secs: self.housekeeping_secs,
             housekeeping: Housekeeping {
-                retention,
+                retention: retention(self.retention_days),
                 ..Housekeeping::default()
             },
             ..WorkerConfig::default()
@@ -105,14 +106,9 @@ impl WorkerArgs {
     }
 }
 
-/// `--retention-days` as a duration.
-pub fn retention(days: Option<f64>) -> anyhow::Result<Option<Duration>> {
-    match days {
-        Some(d) if !(d.is_finite() && (0.0..=36_500.0).contains(&d)) => {
-            anyhow::bail!("--retention-days must be a number of days from 0 to 36500, got {d}")
-        }
-        d => Ok(d.map(|d| Duration::from_secs_f64(d * 86400.0))),
-    }
+/// `--retention-days` (checked by clap: 0 to 36500) as a duration.
+pub fn retention(days: Option<f64>) -> Option<Duration> {
+    days.map(|d| Duration::from_secs_f64(d * 86400.0))
 }
 
 /// How `/predict` gathers concurrent requests for one model into a forward pass.
@@ -120,31 +116,26 @@ pub fn retention(days: Option<f64>) -> anyhow::Result<Option<Duration>> {
 pub struct PredictArgs {
     /// Microseconds a batch waits for more requests after its first (0: only what is
     /// already queued). It waits only while other requests are on their way in.
+    /// At most 1000000 (one second).
     #[arg(
         long,
         env = "TRAINYARD_PREDICT_BATCH_WINDOW_US",
-        default_value_t = 1000
+        default_value_t = BatchConfig::default().window.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(..=1_000_000)
     )]
     pub predict_batch_window_us: u64,
-    /// Most images in one forward pass.
-    #[arg(long, env = "TRAINYARD_PREDICT_MAX_BATCH", default_value_t = 64)]
+    /// Most images in one forward pass (1 to 4096).
+    #[arg(long, env = "TRAINYARD_PREDICT_MAX_BATCH", default_value_t = BatchConfig::default().max_batch,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub predict_max_batch: usize,
 }
 
 impl PredictArgs {
-    pub fn config(&self) -> anyhow::Result<BatchConfig> {
-        anyhow::ensure!(
-            self.predict_batch_window_us <= 1_000_000,
-            "--predict-batch-window-us must be at most 1000000 (one second)"
-        );
-        anyhow::ensure!(
-            (1..=4096).contains(&self.predict_max_batch),
-            "--predict-max-batch must be between 1 and 4096"
-        );
-        Ok(BatchConfig {
+    pub fn config(&self) -> BatchConfig {
+        BatchConfig {
             window: Duration::from_micros(self.predict_batch_window_us),
             max_batch: self.predict_max_batch,
-        })
+        }
     }
 }
 
@@ -159,8 +150,10 @@ pub struct ServeArgs {
     pub worker: WorkerArgs,
     #[command(flatten)]
     pub predict: PredictArgs,
-    /// Curve (SSE) streams kept open at once; one more gets a 503 with Retry-After.
-    #[arg(long, env = "TRAINYARD_MAX_SSE_STREAMS", default_value_t = crate::api::DEFAULT_MAX_SSE_STREAMS)]
+    /// Curve (SSE) streams kept open at once (1 to 1000000); one more gets a 503 with
+    /// Retry-After.
+    #[arg(long, env = "TRAINYARD_MAX_SSE_STREAMS", default_value_t = crate::api::DEFAULT_MAX_SSE_STREAMS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_sse_streams: usize,
     /// Whether requests need an API key. `off` acts as an admin of the `default` account
     /// for everyone, and is refused unless --bind is a loopback address.
@@ -178,14 +171,17 @@ pub struct ServeArgs {
     pub rate_limit_predict: u32,
     /// Seconds a client has to send a request's line and headers (and the most a
     /// keep-alive connection stays idle); then the connection closes.
-    #[arg(long, env = "TRAINYARD_HEADER_TIMEOUT_SECS", default_value_t = net::DEFAULT_HEADER_TIMEOUT_SECS)]
+    #[arg(long, env = "TRAINYARD_HEADER_TIMEOUT_SECS", default_value_t = net::DEFAULT_HEADER_TIMEOUT_SECS,
+        value_parser = super::seconds)]
     pub header_timeout_secs: f64,
     /// Seconds a client has to send a request's whole body; then a 408.
-    #[arg(long, env = "TRAINYARD_BODY_TIMEOUT_SECS", default_value_t = net::DEFAULT_BODY_TIMEOUT_SECS)]
+    #[arg(long, env = "TRAINYARD_BODY_TIMEOUT_SECS", default_value_t = net::DEFAULT_BODY_TIMEOUT_SECS,
+        value_parser = super::seconds)]
     pub body_timeout_secs: f64,
     /// Seconds from a request's headers to its response's head, then a 504 (a response's
     /// body, such as the curve stream, is not timed).
-    #[arg(long, env = "TRAINYARD_REQUEST_TIMEOUT_SECS", default_value_t = net::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    #[arg(long, env = "TRAINYARD_REQUEST_TIMEOUT_SECS", default_value_t = net::DEFAULT_REQUEST_TIMEOUT_SECS,
+        value_parser = super::seconds)]
     pub request_timeout_secs: f64,
     /// An origin (`https://app.example`) whose pages may call the API (CORS); repeat the
     /// flag or separate with commas. None: no CORS headers.
@@ -201,10 +197,6 @@ impl ServeArgs {
     /// The HTTP side's configuration, checked.
     pub fn http(&self) -> anyhow::Result<crate::server::HttpConfig> {
         anyhow::ensure!(
-            (1..=1_000_000).contains(&self.max_sse_streams),
-            "--max-sse-streams must be between 1 and 1000000"
-        );
-        anyhow::ensure!(
             self.auth == AuthMode::On || self.bind.ip().is_loopback(),
             "--auth off lets anyone who reaches the port act as an admin, so it is only \
              allowed with a loopback --bind (127.0.0.1 or ::1), not {}; create a key with \
@@ -213,7 +205,7 @@ impl ServeArgs {
         );
         Ok(crate::server::HttpConfig {
             bind: self.bind,
-            batching: self.predict.config()?,
+            batching: self.predict.config(),
             max_sse_streams: self.max_sse_streams,
             auth: self.auth,
             rate_limits: RateLimits {
@@ -227,9 +219,9 @@ impl ServeArgs {
 
     fn net(&self) -> anyhow::Result<NetConfig> {
         Ok(NetConfig {
-            header_timeout: net::timeout_secs("header-timeout-secs", self.header_timeout_secs)?,
-            body_timeout: net::timeout_secs("body-timeout-secs", self.body_timeout_secs)?,
-            request_timeout: net::timeout_secs("request-timeout-secs", self.request_timeout_secs)?,
+            header_timeout: Duration::from_secs_f64(self.header_timeout_secs),
+            body_timeout: Duration::from_secs_f64(self.body_timeout_secs),
+            request_timeout: Duration::from_secs_f64(self.request_timeout_secs),
             cors_origins: self
                 .cors_origins
                 .iter()

@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 use flate2::bufread::MultiGzDecoder;
 
 /// The IDX data type code for unsigned bytes, the only one supported.
-pub const DTYPE_U8: u8 = 0x08;
+const DTYPE_U8: u8 = 0x08;
 
 /// Default limit on the size of an IDX file's content (uncompressed, header included).
 /// MNIST's largest file is 47,040,016 bytes.
-pub const MAX_BYTES: usize = 256 << 20;
+const MAX_BYTES: usize = 256 << 20;
 
 /// Most dimensions an IDX header may declare; real files have 1 (labels) or 3 (images).
-pub const MAX_NDIM: usize = 16;
+const MAX_NDIM: usize = 16;
 
 /// What can go wrong reading or parsing an IDX file.
 ///
@@ -240,7 +240,7 @@ pub fn parse_vec(mut bytes: Vec<u8>) -> Result<IdxArray, IdxError> {
 
 /// Wraps a buffered reader so that it yields the uncompressed content: gunzipped when it
 /// starts with the gzip magic `1f 8b`, as is otherwise.
-pub fn maybe_gunzip<'a, R: BufRead + 'a>(mut reader: R) -> io::Result<Box<dyn Read + 'a>> {
+fn maybe_gunzip<'a, R: BufRead + 'a>(mut reader: R) -> io::Result<Box<dyn Read + 'a>> {
     let head = reader.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(MultiGzDecoder::new(reader)))
@@ -281,7 +281,7 @@ pub fn read_bytes(path: &Path, limit: usize) -> Result<Vec<u8>, IdxError> {
 /// Reads and parses an IDX stream (gzipped or raw), checking the header before reading
 /// the data: a header that declares more than `limit` bytes (header included) is rejected
 /// without reading on, and the data buffer only grows as data actually arrives.
-pub fn read_from<R: BufRead>(reader: R, limit: usize) -> Result<IdxArray, IdxError> {
+fn read_from<R: BufRead>(reader: R, limit: usize) -> Result<IdxArray, IdxError> {
     let mut reader = maybe_gunzip(reader).map_err(stream_err)?;
     let mut magic = [0u8; 4];
     read_exact_or_truncated(&mut reader, &mut magic, "header")?;
@@ -324,7 +324,7 @@ pub fn read(path: &Path) -> Result<IdxArray, IdxError> {
 }
 
 /// [`read`] with a caller-chosen limit on the uncompressed size.
-pub fn read_with_limit(path: &Path, limit: usize) -> Result<IdxArray, IdxError> {
+fn read_with_limit(path: &Path, limit: usize) -> Result<IdxArray, IdxError> {
     let file = File::open(path).map_err(|source| IdxError::Io {
         path: path.to_path_buf(),
         source,

@@ -21,7 +21,7 @@ use super::resize::resize_bilinear_u8;
 /// Largest accepted width or height.
 pub const MAX_IMAGE_DIMENSION: u32 = 4096;
 /// Decoder memory cap.
-pub const MAX_DECODE_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_DECODE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -3,7 +3,8 @@
 //! Each dataset is four IDX files (train/test images and labels) stored under
 //! `DATA_DIR/<dataset>/`, e.g. `data/mnist/train-images-idx3-ubyte.gz`; each file may be
 //! kept raw or gzipped (`<file>` or `<file>.gz`, the raw one is used when both exist). The
-//! data folder is [`default_data_dir`]: `$TRAINYARD_DATA_DIR`, else `./data`.
+//! data folder is the caller's: the CLI's `--data-dir` (`$TRAINYARD_DATA_DIR`, default
+//! `./data`), carried in a [`Source`].
 //!
 //! **Checksums are of the uncompressed content.** Every file is checked against a
 //! SHA-256 pinned here before it is used, so a run trains on exactly the bytes that
@@ -33,8 +34,8 @@ use sha2::{Digest, Sha256};
 use super::idx::{self, IdxError};
 use crate::spec::DatasetName;
 
-/// Environment variable that overrides the data folder (see [`default_data_dir`]).
-pub const DATA_DIR_ENV: &str = "TRAINYARD_DATA_DIR";
+/// Environment variable of the CLI's `--data-dir`, named where a missing file is reported.
+const DATA_DIR_ENV: &str = "TRAINYARD_DATA_DIR";
 
 /// Default mirrors for MNIST (base URLs; `<file>.gz` is appended).
 pub const MNIST_MIRRORS: &[&str] = &[
@@ -47,13 +48,13 @@ pub const FASHION_MNIST_MIRRORS: &[&str] =
     &["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"];
 
 /// Timeout to establish a connection to a mirror.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout for one read from a mirror that has stopped sending.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Timeout for a whole request, body included (26 MB at a slow 100 kB/s fits).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most bytes accepted from a mirror for one file (the largest `.gz` is about 26 MB).
-pub const MAX_DOWNLOAD_BYTES: usize = 64 << 20;
+const MAX_DOWNLOAD_BYTES: usize = 64 << 20;
 
 /// Number of classes in both datasets; labels are `0..NUM_CLASSES`.
 pub const NUM_CLASSES: usize = 10;
@@ -146,15 +147,6 @@ pub fn default_mirrors(name: DatasetName) -> Vec<String> {
         DatasetName::FashionMnist => FASHION_MNIST_MIRRORS,
     };
     list.iter().map(|s| s.to_string()).collect()
-}
-
-/// The data folder: `$TRAINYARD_DATA_DIR` when set and not empty, else `./data`
-/// (relative to the working directory). Datasets live in `<data dir>/<dataset name>/`.
-pub fn default_data_dir() -> PathBuf {
-    match std::env::var_os(DATA_DIR_ENV) {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from("data"),
-    }
 }
 
 /// The folder of one dataset: `<data_dir>/<name>`, e.g. `data/fashion-mnist`.

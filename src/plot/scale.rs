@@ -45,7 +45,7 @@ impl Ticks {
 }
 
 /// The smallest 1, 2 or 5 times a power of ten that is at least `raw` (> 0, finite).
-pub fn nice_step(raw: f64) -> f64 {
+fn nice_step(raw: f64) -> f64 {
     let mag = 10f64.powf(raw.log10().floor());
     let norm = raw / mag;
     // A little slack so that 2.0000000001 (float noise) still counts as 2.

@@ -19,7 +19,7 @@ use super::{CHANNEL_KEYS, Result, Store, StoreError};
 pub const DEFAULT_ACCOUNT: Uuid = Uuid::nil();
 
 /// What every key starts with, so a leaked one is recognisable (secret scanners, logs).
-pub const KEY_PREFIX: &str = "ty_";
+const KEY_PREFIX: &str = "ty_";
 const SECRET_HEX: usize = 64;
 const LOOKUP_HEX: usize = 12;
 
@@ -118,7 +118,7 @@ pub struct Account {
 
 /// An account name: 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or
 /// digit (the database checks the same).
-pub fn valid_account_name(name: &str) -> bool {
+fn valid_account_name(name: &str) -> bool {
     let b = name.as_bytes();
     (1..=64).contains(&b.len())
         && b[0].is_ascii_alphanumeric()
@@ -132,7 +132,7 @@ pub fn digest(secret: &str) -> [u8; 32] {
 }
 
 /// 256 random bits as 64 hex digits.
-pub fn random_hex() -> String {
+fn random_hex() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the operating system's random source");
     hex::encode(bytes)
@@ -288,15 +288,6 @@ impl Store {
         super::experiments::notify(&mut tx, CHANNEL_KEYS, &id.to_string()).await?;
         tx.commit().await?;
         Ok(key_info(row))
-    }
-
-    /// Whether any admin key that is not revoked exists.
-    pub async fn has_admin_key(&self) -> Result<bool> {
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM api_keys WHERE admin AND revoked_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(n > 0)
     }
 
     /// On a first start: makes an admin key for account `account` unless some admin key

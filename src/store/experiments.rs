@@ -117,7 +117,7 @@ struct Row {
     waiting_for: Option<String>,
 }
 
-pub(crate) const COLUMNS: &str = "id, account_id, \
+const COLUMNS: &str = "id, account_id, \
     (SELECT a.name FROM accounts a WHERE a.id = experiments.account_id) AS account, status, spec, priority, attempt, rescues, epochs_done, \
     best_epoch, cancel_requested, error, created_at, updated_at, started_at, training_started_at, \
     finished_at, name, tags, \

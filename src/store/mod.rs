@@ -137,11 +137,6 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects with a bounded pool.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        Self::connect_with(url, max_connections, DEFAULT_IDLE_IN_TRANSACTION).await
-    }
-
     /// Connects with a bounded pool whose sessions are ended by the server when idle in
     /// a transaction for longer than `idle_in_transaction` (a worker passes its lease).
     ///

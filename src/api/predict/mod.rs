@@ -38,7 +38,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PredictParams {
+struct PredictParams {
     /// The experiment whose weights answer (required; a missing one is a 422 naming it).
     #[param(required = true, value_type = String, format = Uuid)]
     pub experiment: Option<String>,
@@ -91,7 +91,7 @@ impl Invert {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PredictResponse {
+struct PredictResponse {
     pub experiment: Uuid,
     /// The epoch whose checkpoint answered.
     pub epoch: i32,
@@ -99,7 +99,7 @@ pub struct PredictResponse {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Prediction {
+struct Prediction {
     /// The multipart file name, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
@@ -114,7 +114,7 @@ pub struct Prediction {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Ranked {
+struct Ranked {
     pub label: usize,
     pub class_name: String,
     pub probability: f32,
