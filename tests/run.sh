@@ -45,7 +45,7 @@ ensure_postgres() {
 }
 ensure_postgres
 
-# The web app's tests (tests/browser.rs) drive Debian's Chromium through chromedriver.
+# The web app's tests (tests/it/browser.rs) drive Debian's Chromium through chromedriver.
 ensure_browser() {
   command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
   echo "installing chromium and chromium-driver" >&2
@@ -54,7 +54,7 @@ ensure_browser() {
 }
 ensure_browser
 
-# tests/metrics.rs lints the /metrics scrape with Debian's promtool (package prometheus).
+# tests/it/metrics.rs lints the /metrics scrape with Debian's promtool (package prometheus).
 ensure_promtool() {
   command -v promtool >/dev/null 2>&1 && return 0
   echo "installing prometheus (for promtool)" >&2
@@ -76,14 +76,14 @@ node --test tests/web/
 # The CPU path again on the kernels a CPU without AVX-512 gets (the gemm crate's, row
 # copies, scalar pooling), against Candle's graph: this machine would otherwise only ever
 # test the AVX-512 ones.
-TRAINYARD_NO_AVX512=1 cargo test --test cpu_path
+TRAINYARD_NO_AVX512=1 cargo test --test it cpu_path::
 # Generated requests from the OpenAPI document against a real `trainyard serve`
 # (schemathesis from PyPI, in a cached venv): no 5xx, nothing the document does not say.
 bash tests/schemathesis.sh
 
 # Stops and starts PostgreSQL, breaking every other connection on the machine: run alone,
 # after everything else (the test is #[ignore]d so that a plain `cargo test` skips it).
-cargo test --test pg_restart -- --ignored
+cargo test --test it pg_restart:: -- --ignored
 
 # `docker compose up`, proven: builds the images and runs the stack as a user does (it
 # installs and starts a Docker engine when missing). Last, as the slowest step.

@@ -5,7 +5,7 @@
 //! large share of the input, so a resize that is merely "close" (float bilinear, a different
 //! rounding, no antialiasing) feeds the network different data and changes the loss curve we
 //! compare against. This module therefore reproduces Pillow's integer arithmetic exactly, not
-//! just its idea; `tests/resize_matches_pil.rs` checks it byte for byte against Pillow's output.
+//! just its idea; `tests/it/resize_matches_pil.rs` checks it byte for byte against Pillow's output.
 //!
 //! The algorithm follows `ImagingResample` in Pillow's `src/libImaging/Resample.c` for mode "L"
 //! with the default box and no `reducing_gap`:

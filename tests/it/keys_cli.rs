@@ -1,7 +1,7 @@
 //! Keys as an operator handles them: the first start's admin key, `trainyard keys`, and
 //! `--auth off` kept to loopback.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! Tolerance 1e-4 relative: float summation order differs; a wrong gradient (candle's own
 //! max_pool2d, or a `max` reduction's gradient on ties) misses by over 1e-3 in one epoch.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use serde_json::{Value, json};

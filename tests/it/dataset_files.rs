@@ -14,7 +14,7 @@ use trainyard::data::mnist::{
 };
 use trainyard::spec::DatasetName;
 
-mod common;
+use crate::common;
 
 const FILES: [&str; 4] = [
     "train-images-idx3-ubyte",

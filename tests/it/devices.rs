@@ -2,7 +2,7 @@
 //! for CUDA queued, saying what it waits for, instead of claiming it only to fail it; an
 //! `auto` experiment runs anywhere.
 
-mod common;
+use crate::common;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;

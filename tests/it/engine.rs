@@ -1,6 +1,6 @@
 //! The training engine end to end on small slices of the real MNIST files.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

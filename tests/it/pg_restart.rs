@@ -6,7 +6,7 @@
 //! alone in its binary: `tests/run.sh` runs it by itself after every other test
 //! (`cargo test --test pg_restart -- --ignored`).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

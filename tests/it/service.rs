@@ -1,7 +1,7 @@
 //! The service end to end against the real PostgreSQL: one database per test
 //! (`#[sqlx::test]`), a server on a real socket, real workers training small slices.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! ways must give the same curve and the same weights, to float rounding. Covers every
 //! layer and optimizer the CPU path implements.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

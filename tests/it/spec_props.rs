@@ -9,7 +9,7 @@
 //! into the spec (`model.layers[3].units`). A case is a few milliseconds, so the cases
 //! are few enough that the whole file runs in seconds.
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::Request;

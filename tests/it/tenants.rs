@@ -1,7 +1,7 @@
 //! Accounts sharing one service: keys and sessions, fair claiming, quotas, rate limits,
 //! and who did what in the event log.
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{Request, header};

@@ -1,6 +1,6 @@
 //! Curve pictures over HTTP, drawn from epochs a real worker trained and stored.
 
-mod common;
+use crate::common;
 
 use serde_json::json;
 use sqlx::PgPool;

@@ -8,7 +8,7 @@
 //! print the latencies they see (`epoch stored -> point drawn`), which the README
 //! reports; they assert nothing about time beyond generous timeouts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! that does not exist: a bad image is answered by the decoder (413, 415, 422), a good one
 //! gets as far as the lookup (404). No model needs training.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -13,7 +13,7 @@
 //! The rows are checked against `openapi/openapi.json`: an operation without a row, or a
 //! row without an operation, fails the test.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! The time limits are tested on a real `trainyard serve` (the header timeout lives in
 //! its accept loop) with raw sockets, since no HTTP client sends a byte a second.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! this binary add to the same ones: those are checked as at least what this test did.
 //! The gauges read from the test's own database and server are checked exactly.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! The `trainyard` command as a user runs it: train, resume, predict, validate, plot.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! each account sees, the live curve under a session, signing out, and a session that
 //! ends while a page is open. See `tests/browser.rs` for the rest of the app.
 
-mod common;
+use crate::common;
 
 use fantoccini::{Client, Locator};
 use serde_json::{Value, json};

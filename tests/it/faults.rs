@@ -7,7 +7,7 @@
 //! see [`common::procs::check_lease_history`]. Restarting PostgreSQL is in
 //! `tests/pg_restart.rs`, run alone because it disturbs every other test.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

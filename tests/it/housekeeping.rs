@@ -1,7 +1,7 @@
 //! Housekeeping of ended experiments against the real PostgreSQL: what it empties, what it
 //! deletes, and what it never touches.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

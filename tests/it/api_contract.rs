@@ -3,7 +3,7 @@
 //! pinned so it stays fixed. Every answer is a documented status with an RFC 9457
 //! problem body, never a 5xx and never axum's plain-text rejections.
 
-mod common;
+use crate::common;
 
 use common::service::TestServer;
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! Names, tags, search, deletion, comparison and spec checking: what a person needs to
 //! keep many experiments apart, on the real app and a `#[sqlx::test]` database.
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::Request;

@@ -3,7 +3,7 @@
 //! Concurrent answers must be the answers each image gets alone, a bad request must fail
 //! alone, and no forward pass may exceed the configured batch.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
