@@ -588,3 +588,18 @@ async fn insert_metrics(
     .await?;
     Ok(at)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Ending;
+
+    #[test]
+    fn an_ending_reads_as_words_not_debug() {
+        assert_eq!(Ending::Succeeded.to_string(), "succeeded");
+        assert_eq!(Ending::Cancelled.to_string(), "cancelled");
+        assert_eq!(
+            Ending::Failed("out of memory".into()).to_string(),
+            "failed: out of memory"
+        );
+    }
+}

@@ -37,6 +37,24 @@ fn is_key(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The access log line of the first request to `path`, waiting for it to be written.
+async fn access_line(p: &crate::common::procs::Proc, path: &str) -> Value {
+    for _ in 0..50 {
+        let found = p
+            .tail(10_000)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| {
+                v["fields"]["message"] == "finished processing request" && v["span"]["path"] == path
+            });
+        if let Some(v) = found {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no access line for {path}:\n{}", p.tail(10_000));
+}
+
 async fn whoami(base: &str, key: &str) -> (u16, Value) {
     let res = reqwest::Client::new()
         .get(format!("{base}/session"))
@@ -90,6 +108,15 @@ async fn the_first_start_prints_one_admin_key_and_later_starts_none(pool: PgPool
         (who["account"].as_str(), who["admin"].as_bool()),
         (Some("admin"), Some(true))
     );
+    // By default each request gets one INFO access line: method, route, status, latency
+    // and request id.
+    let access = access_line(&serve, "/session").await;
+    assert_eq!(access["level"], "INFO", "{access}");
+    assert_eq!(access["fields"]["status"], 200, "{access}");
+    assert!(access["fields"]["latency"].is_string(), "{access}");
+    assert_eq!(access["span"]["method"], "GET", "{access}");
+    let id = access["span"]["request_id"].as_str().unwrap_or_default();
+    assert!(!id.is_empty(), "{access}");
     serve.kill();
 
     let (again, _) = h.serve_with("second", 0, "127.0.0.1:0", &[]);
