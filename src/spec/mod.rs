@@ -19,7 +19,7 @@ pub mod validate;
 use serde::{Deserialize, Serialize};
 
 pub use plan::{LayerKind, Plan, PlannedLayer, Summary};
-pub use validate::validate;
+pub use validate::{DataShape, validate, validate_for};
 
 /// The only spec version this build understands.
 pub const SPEC_VERSION: u32 = 1;

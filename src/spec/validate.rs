@@ -23,8 +23,29 @@ pub mod limits {
     pub const MAX_BATCH_ACTIVATION_BYTES: u64 = 4 << 30;
 }
 
-/// Number of classes of every dataset trainyard knows.
+/// Number of classes of the built-in datasets.
 pub const NUM_CLASSES: usize = 10;
+
+/// What a dataset gives a model: its images' shape (before the spec's resize) and its
+/// number of classes. Validation plans the model against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataShape {
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub classes: usize,
+}
+
+impl DataShape {
+    /// MNIST's and Fashion-MNIST's: 28x28 grayscale, ten classes.
+    pub const BUILT_IN: DataShape = DataShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+        classes: NUM_CLASSES,
+    };
+}
 
 pub(crate) fn err(
     errors: &mut Vec<FieldError>,
@@ -44,8 +65,15 @@ pub(crate) fn shape_str(s: &[usize]) -> String {
         .join("x")
 }
 
-/// Validates a parsed spec. Returns the model's plan or every problem found.
+/// Validates a parsed spec against its built-in dataset. Returns the model's plan or every
+/// problem found.
 pub fn validate(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
+    validate_for(spec, DataShape::BUILT_IN)
+}
+
+/// Validates a parsed spec for a dataset of shape `data`: the model's input is its
+/// images (after the spec's resize), and its output must be one value per class.
+pub fn validate_for(spec: &ExperimentSpec, data: DataShape) -> Result<Plan, SpecErrors> {
     use limits::*;
     let mut e = Vec::new();
     if spec.version != SPEC_VERSION {
@@ -76,7 +104,7 @@ pub fn validate(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
     if d.test_limit == Some(0) {
         err(&mut e, "dataset.test_limit", "must be at least 1");
     }
-    let (mut h, mut w) = (28usize, 28usize);
+    let (mut h, mut w) = (data.height, data.width);
     if let Some([rh, rw]) = d.resize {
         if !(1..=MAX_IMAGE_SIDE).contains(&rh) || !(1..=MAX_IMAGE_SIDE).contains(&rw) {
             err(
@@ -123,7 +151,7 @@ pub fn validate(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
         );
     }
     validate_optimizer(&spec.optimizer, &mut e);
-    let plan = plan_model(spec, [1, h, w], &mut e);
+    let plan = plan_model(spec, [data.channels, h, w], data.classes, &mut e);
     // Forward values and their gradients, 4 bytes each, for a whole batch.
     let batch_bytes = plan.activations_per_sample * spec.batch_size as u64 * 8;
     if batch_bytes > MAX_BATCH_ACTIVATION_BYTES {

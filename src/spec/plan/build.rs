@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::super::validate::limits::*;
-use super::super::validate::{NUM_CLASSES, err, shape_str};
+use super::super::validate::{err, shape_str};
 use super::super::{
     Activation, BatchNorm, Conv2d, Dense, Dropout, ExperimentSpec, FieldError, LayerSpec, Padding,
     Pool2d,
@@ -21,10 +21,12 @@ use super::{
 /// A resolved layer: what it does, its output shape and its forward FLOPs per sample.
 type Resolved = (LayerKind, Vec<usize>, u64);
 
-/// Plans `spec`'s model for an input of shape `input`, pushing every problem onto `e`.
+/// Plans `spec`'s model for an input of shape `input` and `classes` outputs, pushing every
+/// problem onto `e`.
 pub(crate) fn plan_model(
     spec: &ExperimentSpec,
     input: [usize; 3],
+    classes: usize,
     e: &mut Vec<FieldError>,
 ) -> Plan {
     let layers = &spec.model.layers;
@@ -79,12 +81,12 @@ pub(crate) fn plan_model(
             flops,
         });
     }
-    if shape != [NUM_CLASSES] {
+    if shape != [classes] {
         err(
             e,
             format!("model.layers[{last}]"),
             format!(
-                "the model must end with {NUM_CLASSES} outputs, one per class, got {}",
+                "the model must end with {classes} outputs, one per class, got {}",
                 shape_str(&shape)
             ),
         );
