@@ -214,19 +214,22 @@ impl Source {
 /// One split (train or test) of a dataset.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Split {
-    /// `len * rows * cols` pixels, image after image, each row-major; 0 is background.
+    /// `len * channels * rows * cols` pixels, image after image, each channel after
+    /// channel (CHW), each plane row-major; 0 is background.
     pub images: Vec<u8>,
     /// One label per image, in `0..10`.
     pub labels: Vec<u8>,
     pub len: usize,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
     pub rows: usize,
     pub cols: usize,
 }
 
 impl Split {
-    /// The pixels of image `i` (`rows * cols` bytes, row-major).
+    /// The pixels of image `i` (`channels * rows * cols` bytes, CHW).
     pub fn image(&self, i: usize) -> &[u8] {
-        let size = self.rows * self.cols;
+        let size = self.channels * self.rows * self.cols;
         &self.images[i * size..(i + 1) * size]
     }
 
@@ -244,6 +247,7 @@ impl fmt::Debug for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Split")
             .field("len", &self.len)
+            .field("channels", &self.channels)
             .field("rows", &self.rows)
             .field("cols", &self.cols)
             .finish_non_exhaustive()
@@ -427,6 +431,7 @@ fn split(
         images: images.data,
         labels: labels.data,
         len,
+        channels: 1,
         rows,
         cols,
     })

@@ -11,7 +11,7 @@ use super::mnist::{Dataset, Split};
 use super::resize::Resizer;
 use crate::spec::{DatasetSpec, Normalize};
 
-/// Preprocessed samples: `x` is `len * h * w` floats (one channel), `y` the labels.
+/// Preprocessed samples: `x` is `len * c * h * w` floats (CHW per sample), `y` the labels.
 #[derive(Debug, Clone)]
 pub struct Samples {
     pub x: Vec<f32>,
@@ -32,6 +32,7 @@ pub struct Prepared {
 /// The per-image preprocessing of a spec, also used at inference.
 #[derive(Debug, Clone)]
 pub struct Preprocess {
+    channels: usize,
     src: (usize, usize),
     resizer: Option<Resizer>,
     out: (usize, usize),
@@ -39,14 +40,15 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// Preprocessing for `src_h x src_w` images under a dataset spec.
-    pub fn new(spec: &DatasetSpec, src_h: usize, src_w: usize) -> Self {
+    /// Preprocessing for `channels x src_h x src_w` images under a dataset spec.
+    pub fn new(spec: &DatasetSpec, channels: usize, src_h: usize, src_w: usize) -> Self {
         let out = spec
             .resize
             .map(|[h, w]| (h as usize, w as usize))
             .unwrap_or((src_h, src_w));
         let resizer = (out != (src_h, src_w)).then(|| Resizer::new(src_h, src_w, out.0, out.1));
         Preprocess {
+            channels,
             src: (src_h, src_w),
             resizer,
             out,
@@ -59,11 +61,16 @@ impl Preprocess {
         self.out
     }
 
-    /// Appends the preprocessed floats of `n` row-major u8 images to `dst`.
+    /// Appends the preprocessed floats of `n` u8 images (CHW, each plane row-major) to
+    /// `dst`. Each channel's plane is resized on its own, as PIL resizes each band.
     pub fn extend(&self, images: &[u8], dst: &mut Vec<f32>) {
         let (sh, sw) = self.src;
         let (oh, ow) = self.out;
-        assert_eq!(images.len() % (sh * sw), 0, "image buffer size");
+        assert_eq!(
+            images.len() % (self.channels * sh * sw),
+            0,
+            "image buffer size"
+        );
         let mut buf = vec![0u8; oh * ow];
         dst.reserve(images.len() / (sh * sw) * oh * ow);
         for img in images.chunks_exact(sh * sw) {
@@ -87,7 +94,7 @@ impl Preprocess {
 }
 
 fn take(split: &Split, range: std::ops::Range<usize>, pre: &Preprocess) -> Samples {
-    let px = split.rows * split.cols;
+    let px = split.channels * split.rows * split.cols;
     let mut x = Vec::new();
     pre.extend(&split.images[range.start * px..range.end * px], &mut x);
     Samples {
@@ -99,7 +106,8 @@ fn take(split: &Split, range: std::ops::Range<usize>, pre: &Preprocess) -> Sampl
 
 /// Applies a dataset spec to a loaded dataset.
 pub fn prepare(data: &Dataset, spec: &DatasetSpec) -> Prepared {
-    let pre = Preprocess::new(spec, data.train.rows, data.train.cols);
+    let c = data.train.channels;
+    let pre = Preprocess::new(spec, c, data.train.rows, data.train.cols);
     let n = spec
         .train_limit
         .unwrap_or(data.train.len)
@@ -118,6 +126,6 @@ pub fn prepare(data: &Dataset, spec: &DatasetSpec) -> Prepared {
         train: take(&data.train, 0..train_end, &pre),
         val: val.map(|r| take(&data.train, r, &pre)),
         test: take(&data.test, 0..n_test, &pre),
-        shape: [1, h, w],
+        shape: [c, h, w],
     }
 }

@@ -168,7 +168,7 @@ impl Predictor {
             fast,
             ops,
             last: plan.output_activation(),
-            pre: Preprocess::new(&ckpt.spec.dataset, SOURCE_SIDE, SOURCE_SIDE),
+            pre: Preprocess::new(&ckpt.spec.dataset, 1, SOURCE_SIDE, SOURCE_SIDE),
             spec: ckpt.spec.clone(),
             epoch: ckpt.epoch,
             device: device.clone(),

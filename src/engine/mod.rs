@@ -31,6 +31,8 @@ pub enum EngineError {
     NoTrainingSamples,
     #[error("data has shape {data:?}, the model expects {model:?}")]
     InputShape { data: [usize; 3], model: [usize; 3] },
+    #[error("data has label {label}, the model has {classes} classes")]
+    Label { label: u8, classes: usize },
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("checkpoint: {0}")]

@@ -139,6 +139,19 @@ impl Trainer {
                 model: plan.input,
             });
         }
+        // A label past the model's outputs would index outside them.
+        let splits = [Some(&data.train), data.val.as_ref(), Some(&data.test)];
+        if let Some(&label) = splits
+            .into_iter()
+            .flatten()
+            .flat_map(|s| &s.y)
+            .find(|&&l| l as usize >= plan.classes())
+        {
+            return Err(EngineError::Label {
+                label,
+                classes: plan.classes(),
+            });
+        }
         let model = Model::new(spec, plan, device)?;
         let optimizer = Optimizer::new(&spec.optimizer, model.params().to_vec())?;
         let state = State { model, optimizer };

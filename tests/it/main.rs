@@ -11,6 +11,7 @@ mod api_contract;
 mod browser;
 mod browser_auth;
 mod cli;
+mod colour;
 mod cpu_path;
 mod dataset_files;
 mod devices;

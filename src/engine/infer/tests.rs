@@ -57,7 +57,7 @@ fn check(spec: crate::spec::ExperimentSpec) {
     let px = images(n);
     let got = predictor.predict(&px).unwrap();
 
-    let pre = Preprocess::new(&spec.dataset, SOURCE_SIDE, SOURCE_SIDE);
+    let pre = Preprocess::new(&spec.dataset, 1, SOURCE_SIDE, SOURCE_SIDE);
     let (h, w) = pre.output_size();
     let mut x = Vec::new();
     pre.extend(&px, &mut x);
