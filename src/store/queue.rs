@@ -95,6 +95,11 @@ const ANY_NEXT: &str = "next AS (
 
 type Claimed = (Uuid, i32, serde_json::Value, i32, String);
 
+/// `started_at` is `clock_timestamp()`, not `now()`: `now()` is when the claim's
+/// transaction began, and the fallback statement (`ANY_NEXT`) can see an experiment
+/// whose insert committed after that, so `now()` could put the claim before the
+/// experiment's `created_at`. The clock, read as the row is updated, comes after the
+/// insert's commit and so after its `created_at`.
 async fn claim_next(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     owner: &str,
@@ -106,7 +111,7 @@ async fn claim_next(
         "WITH {RUNNING}, {next}
          UPDATE experiments e SET status = 'running', attempt = e.attempt + 1,
             lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
-            started_at = coalesce(e.started_at, now()), training_started_at = NULL,
+            started_at = coalesce(e.started_at, clock_timestamp()), training_started_at = NULL,
             updated_at = now()
          FROM next WHERE e.id = next.id
          RETURNING e.id, e.attempt, e.spec, e.epochs_done,
