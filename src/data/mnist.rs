@@ -32,7 +32,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::idx::{self, IdxError};
-use crate::spec::DatasetName;
+use crate::spec::{DataInfo, DatasetName};
 
 /// Environment variable of the CLI's `--data-dir`, named where a missing file is reported.
 const DATA_DIR_ENV: &str = "TRAINYARD_DATA_DIR";
@@ -254,12 +254,29 @@ impl fmt::Debug for Split {
     }
 }
 
-/// A loaded, verified dataset.
+/// A loaded dataset: its two splits and its classes' names, by label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataset {
-    pub name: DatasetName,
     pub train: Split,
     pub test: Split,
+    pub class_names: Vec<String>,
+    /// The content address of an uploaded dataset's tensors (none for the built-in ones,
+    /// which are pinned by their files' checksums).
+    pub sha256: Option<String>,
+}
+
+impl Dataset {
+    /// What the dataset gives a model.
+    pub fn info(&self) -> DataInfo {
+        DataInfo {
+            channels: self.train.channels,
+            height: self.train.rows,
+            width: self.train.cols,
+            class_names: self.class_names.clone(),
+            train_len: self.train.len,
+            sha256: self.sha256.clone(),
+        }
+    }
 }
 
 /// One mirror that could not provide a file, and why.
@@ -378,7 +395,12 @@ pub fn load(name: DatasetName, source: &Source) -> Result<Dataset, DataError> {
     let mut next = || contents.next().expect("four files");
     let train = split("train", &specs[0], next(), &specs[1], next())?;
     let test = split("test", &specs[2], next(), &specs[3], next())?;
-    Ok(Dataset { name, train, test })
+    Ok(Dataset {
+        train,
+        test,
+        class_names: name.info().class_names,
+        sha256: None,
+    })
 }
 
 /// Builds a split from the verified contents of its images and labels files.

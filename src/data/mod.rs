@@ -3,6 +3,8 @@
 
 pub mod idx;
 pub mod image;
+pub mod local;
 pub mod mnist;
 pub mod prepare;
 pub mod resize;
+pub mod upload;

@@ -9,7 +9,7 @@
 
 use super::mnist::{Dataset, Split};
 use super::resize::Resizer;
-use crate::spec::{DatasetSpec, Normalize};
+use crate::spec::{DataInfo, DatasetSpec, Normalize};
 
 /// Preprocessed samples: `x` is `len * c * h * w` floats (CHW per sample), `y` the labels.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct Prepared {
     pub test: Samples,
     /// Model input `[channels, height, width]`.
     pub shape: [usize; 3],
+    /// The dataset's images before the spec's resize, and its classes.
+    pub info: DataInfo,
 }
 
 /// The per-image preprocessing of a spec, also used at inference.
@@ -52,7 +54,7 @@ impl Preprocess {
             src: (src_h, src_w),
             resizer,
             out,
-            normalize: spec.normalize,
+            normalize: spec.normalize.clone(),
         }
     }
 
@@ -73,7 +75,7 @@ impl Preprocess {
         );
         let mut buf = vec![0u8; oh * ow];
         dst.reserve(images.len() / (sh * sw) * oh * ow);
-        for img in images.chunks_exact(sh * sw) {
+        for (plane, img) in images.chunks_exact(sh * sw).enumerate() {
             let px: &[u8] = match &self.resizer {
                 Some(r) => {
                     r.resize(img, &mut buf);
@@ -81,10 +83,11 @@ impl Preprocess {
                 }
                 None => img,
             };
-            match self.normalize {
+            match &self.normalize {
                 Some(Normalize { mean, std }) => {
                     // In f32, as torchvision's Normalize computes on a float tensor.
-                    let (mean, std) = (mean as f32, std as f32);
+                    let c = plane % self.channels;
+                    let (mean, std) = (mean.get(c) as f32, std.get(c) as f32);
                     dst.extend(px.iter().map(|&p| (p as f32 / 255.0 - mean) / std))
                 }
                 None => dst.extend(px.iter().map(|&p| p as f32 / 255.0)),
@@ -127,5 +130,6 @@ pub fn prepare(data: &Dataset, spec: &DatasetSpec) -> Prepared {
         val: val.map(|r| take(&data.train, r, &pre)),
         test: take(&data.test, 0..n_test, &pre),
         shape: [c, h, w],
+        info: data.info(),
     }
 }

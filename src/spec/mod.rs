@@ -10,6 +10,7 @@
 //! reports type errors with the JSON path at fault, validation infers shapes through the
 //! layer list and reports every problem it finds, each naming its field.
 
+pub mod dataset;
 pub mod diff;
 pub mod plan;
 pub mod presets;
@@ -18,6 +19,10 @@ pub mod validate;
 
 use serde::{Deserialize, Serialize};
 
+pub use dataset::{
+    DataInfo, DataSource, DatasetName, DatasetSpec, Normalize, PerChannel, Validation,
+    ValidationName,
+};
 pub use plan::{LayerKind, Plan, PlannedLayer, Summary};
 pub use validate::{DataShape, validate, validate_for};
 
@@ -54,98 +59,12 @@ fn default_true() -> bool {
 impl ExperimentSpec {
     /// The training FLOPs the spec asks for: forward and backward passes (three times
     /// the forward FLOPs) over every epoch's training images. What the per-day FLOPs
-    /// quota counts.
-    pub fn training_flops(&self, summary: &Summary) -> f64 {
-        let all = self.dataset.name.train_len();
+    /// quota counts. `all` is the number of training images the data has.
+    pub fn training_flops(&self, summary: &Summary, all: usize) -> f64 {
         let images = self.dataset.train_limit.map_or(all, |n| n.min(all));
         let held_out = self.dataset.validation.split().unwrap_or(0.0);
         let trained = (images as f64 * (1.0 - held_out)).ceil();
         3.0 * summary.flops_per_sample as f64 * trained * f64::from(self.epochs)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum DatasetName {
-    Mnist,
-    FashionMnist,
-}
-
-impl DatasetName {
-    /// Images in the dataset's training set.
-    pub fn train_len(self) -> usize {
-        match self {
-            DatasetName::Mnist | DatasetName::FashionMnist => 60_000,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DatasetName::Mnist => "mnist",
-            DatasetName::FashionMnist => "fashion-mnist",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetSpec {
-    pub name: DatasetName,
-    /// Use only the first N training samples (before the validation split).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_limit: Option<usize>,
-    /// Use only the first N test samples.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_limit: Option<usize>,
-    /// Resize every image to `[h, w]` with PIL's antialiased bilinear filter on u8 pixels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resize: Option<[u32; 2]>,
-    /// `(x / 255 - mean) / std`; absent: plain `x / 255`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub normalize: Option<Normalize>,
-    #[serde(default)]
-    pub validation: Validation,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Normalize {
-    pub mean: f64,
-    pub std: f64,
-}
-
-/// Where per-epoch validation metrics come from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
-#[serde(untagged)]
-pub enum Validation {
-    /// The last `split` fraction of the training set, taken before any shuffling (Keras's
-    /// `validation_split`).
-    Split { split: f64 },
-    /// `"test"` evaluates on the test set each epoch (as the PyTorch article does); `"none"`
-    /// keeps the whole training set and reports no validation metrics.
-    Named(ValidationName),
-}
-
-impl Default for Validation {
-    fn default() -> Self {
-        Validation::Named(ValidationName::None)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ValidationName {
-    Test,
-    None,
-}
-
-impl Validation {
-    /// Fraction of the training set held out, if any.
-    pub fn split(&self) -> Option<f64> {
-        match self {
-            Validation::Split { split } => Some(*split),
-            _ => None,
-        }
     }
 }
 
@@ -219,24 +138,6 @@ impl<'de> Deserialize<'de> for Size2 {
             Ok(Raw::Rect(r)) => Ok(Size2::Rect(r)),
             Err(_) => Err(serde::de::Error::custom(
                 "expected a size: a positive integer such as 3, or [height, width]",
-            )),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Validation {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Split { split: f64 },
-            Named(ValidationName),
-        }
-        match Raw::deserialize(d) {
-            Ok(Raw::Split { split }) => Ok(Validation::Split { split }),
-            Ok(Raw::Named(n)) => Ok(Validation::Named(n)),
-            Err(_) => Err(serde::de::Error::custom(
-                r#"expected {"split": fraction}, "test" or "none""#,
             )),
         }
     }

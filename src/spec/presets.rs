@@ -122,6 +122,16 @@ pub fn resolve(mut value: Value) -> Result<Value, SpecErrors> {
             ),
         ));
     };
+    // Naming other data (`id` or `path`) replaces the preset's `name`: a spec names one.
+    let other_data = value
+        .get("dataset")
+        .and_then(|d| d.as_object())
+        .is_some_and(|d| {
+            !d.contains_key("name") && (d.contains_key("id") || d.contains_key("path"))
+        });
+    if other_data && let Some(d) = base.get_mut("dataset").and_then(|d| d.as_object_mut()) {
+        d.remove("name");
+    }
     merge(&mut base, value);
     Ok(base)
 }
@@ -158,6 +168,20 @@ mod tests {
         assert_eq!(v["dataset"]["train_limit"], 100);
         assert_eq!(v["dataset"]["resize"], json!([8, 8]));
         assert_eq!(v["batch_size"], 512);
+    }
+
+    #[test]
+    fn an_uploaded_dataset_replaces_the_presets_built_in_one() {
+        let id = "0190f5a0-0000-7000-8000-000000000001";
+        let v = resolve(json!({"preset": "keras-cnn", "dataset": {"id": id}})).unwrap();
+        assert_eq!(v["dataset"]["id"], id);
+        assert!(v["dataset"].get("name").is_none(), "{v}");
+        assert_eq!(v["dataset"]["validation"], json!({"split": 0.3}));
+        let spec = super::super::from_value(v).unwrap();
+        assert_eq!(
+            spec.dataset.source,
+            super::super::DataSource::Uploaded(id.parse().unwrap())
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! The limits below keep one request from asking for unbounded memory or time.
 
 use super::plan::{Plan, plan_model};
-use super::{ExperimentSpec, FieldError, OptimizerSpec, SPEC_VERSION, SpecErrors, Validation};
+use super::{
+    DataSource, ExperimentSpec, FieldError, OptimizerSpec, SPEC_VERSION, SpecErrors, Validation,
+};
 
 /// Documented limits (README, "Limits").
 pub mod limits {
@@ -66,9 +68,20 @@ pub(crate) fn shape_str(s: &[usize]) -> String {
 }
 
 /// Validates a parsed spec against its built-in dataset. Returns the model's plan or every
-/// problem found.
+/// problem found. A spec of other data is validated with [`validate_for`] once that data
+/// is known (an uploaded dataset's row, a local file).
 pub fn validate(spec: &ExperimentSpec) -> Result<Plan, SpecErrors> {
-    validate_for(spec, DataShape::BUILT_IN)
+    match &spec.dataset.source {
+        DataSource::BuiltIn(n) => validate_for(spec, n.info().shape()),
+        DataSource::Uploaded(_) => Err(SpecErrors::one(
+            "dataset.id",
+            "an uploaded dataset is checked by the service that holds it",
+        )),
+        DataSource::Path(_) => Err(SpecErrors::one(
+            "dataset.path",
+            "a local dataset is only read by `trainyard train`",
+        )),
+    }
 }
 
 /// Validates a parsed spec for a dataset of shape `data`: the model's input is its
@@ -116,12 +129,30 @@ pub fn validate_for(spec: &ExperimentSpec, data: DataShape) -> Result<Plan, Spec
             (h, w) = (rh as usize, rw as usize);
         }
     }
-    if let Some(n) = d.normalize {
-        if !n.mean.is_finite() {
-            err(&mut e, "dataset.normalize.mean", "must be a finite number");
-        }
-        if !(n.std.is_finite() && n.std > 0.0) {
-            err(&mut e, "dataset.normalize.std", "must be a positive number");
+    if let Some(n) = &d.normalize {
+        for (field, v, positive) in [("mean", &n.mean, false), ("std", &n.std, true)] {
+            let field = format!("dataset.normalize.{field}");
+            if v.channels().is_some_and(|n| n != data.channels) {
+                err(
+                    &mut e,
+                    &field,
+                    format!(
+                        "the data has {} channel(s): give one number, or a list of {}",
+                        data.channels, data.channels
+                    ),
+                );
+            } else if v
+                .values()
+                .iter()
+                .any(|x| !x.is_finite() || (positive && *x <= 0.0))
+            {
+                let what = if positive { "positive" } else { "finite" };
+                err(
+                    &mut e,
+                    &field,
+                    format!("every value must be a {what} number"),
+                );
+            }
         }
     }
     if let Validation::Split { split } = d.validation
