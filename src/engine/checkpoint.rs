@@ -16,17 +16,20 @@ use safetensors::SafeTensors;
 
 use super::EngineError;
 use super::metrics::EpochMetrics;
-use crate::spec::ExperimentSpec;
+use crate::spec::{DataInfo, ExperimentSpec};
 
 const KEY_SPEC: &str = "trainyard.spec";
 const KEY_EPOCH: &str = "trainyard.epoch";
 const KEY_HISTORY: &str = "trainyard.metrics";
 const KEY_STEPS: &str = "trainyard.optimizer_steps";
+const KEY_DATA: &str = "trainyard.data";
 
 /// One epoch's saved state.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub spec: ExperimentSpec,
+    /// What the model was trained on: its images' shape and class names.
+    pub data: DataInfo,
     pub epoch: u32,
     /// Metrics of every epoch up to and including `epoch`.
     pub history: Vec<EpochMetrics>,
@@ -69,6 +72,10 @@ impl Checkpoint {
                 KEY_SPEC.to_string(),
                 serde_json::to_string(&self.spec).map_err(bad)?,
             ),
+            (
+                KEY_DATA.to_string(),
+                serde_json::to_string(&self.data).map_err(bad)?,
+            ),
             (KEY_EPOCH.to_string(), self.epoch.to_string()),
             (
                 KEY_HISTORY.to_string(),
@@ -91,6 +98,16 @@ impl Checkpoint {
     pub fn from_bytes(weights: &[u8], optimizer: Option<&[u8]>) -> Result<Self, EngineError> {
         let m = metadata(weights)?;
         let spec: ExperimentSpec = serde_json::from_str(field(&m, KEY_SPEC)?).map_err(bad)?;
+        // Checkpoints written before uploaded datasets existed were all of a built-in one.
+        let data: DataInfo = match (m.get(KEY_DATA), spec.dataset.built_in()) {
+            (Some(d), _) => serde_json::from_str(d).map_err(bad)?,
+            (None, Some(name)) => name.info(),
+            (None, None) => {
+                return Err(EngineError::Checkpoint(format!(
+                    "metadata has no {KEY_DATA}"
+                )));
+            }
+        };
         let epoch: u32 = field(&m, KEY_EPOCH)?.parse().map_err(bad)?;
         let history = serde_json::from_str(field(&m, KEY_HISTORY)?).map_err(bad)?;
         let mut weights: Vec<(String, Tensor)> =
@@ -115,6 +132,7 @@ impl Checkpoint {
         };
         Ok(Checkpoint {
             spec,
+            data,
             epoch,
             history,
             weights,

@@ -1,8 +1,9 @@
 //! Inference from a checkpoint: images in, class probabilities out.
 //!
-//! A weights file carries its spec, so it alone says how to preprocess: the images are
-//! taken as 28x28 grayscale u8 (MNIST's format: white digit on black), then go through the
-//! spec's own resize and normalisation, exactly as the training data did.
+//! A weights file carries its spec and its data's shape, so it alone says how to
+//! preprocess: the images are taken in the data's own format (28x28 grayscale u8 for
+//! MNIST: white digit on black; an uploaded dataset's channels and size), then go through
+//! the spec's own resize and normalisation, exactly as the training data did.
 //!
 //! The training [`Model`](super::model::Model) is built for gradients: ReLU and max pooling
 //! are composed of several ops so that their backward passes match PyTorch's, its weights
@@ -31,10 +32,7 @@ use super::model;
 use super::ops;
 use crate::data::prepare::Preprocess;
 use crate::spec::plan::{LayerKind, Plan, Role};
-use crate::spec::{Activation, ExperimentSpec, validate};
-
-/// Side of the images a model's dataset is made of (before the spec's own resize).
-pub const SOURCE_SIDE: usize = 28;
+use crate::spec::{Activation, DataInfo, ExperimentSpec, validate_for};
 
 enum Op {
     Conv {
@@ -71,6 +69,7 @@ pub struct Predictor {
     last: Activation,
     pre: Preprocess,
     spec: ExperimentSpec,
+    data: DataInfo,
     epoch: u32,
     device: Device,
 }
@@ -136,9 +135,9 @@ fn activate(x: Tensor, act: Activation) -> candle_core::Result<Tensor> {
 }
 
 impl Predictor {
-    /// Validates the checkpoint's spec, then [`Predictor::with_plan`].
+    /// Validates the checkpoint's spec for its data, then [`Predictor::with_plan`].
     pub fn new(ckpt: &Checkpoint, device: &Device) -> Result<Self, EngineError> {
-        let plan = validate(&ckpt.spec)?;
+        let plan = validate_for(&ckpt.spec, ckpt.data.shape())?;
         Self::with_plan(&plan, ckpt, device)
     }
 
@@ -168,8 +167,14 @@ impl Predictor {
             fast,
             ops,
             last: plan.output_activation(),
-            pre: Preprocess::new(&ckpt.spec.dataset, 1, SOURCE_SIDE, SOURCE_SIDE),
+            pre: Preprocess::new(
+                &ckpt.spec.dataset,
+                ckpt.data.channels,
+                ckpt.data.height,
+                ckpt.data.width,
+            ),
             spec: ckpt.spec.clone(),
+            data: ckpt.data.clone(),
             epoch: ckpt.epoch,
             device: device.clone(),
         })
@@ -179,23 +184,38 @@ impl Predictor {
         &self.spec
     }
 
+    /// The images it takes (`channels x height x width` u8, CHW) and its classes' names.
+    pub fn data(&self) -> &DataInfo {
+        &self.data
+    }
+
+    /// Bytes of one input image.
+    pub fn image_len(&self) -> usize {
+        self.data.channels * self.data.height * self.data.width
+    }
+
     /// The epoch whose weights answer.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
 
-    /// Class probabilities for each of `n` 28x28 u8 images laid end to end.
+    /// Class probabilities for each of `n` u8 images (each [`Predictor::image_len`]
+    /// bytes, CHW) laid end to end.
     pub fn predict(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let px = SOURCE_SIDE * SOURCE_SIDE;
+        let px = self.image_len();
         if images.is_empty() || !images.len().is_multiple_of(px) {
             return Err(EngineError::Input(format!(
-                "expected whole {SOURCE_SIDE}x{SOURCE_SIDE} images, got {} bytes",
+                "expected whole {}x{}x{} images, got {} bytes",
+                self.data.channels,
+                self.data.height,
+                self.data.width,
                 images.len()
             )));
         }
         let n = images.len() / px;
+        let c = self.data.channels;
         let (h, w) = self.pre.output_size();
-        let mut x = Vec::with_capacity(n * h * w);
+        let mut x = Vec::with_capacity(n * c * h * w);
         self.pre.extend(images, &mut x);
         if let Some(fast) = &self.fast {
             let out = fast.outputs(&x, n);
@@ -204,7 +224,7 @@ impl Predictor {
                 .map(|row| self.row_probabilities(row))
                 .collect());
         }
-        let x = Tensor::from_vec(x, (n, 1, h, w), &self.device)?;
+        let x = Tensor::from_vec(x, (n, c, h, w), &self.device)?;
         let p = self.probabilities(self.forward(x)?)?;
         Ok(p.to_vec2::<f32>()?)
     }

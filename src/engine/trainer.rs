@@ -23,7 +23,7 @@ use super::optim::Optimizer;
 use super::rng::Rng;
 use crate::data::prepare::{Prepared, Samples};
 use crate::spec::plan::Plan;
-use crate::spec::{Activation, ExperimentSpec};
+use crate::spec::{Activation, DataInfo, ExperimentSpec};
 /// On a GPU, batches between reads of the running loss (each read waits for the device).
 const SYNC_EVERY: usize = 50;
 
@@ -112,6 +112,8 @@ fn choose(plan: &Plan, device: &Device) -> TrainingPath {
 /// A model, its optimizer and its data, ready to train.
 pub struct Trainer {
     spec: ExperimentSpec,
+    /// The data's shape and class names, which every checkpoint records.
+    data: DataInfo,
     state: State,
     train: DeviceSamples,
     val: Option<DeviceSamples>,
@@ -161,6 +163,7 @@ impl Trainer {
         };
         Ok(Trainer {
             spec: spec.clone(),
+            data: data.info.clone(),
             state,
             train: upload(&data.train, data.shape, device)?,
             val: match &data.val {
@@ -348,6 +351,7 @@ impl Trainer {
             .collect::<Result<_, candle_core::Error>>()?;
         Ok(Checkpoint {
             spec: self.spec.clone(),
+            data: self.data.clone(),
             epoch: self.epochs_done(),
             history: self.history.clone(),
             weights: self.state.model.state_dict()?,

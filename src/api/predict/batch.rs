@@ -23,18 +23,23 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::engine::infer::{Predictor, SOURCE_SIDE};
+use crate::engine::infer::Predictor;
 
-const PIXELS: usize = SOURCE_SIDE * SOURCE_SIDE;
-
-/// What a batcher runs: whole 28x28 images in, one probability row per image out.
+/// What a batcher runs: whole images of [`Classify::image_len`] bytes in, one
+/// probability row per image out.
 pub trait Classify: Send + Sync + 'static {
     fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String>;
+    /// Bytes of one image.
+    fn image_len(&self) -> usize;
 }
 
 impl Classify for Predictor {
     fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String> {
         self.predict(images).map_err(|e| e.to_string())
+    }
+
+    fn image_len(&self) -> usize {
+        Predictor::image_len(self)
     }
 }
 
@@ -126,20 +131,24 @@ pub enum BatchError {
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, BatchError>>;
 
 struct Job {
-    /// Whole 28x28 images, end to end.
+    /// Whole images, end to end.
     pixels: Vec<u8>,
+    /// How many.
+    images: usize,
     reply: Reply,
 }
 
 impl Job {
     fn images(&self) -> usize {
-        self.pixels.len() / PIXELS
+        self.images
     }
 }
 
 /// The queue in front of one model's batcher task. The task ends when this is dropped.
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
+    /// Bytes of one image of its model.
+    image_len: usize,
 }
 
 impl Batcher {
@@ -151,20 +160,29 @@ impl Batcher {
         counters: Arc<Counters>,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(cfg.max_batch.max(16) * 4);
+        let image_len = predictor.image_len();
         tokio::spawn(run(rx, predictor, cfg, incoming, counters));
-        Batcher { tx }
+        Batcher { tx, image_len }
     }
 
-    /// Queues whole 28x28 images (at least one) and waits for their probabilities. The
-    /// guard is released once the request is queued.
+    /// Queues whole images (at least one, each of the model's size) and waits for their
+    /// probabilities. The guard is released once the request is queued.
     pub async fn predict(
         &self,
         pixels: Vec<u8>,
         guard: IncomingGuard,
     ) -> Result<Vec<Vec<f32>>, BatchError> {
-        debug_assert!(!pixels.is_empty() && pixels.len().is_multiple_of(PIXELS));
+        debug_assert!(!pixels.is_empty() && pixels.len().is_multiple_of(self.image_len));
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Job { pixels, reply }).await;
+        let images = pixels.len() / self.image_len;
+        let sent = self
+            .tx
+            .send(Job {
+                pixels,
+                images,
+                reply,
+            })
+            .await;
         drop(guard);
         sent.map_err(|_| BatchError::Closed)?;
         rx.await.unwrap_or_else(|_| {
@@ -228,13 +246,14 @@ fn run_batch(predictor: &dyn Classify, jobs: Vec<Job>, max: usize, counters: &Co
         [one] => Cow::Borrowed(&one.pixels),
         _ => Cow::Owned(jobs.iter().flat_map(|j| j.pixels.iter().copied()).collect()),
     };
-    let mut probs = Vec::with_capacity(all.len() / PIXELS);
+    let px = predictor.image_len();
+    let mut probs = Vec::with_capacity(all.len() / px);
     let mut failure = None;
-    for chunk in all.chunks(max * PIXELS) {
+    for chunk in all.chunks(max * px) {
         match predictor.classify(chunk) {
-            Ok(p) if p.len() == chunk.len() / PIXELS => probs.extend(p),
+            Ok(p) if p.len() == chunk.len() / px => probs.extend(p),
             Ok(p) => {
-                let n = chunk.len() / PIXELS;
+                let n = chunk.len() / px;
                 failure = Some(BatchError::Failed(format!(
                     "{} answers for {n} images",
                     p.len()
@@ -247,10 +266,10 @@ fn run_batch(predictor: &dyn Classify, jobs: Vec<Job>, max: usize, counters: &Co
             }
         }
         counters.passes.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::predict_batch(chunk.len() / PIXELS);
+        crate::telemetry::predict_batch(chunk.len() / px);
         counters
             .largest
-            .fetch_max(chunk.len() / PIXELS, Ordering::Relaxed);
+            .fetch_max(chunk.len() / px, Ordering::Relaxed);
     }
     if failure.is_none() {
         counters

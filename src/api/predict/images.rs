@@ -1,4 +1,6 @@
-//! Reading a `/predict` body into 28x28 grayscale images.
+//! Reading a `/predict` body into images of the model's own format: its data's channels
+//! (colour stays colour for a model trained on RGB, and is converted to gray as PIL does
+//! for a grayscale one) and size (resized with PIL's bilinear filter).
 //!
 //! The body is one image (`image/png`, `image/jpeg`, `image/x-portable-graymap`) or
 //! `multipart/form-data` with one or many image parts. Each image is decoded with bounded
@@ -23,9 +25,15 @@ use tokio::sync::Semaphore;
 
 use super::{AppState, MAX_BODY_BYTES, MAX_IMAGES};
 use crate::api::error::ApiError;
-use crate::data::image::{ImageError, declared_dimensions, decode_to_28x28};
+use crate::data::image::{ImageError, declared_dimensions, decode_to};
 
-const IMAGE_TYPES: [&str; 3] = ["image/png", "image/jpeg", "image/x-portable-graymap"];
+const IMAGE_TYPES: [&str; 5] = [
+    "image/png",
+    "image/jpeg",
+    "image/x-portable-graymap",
+    "image/x-portable-pixmap",
+    "image/x-portable-anymap",
+];
 
 /// Images with at most this many pixels are decoded on the async runtime.
 const INLINE_PIXELS: u64 = 64 * 64;
@@ -39,11 +47,51 @@ static LARGE_DECODES: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
     ))
 });
 
-/// One decoded image: its multipart file name, if any, and 28x28 pixels.
-pub type Image = (Option<String>, Vec<u8>);
+/// One decoded image: its multipart file name, if any, its pixels (CHW) in the format
+/// they were decoded to, and the file (to decode it again in another format).
+pub struct Image {
+    pub name: Option<String>,
+    pub pixels: Vec<u8>,
+    file: Bytes,
+    label: String,
+}
 
-/// The request's images, in order.
+/// What a model takes: `channels x height x width` u8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Target {
+    /// MNIST's and Fashion-MNIST's format, in which every image is first decoded.
+    pub const BUILT_IN: Target = Target {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+}
+
+impl Image {
+    /// The image in the format `t` (decoded again unless it is the one it has).
+    pub async fn into_format(self, from: Target, t: Target) -> Result<Image, ApiError> {
+        if from == t {
+            return Ok(self);
+        }
+        let pixels = decode(self.file.clone(), &self.label, t).await?;
+        Ok(Image { pixels, ..self })
+    }
+}
+
+/// The request's images, in order, decoded to [`Target::BUILT_IN`].
+///
+/// They are decoded before the experiment is looked up, whatever it is: a bad image is
+/// the client's 4xx (named) before anything about the model is known, and a model of
+/// the built-in datasets (the usual case) decodes each image once. A model of other
+/// data decodes them again in its own format ([`Image::into_format`]).
 pub async fn read_images(req: Request<Body>, state: &AppState) -> Result<Vec<Image>, ApiError> {
+    let target = Target::BUILT_IN;
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -77,7 +125,13 @@ pub async fn read_images(req: Request<Body>, state: &AppState) -> Result<Vec<Ima
                     format!("at most {MAX_IMAGES} images per request"),
                 ));
             }
-            out.push((name, decode(bytes, &label).await?));
+            let pixels = decode(bytes.clone(), &label, target).await?;
+            out.push(Image {
+                name,
+                pixels,
+                file: bytes,
+                label,
+            });
         }
         if out.is_empty() {
             return Err(ApiError::field("", "the multipart body has no image part"));
@@ -98,22 +152,28 @@ pub async fn read_images(req: Request<Body>, state: &AppState) -> Result<Vec<Ima
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
-    Ok(vec![(None, decode(bytes, "image").await?)])
+    let pixels = decode(bytes.clone(), "image", target).await?;
+    Ok(vec![Image {
+        name: None,
+        pixels,
+        file: bytes,
+        label: "image".into(),
+    }])
 }
 
 /// Decodes one image; `field` names it in errors.
-async fn decode(bytes: Bytes, field: &str) -> Result<Vec<u8>, ApiError> {
+async fn decode(bytes: Bytes, field: &str, t: Target) -> Result<Vec<u8>, ApiError> {
     let decoded = if bytes.len() <= INLINE_BYTES {
         // A short file's header is read in place, and rejects most bad images (no known
         // format, an unreadable header, too many pixels) without leaving the runtime.
         let (w, h) = declared_dimensions(&bytes).map_err(|e| image_error(field, e))?;
         if u64::from(w) * u64::from(h) <= INLINE_PIXELS {
-            decode_to_28x28(&bytes)
+            decode_to(&bytes, t.channels, t.height, t.width)
         } else {
-            decode_large(bytes).await?
+            decode_large(bytes, t).await?
         }
     } else {
-        decode_large(bytes).await?
+        decode_large(bytes, t).await?
     };
     decoded.map_err(|e| image_error(field, e))
 }
@@ -121,14 +181,14 @@ async fn decode(bytes: Bytes, field: &str) -> Result<Vec<u8>, ApiError> {
 /// Decodes on a blocking thread, once a turn among the [`LARGE_DECODES`] is free. The
 /// thread holds the turn: a client that hangs up mid-decode frees it only when the decode
 /// (and its memory) is done.
-async fn decode_large(bytes: Bytes) -> Result<Result<Vec<u8>, ImageError>, ApiError> {
+async fn decode_large(bytes: Bytes, t: Target) -> Result<Result<Vec<u8>, ImageError>, ApiError> {
     let turn = LARGE_DECODES
         .clone()
         .acquire_owned()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || {
-        let decoded = decode_to_28x28(&bytes);
+        let decoded = decode_to(&bytes, t.channels, t.height, t.width);
         drop(turn);
         decoded
     })

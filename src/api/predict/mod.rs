@@ -24,7 +24,6 @@ pub use models::ModelCache;
 
 use super::auth::{Caller, Limited};
 use super::{AppState, error::ApiError};
-use crate::spec::DatasetName;
 use crate::store::checkpoints::Which;
 
 /// Largest accepted request body.
@@ -48,9 +47,10 @@ struct PredictParams {
     /// How many classes to list in `top_k` (1 to 10, default 3).
     #[param(minimum = 1, maximum = 10)]
     pub top_k: Option<usize>,
-    /// `auto` (default): an image with a light background (dark ink on paper, as people
-    /// draw and scan) is inverted to the dataset's light-on-black first; `true`: always;
-    /// `false`: never. Each prediction says whether its image was.
+    /// `auto` (default): for a model of MNIST or Fashion-MNIST, an image with a light
+    /// background (dark ink on paper, as people draw and scan) is inverted to the
+    /// dataset's light-on-black first (an uploaded dataset's images are taken as they
+    /// come); `true`: always; `false`: never. Each prediction says whether its image was.
     #[param(value_type = Option<String>, pattern = "^(auto|true|false)$")]
     pub invert: Option<String>,
 }
@@ -76,12 +76,13 @@ impl Invert {
         }
     }
 
-    /// Inverts `px` when this says so; whether it did.
-    fn apply(self, px: &mut [u8]) -> bool {
+    /// Inverts `px` when this says so; whether it did. `auto` decides only for a model of
+    /// a built-in dataset (28x28, light on black): an uploaded dataset's polarity is its own.
+    fn apply(self, px: &mut [u8], known_polarity: bool) -> bool {
         let yes = match self {
             Invert::Always => true,
             Invert::Never => false,
-            Invert::Auto => crate::data::image::has_light_background(px),
+            Invert::Auto => known_polarity && crate::data::image::has_light_background(px),
         };
         if yes {
             crate::data::image::invert(px);
@@ -104,11 +105,12 @@ struct Prediction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
     pub label: usize,
-    /// The class name (digits for MNIST, garments for Fashion-MNIST).
+    /// The class name (digits for MNIST, garments for Fashion-MNIST, an uploaded
+    /// dataset's class folder names).
     pub class_name: String,
     /// Whether the image was inverted before the model saw it (see `invert`).
     pub inverted: bool,
-    /// Probability of each class, 0 to 9.
+    /// Probability of each class, by label.
     pub probabilities: Vec<f32>,
     pub top_k: Vec<Ranked>,
 }
@@ -118,26 +120,6 @@ struct Ranked {
     pub label: usize,
     pub class_name: String,
     pub probability: f32,
-}
-
-const FASHION: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
-
-fn class_name(dataset: DatasetName, label: usize) -> String {
-    match dataset {
-        DatasetName::Mnist => label.to_string(),
-        DatasetName::FashionMnist => FASHION[label].to_string(),
-    }
 }
 
 /// An image file, for the OpenAPI document.
@@ -208,17 +190,33 @@ async fn answer(
 
     // Counted from here: a batch waiting for company waits only while someone is coming.
     let incoming = state.models.incoming();
-    let mut images = images::read_images(req, &state).await?;
-    let inverted: Vec<bool> = images.iter_mut().map(|(_, px)| invert.apply(px)).collect();
+    let images = images::read_images(req, &state).await?;
     let epoch = state
         .models
         .resolve(&state.store, caller.scope(), experiment, which)
         .await?;
     let served = state.models.get(&state.store, experiment, epoch).await?;
-    let dataset = served.predictor.spec().dataset.name;
+    // The model's own format, which only its checkpoint knows.
+    let data = served.predictor.data();
+    let target = images::Target {
+        channels: data.channels,
+        height: data.height,
+        width: data.width,
+    };
+    let mut ready = Vec::with_capacity(images.len());
+    for img in images {
+        ready.push(img.into_format(images::Target::BUILT_IN, target).await?);
+    }
+    let mut images = ready;
+    // Only the built-in datasets' polarity (light on black) is known.
+    let known_polarity = served.predictor.spec().dataset.built_in().is_some();
+    let inverted: Vec<bool> = images
+        .iter_mut()
+        .map(|img| invert.apply(&mut img.pixels, known_polarity))
+        .collect();
     let pixels: Vec<u8> = images
         .iter()
-        .flat_map(|(_, px)| px.iter().copied())
+        .flat_map(|img| img.pixels.iter().copied())
         .collect();
     let probs = served
         .batcher
@@ -230,21 +228,21 @@ async fn answer(
         .into_iter()
         .zip(probs)
         .zip(inverted)
-        .map(|(((filename, _), p), inverted)| {
+        .map(|((img, p), inverted)| {
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
             let label = order[0];
             Prediction {
-                filename,
+                filename: img.name,
                 label,
-                class_name: class_name(dataset, label),
+                class_name: data.class_name(label),
                 inverted,
                 top_k: order
                     .iter()
                     .take(top_k)
                     .map(|&l| Ranked {
                         label: l,
-                        class_name: class_name(dataset, l),
+                        class_name: data.class_name(l),
                         probability: p[l],
                     })
                     .collect(),

@@ -4,7 +4,9 @@
 use candle_core::{Device, Tensor};
 use serde_json::{Value, json};
 
-use super::{Predictor, SOURCE_SIDE};
+use super::Predictor;
+
+const SOURCE_SIDE: usize = 28;
 use crate::data::prepare::Preprocess;
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::model::Model;
@@ -44,6 +46,7 @@ fn check(spec: crate::spec::ExperimentSpec) {
         .unwrap();
     let ckpt = Checkpoint {
         spec: spec.clone(),
+        data: crate::spec::DatasetName::Mnist.info(),
         epoch: 3,
         history: vec![],
         weights,

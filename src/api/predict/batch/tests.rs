@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::*;
 
+/// A stand-in model's image: 28x28 grayscale.
+const PIXELS: usize = 28 * 28;
+
 /// Answers each image with `[first pixel, images in the pass]`, and records pass sizes.
 #[derive(Default)]
 struct Echo {
@@ -13,6 +16,10 @@ struct Echo {
 }
 
 impl Classify for Echo {
+    fn image_len(&self) -> usize {
+        PIXELS
+    }
+
     fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String> {
         let n = images.len() / PIXELS;
         self.passes.lock().unwrap().push(n);
@@ -27,6 +34,10 @@ impl Classify for Echo {
 struct Flaky;
 
 impl Classify for Flaky {
+    fn image_len(&self) -> usize {
+        PIXELS
+    }
+
     fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String> {
         let firsts: Vec<u8> = images.chunks(PIXELS).map(|i| i[0]).collect();
         if firsts.contains(&66) {
