@@ -44,6 +44,16 @@ pub enum ApiError {
     Conflict(String),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// An upload that is not a dataset trainyard can read, or is over one of its limits
+    /// (413): `kind` is the problem's type (`upload-zip-bomb`), `at` the file or archive
+    /// member at fault.
+    #[error("{detail}")]
+    Upload {
+        kind: &'static str,
+        at: String,
+        detail: String,
+        over_limit: bool,
+    },
     #[error("{0}")]
     UnsupportedMedia(String),
     #[error("{0}")]
@@ -87,6 +97,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            ApiError::Upload {
+                over_limit: true, ..
+            } => (StatusCode::PAYLOAD_TOO_LARGE, "upload"),
+            ApiError::Upload { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "upload"),
             ApiError::UnsupportedMedia(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
@@ -119,7 +133,9 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(field, reason) => ApiError::field(field, reason),
             StoreError::Quota(q) => ApiError::Quota(q),
             StoreError::NotFoundIds(_) => ApiError::NotFoundNamed(e.to_string()),
-            StoreError::NotEnded(_) => ApiError::Conflict(e.to_string()),
+            StoreError::NotEnded(_) | StoreError::DatasetInUse(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             StoreError::IdempotencyConflict => ApiError::Conflict(e.to_string()),
             StoreError::Db(sqlx::Error::PoolTimedOut) => {
                 ApiError::Unavailable("the database is busy or unreachable".into())
@@ -137,7 +153,15 @@ impl IntoResponse for ApiError {
         }
         let errors = match &self {
             ApiError::Invalid(e) => e.0.clone(),
+            ApiError::Upload { at, detail, .. } => vec![FieldError {
+                field: at.clone(),
+                reason: detail.clone(),
+            }],
             _ => Vec::new(),
+        };
+        let kind = match &self {
+            ApiError::Upload { kind: k, .. } => format!("{kind}-{k}"),
+            _ => kind.to_string(),
         };
         let body = Problem {
             kind: format!("https://trainyard.dev/problems/{kind}"),

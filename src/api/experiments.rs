@@ -90,9 +90,11 @@ async fn create(
             Some(k.to_string())
         }
     };
-    let (submitted, labels) = submission(&body)?;
+    let (submitted, labels) = submission(&state, &caller, &body).await?;
     let resolved = submitted.resolved()?;
-    let train_flops = submitted.spec.training_flops(&submitted.summary);
+    let train_flops = submitted
+        .spec
+        .training_flops(&submitted.summary, submitted.data.train_len);
     let mut hash = Sha256::new();
     hash.update(priority.to_le_bytes());
     hash.update(&body);
@@ -106,6 +108,9 @@ async fn create(
             idempotency_key: key,
             request_hash: hash.finalize().to_vec(),
             labels,
+            dataset_id: submitted.dataset_id,
+            data: serde_json::to_value(&submitted.data)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
         })
         .await?;
     let location = format!("/experiments/{}", exp.id);

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod checkpoints;
 pub mod compare;
 pub mod curve;
+pub mod datasets;
 pub mod error;
 pub mod experiments;
 pub mod health;
@@ -124,16 +125,19 @@ pub fn app(state: AppState) -> Router {
         .merge(stats::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let images = predict::router().layer(DefaultBodyLimit::max(predict::MAX_BODY_BYTES));
+    let uploads = datasets::router().layer(DefaultBodyLimit::max(
+        datasets::MAX_UPLOAD_BYTES as usize + 64 * 1024,
+    ));
     // Everything here needs a key or a session; a route that matches none of these is a
     // 404 for anyone.
-    let private =
-        Router::new()
-            .merge(json)
-            .merge(images)
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
-            ));
+    let private = Router::new()
+        .merge(json)
+        .merge(images)
+        .merge(uploads)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     let public = Router::new()
         .merge(health::router())
         .merge(metrics::router())

@@ -25,6 +25,8 @@ use super::AppState;
         super::keys::create, super::keys::list, super::keys::revoke, super::keys::accounts,
         super::keys::account, super::keys::set_quotas, super::keys::own,
         super::session::sign_in, super::session::sign_out, super::session::whoami,
+        super::datasets::create, super::datasets::list, super::datasets::show,
+        super::datasets::delete, super::datasets::samples,
     ),
     components(schemas(super::error::Problem, crate::spec::FieldError, crate::spec::diff::Difference)),
     tags(
@@ -33,6 +35,7 @@ use super::AppState;
         (name = "checkpoints", description = "Trained weights"),
         (name = "pictures", description = "Curves as SVG or PNG, drawn by the server"),
         (name = "predict", description = "Classify images"),
+        (name = "datasets", description = "Upload your own data and train on it"),
         (name = "health", description = "Probes"),
         (name = "keys", description = "API keys, accounts and their quotas"),
         (name = "session", description = "The web app's sign-in"),

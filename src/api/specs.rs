@@ -6,16 +6,20 @@
 //! reading of a submission means the form can never accept what the queue refuses.
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
+use uuid::Uuid;
+
+use super::auth::Caller;
 use super::input::{body_error, require_json};
 use super::{AppState, error::ApiError, labels};
-use crate::spec::{ExperimentSpec, Summary};
-use crate::store::Labels;
+use crate::spec::{DataInfo, DataSource, ExperimentSpec, Summary};
+use crate::store::{Labels, StoreError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -24,10 +28,14 @@ pub fn router() -> Router<AppState> {
         .route("/specs/presets", get(presets))
 }
 
-/// A spec that parsed and validated, with its layer table.
+/// A spec that parsed and validated, with its layer table and its data.
 pub struct Submitted {
     pub spec: ExperimentSpec,
     pub summary: Summary,
+    /// What the data gives the model (shape, class names, training images).
+    pub data: DataInfo,
+    /// The uploaded dataset it trains on, if any.
+    pub dataset_id: Option<Uuid>,
 }
 
 impl Submitted {
@@ -37,16 +45,71 @@ impl Submitted {
     }
 }
 
-/// Reads a submission's body: a spec, with `name` and `tags` beside its fields.
-pub fn submission(body: &[u8]) -> Result<(Submitted, Labels), ApiError> {
+/// Reads a submission's body: a spec, with `name` and `tags` beside its fields, then
+/// validates it against its data (an uploaded dataset must be one `caller` may use).
+pub async fn submission(
+    state: &AppState,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<(Submitted, Labels), ApiError> {
     let text =
         std::str::from_utf8(body).map_err(|_| ApiError::field("", "the body is not UTF-8"))?;
     let mut value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| ApiError::field("", format!("invalid JSON: {e}")))?;
     let labels = labels::take(&mut value)?;
     let spec = crate::spec::from_value(value)?;
-    let summary = crate::spec::validate(&spec)?;
-    Ok((Submitted { spec, summary }, labels))
+    let (data, dataset_id) = data_of(state, caller, &spec).await?;
+    let summary = crate::spec::validate_for(&spec, data.shape())?;
+    Ok((
+        Submitted {
+            spec,
+            summary,
+            data,
+            dataset_id,
+        },
+        labels,
+    ))
+}
+
+/// What a spec's data gives its model, looked up where it lives.
+async fn data_of(
+    state: &AppState,
+    caller: &Caller,
+    spec: &ExperimentSpec,
+) -> Result<(DataInfo, Option<Uuid>), ApiError> {
+    match &spec.dataset.source {
+        DataSource::BuiltIn(name) => Ok((name.info(), None)),
+        DataSource::Uploaded(id) => {
+            let d = match state.store.dataset_in(caller.scope(), *id).await {
+                Ok(d) => d,
+                Err(StoreError::NotFoundThing(_)) => {
+                    return Err(ApiError::field(
+                        "dataset.id",
+                        format!("no dataset {id}: upload one with POST /datasets"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let class_names = serde_json::from_value(d.class_names)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((
+                DataInfo {
+                    channels: d.channels as usize,
+                    height: d.height as usize,
+                    width: d.width as usize,
+                    class_names,
+                    train_len: d.train_samples as usize,
+                    sha256: Some(d.sha256),
+                },
+                Some(*id),
+            ))
+        }
+        DataSource::Path(_) => Err(ApiError::field(
+            "dataset.path",
+            "only `trainyard train` reads local files: upload the data with POST /datasets \
+             (or `trainyard datasets upload`) and name it by `id`",
+        )),
+    }
 }
 
 /// What `POST /specs/validate` answers.
@@ -71,12 +134,14 @@ struct Validated {
         (status = 422, description = "Invalid spec; `errors` names each field", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 async fn validate(
+    State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Validated>, ApiError> {
     require_json(&headers)?;
     let body = body.map_err(body_error)?;
-    let (submitted, _) = submission(&body)?;
+    let (submitted, _) = submission(&state, &caller, &body).await?;
     Ok(Json(Validated {
         spec: submitted.resolved()?,
         summary: submitted.summary,

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::spec::{ExperimentSpec, LayerSpec, Summary};
+use crate::spec::{DataInfo, ExperimentSpec, LayerSpec, Summary};
 use crate::store::Experiment;
 
 /// An experiment as the API shows it.
@@ -49,7 +49,15 @@ impl ExperimentView {
         // A stored spec was validated when it was submitted; should one ever fail to
         // read back (a row written by hand), the view still shows the row.
         let spec: Option<ExperimentSpec> = serde_json::from_value(experiment.spec.clone()).ok();
-        let summary = spec.as_ref().and_then(|s| crate::spec::validate(s).ok());
+        // Planned against the data it was submitted for (older rows: a built-in dataset).
+        let data: Option<DataInfo> = experiment
+            .data
+            .clone()
+            .and_then(|d| serde_json::from_value(d).ok());
+        let summary = spec.as_ref().and_then(|s| match &data {
+            Some(d) => crate::spec::validate_for(s, d.shape()).ok(),
+            None => crate::spec::validate(s).ok(),
+        });
         ExperimentView {
             links: Links {
                 curve: format!("{base}/curve"),

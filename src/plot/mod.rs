@@ -16,6 +16,7 @@
 
 mod layout;
 mod png;
+pub mod samples;
 mod scale;
 mod svg;
 mod text;

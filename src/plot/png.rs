@@ -19,7 +19,7 @@ static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 /// The parsing options, with the font database, built once: loading the font parses its
 /// tables, which is worth doing once per process rather than once per picture.
-fn options() -> &'static usvg::Options<'static> {
+pub(super) fn options() -> &'static usvg::Options<'static> {
     static OPTIONS: OnceLock<usvg::Options<'static>> = OnceLock::new();
     OPTIONS.get_or_init(|| {
         let mut db = fontdb::Database::new();

@@ -89,6 +89,10 @@ pub struct Experiment {
     /// CUDA, which only a worker with a GPU takes (a CPU-only worker leaves it queued).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// What its data gives the model (`spec::DataInfo`); none for experiments submitted
+    /// before uploaded datasets existed (all of a built-in dataset).
+    #[serde(skip)]
+    pub data: Option<serde_json::Value>,
 }
 
 #[derive(FromRow)]
@@ -115,6 +119,7 @@ struct Row {
     best_val_accuracy: Option<f64>,
     best_test_accuracy: Option<f64>,
     waiting_for: Option<String>,
+    data: Option<serde_json::Value>,
 }
 
 const COLUMNS: &str = "id, account_id, \
@@ -125,7 +130,7 @@ const COLUMNS: &str = "id, account_id, \
         AS best_val_accuracy, \
     (SELECT max(m.test_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
         AS best_test_accuracy, \
-    CASE WHEN status = 'queued' AND needs_cuda THEN 'cuda' END AS waiting_for";
+    CASE WHEN status = 'queued' AND needs_cuda THEN 'cuda' END AS waiting_for, data";
 
 impl TryFrom<Row> for Experiment {
     type Error = StoreError;
@@ -154,6 +159,7 @@ impl TryFrom<Row> for Experiment {
             best_val_accuracy: r.best_val_accuracy,
             best_test_accuracy: r.best_test_accuracy,
             waiting_for: r.waiting_for,
+            data: r.data,
         })
     }
 }
@@ -171,6 +177,11 @@ pub struct NewExperiment {
     /// SHA-256 of the request body: a key reused with another body is refused.
     pub request_hash: Vec<u8>,
     pub labels: Labels,
+    /// The uploaded dataset it trains on (checked by the caller to be one the account
+    /// may use); locked while the submission commits, so it cannot be deleted under it.
+    pub dataset_id: Option<Uuid>,
+    /// What its data gives the model (`spec::DataInfo`).
+    pub data: serde_json::Value,
 }
 
 /// An experiment's name and tags, as submitted or changed later (checked by the caller).
@@ -223,10 +234,21 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         check_quotas(&mut tx, new.account_id, new.train_flops).await?;
+        if let Some(dataset) = new.dataset_id {
+            // A deletion of the dataset locks its row too: it waits for this submission
+            // (and then sees the experiment), or this one waits and finds it gone.
+            let found = sqlx::query("SELECT 1 FROM datasets WHERE id = $1 FOR SHARE")
+                .bind(dataset)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_none() {
+                return Err(StoreError::Invalid("dataset.id", "the dataset was deleted"));
+            }
+        }
         let row: Option<Row> = sqlx::query_as(&format!(
             "INSERT INTO experiments (id, spec, priority, idempotency_key, request_hash, name,
-                tags, account_id, train_flops)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                tags, account_id, train_flops, dataset_id, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (account_id, idempotency_key) DO NOTHING
              RETURNING {COLUMNS}"
         ))
@@ -239,6 +261,8 @@ impl Store {
         .bind(&new.labels.tags)
         .bind(new.account_id)
         .bind(new.train_flops)
+        .bind(new.dataset_id)
+        .bind(&new.data)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {

@@ -25,6 +25,7 @@
 
 pub mod accounts;
 pub mod checkpoints;
+pub mod datasets;
 pub mod events;
 pub mod experiments;
 pub mod housekeeping;
@@ -69,6 +70,9 @@ pub enum StoreError {
     /// Some of the experiments asked for together do not exist.
     #[error("unknown experiments: {}", .0.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", "))]
     NotFoundIds(Vec<uuid::Uuid>),
+    /// Queued or running experiments train on the dataset (the first few, by id).
+    #[error("queued or running experiments use this dataset: {}", .0.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", "))]
+    DatasetInUse(Vec<uuid::Uuid>),
     /// The experiment is still queued or running.
     #[error("the experiment is {}: cancel it first", .0.as_str())]
     NotEnded(Status),

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::data::mnist::{self, Dataset, Source};
 use crate::data::prepare::{Prepared, prepare};
-use crate::spec::{DatasetName, DatasetSpec};
+use uuid::Uuid;
+
+use crate::spec::{DataSource, DatasetSpec};
 
 use super::WorkerConfig;
 
@@ -131,10 +133,15 @@ impl<K: Eq + Hash + Clone, V> Memo<K, V> {
 
 /// Datasets and prepared samples, shared by the workers of a process.
 pub(crate) struct DataCache {
-    datasets: Memo<DatasetName, Dataset>,
+    /// By source: a built-in name, or an uploaded dataset's id (ids are never reused,
+    /// and an uploaded dataset never changes).
+    datasets: Memo<DataSource, Dataset>,
     /// By the dataset spec's JSON (its floats have no `Hash`).
     prepared: Memo<String, Prepared>,
 }
+
+/// Blocking: an uploaded dataset's tensors, by id (the worker reads them from the store).
+pub(crate) type LoadUploaded<'a> = &'a dyn Fn(Uuid) -> Result<Dataset, String>;
 
 impl DataCache {
     /// Keeps prepared samples up to `prepared_budget` bytes (0: none).
@@ -148,16 +155,23 @@ impl DataCache {
     /// Blocking: a dataset, loaded (and verified) the first time it is asked for.
     pub(crate) fn dataset(
         &self,
-        name: DatasetName,
+        source: &DataSource,
         cfg: &WorkerConfig,
+        uploaded: LoadUploaded<'_>,
     ) -> Result<Arc<Dataset>, String> {
-        let load = || {
-            let mut source = Source::for_dataset(name, cfg.data_dir.clone());
-            source.download = cfg.download;
-            mnist::load(name, &source).map_err(|e| e.to_string())
+        let load = || match source {
+            DataSource::BuiltIn(name) => {
+                let mut s = Source::for_dataset(*name, cfg.data_dir.clone());
+                s.download = cfg.download;
+                mnist::load(*name, &s).map_err(|e| e.to_string())
+            }
+            DataSource::Uploaded(id) => uploaded(*id),
+            DataSource::Path(p) => Err(format!(
+                "a worker does not read local files ({p}): upload the data and name it by id"
+            )),
         };
         let size = |d: &Dataset| d.train.images.len() + d.test.images.len();
-        Ok(self.datasets.get_or_try(&name, size, load)?.0)
+        Ok(self.datasets.get_or_try(source, size, load)?.0)
     }
 
     /// Blocking: the samples of a dataset spec, prepared the first time it is asked for
@@ -166,10 +180,11 @@ impl DataCache {
         &self,
         spec: &DatasetSpec,
         cfg: &WorkerConfig,
+        uploaded: LoadUploaded<'_>,
     ) -> Result<(Arc<Prepared>, bool), String> {
         let key = serde_json::to_string(spec).map_err(|e| e.to_string())?;
         self.prepared.get_or_try(&key, prepared_bytes, || {
-            Ok(prepare(&*self.dataset(spec.name, cfg)?, spec))
+            Ok(prepare(&*self.dataset(&spec.source, cfg, uploaded)?, spec))
         })
     }
 }
@@ -277,20 +292,21 @@ mod tests {
         let mut small = spec.dataset.clone();
         small.train_limit = Some(300);
         small.test_limit = Some(100);
-        let (a, hit_a) = cache.prepared(&small, &cfg).unwrap();
-        let (b, hit_b) = cache.prepared(&small, &cfg).unwrap();
+        let none = |_| Err("no uploads here".to_string());
+        let (a, hit_a) = cache.prepared(&small, &cfg, &none).unwrap();
+        let (b, hit_b) = cache.prepared(&small, &cfg, &none).unwrap();
         assert_eq!((hit_a, hit_b), (false, true));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.train.len, 300);
         // Another spec of the same dataset is prepared anew, from the loaded dataset.
         let mut other = small.clone();
         other.resize = None;
-        let (c, hit_c) = cache.prepared(&other, &cfg).unwrap();
+        let (c, hit_c) = cache.prepared(&other, &cfg, &none).unwrap();
         assert!(!hit_c);
         assert_eq!(c.shape, [1, 28, 28]);
         assert_eq!(c.train.x.len(), 300 * 28 * 28);
-        let d1 = cache.dataset(small.name, &cfg).unwrap();
-        let d2 = cache.dataset(small.name, &cfg).unwrap();
+        let d1 = cache.dataset(&small.source, &cfg, &none).unwrap();
+        let d2 = cache.dataset(&small.source, &cfg, &none).unwrap();
         assert!(Arc::ptr_eq(&d1, &d2));
     }
 }

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::WorkerConfig;
 use super::cache::DataCache;
+use crate::data::mnist::{Dataset, Split};
 use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
 use crate::shutdown::stopped;
 use crate::store::listen::{Hub, Signal};
@@ -207,8 +208,6 @@ impl Worker {
         if let Some(d) = self.cfg.device {
             spec.device = d;
         }
-        let summary = crate::spec::validate(&spec)
-            .map_err(|e| JobError::Failed(format!("invalid spec: {e}")))?;
         let resume = if claim.epochs_done > 0 {
             let (w, o) = self
                 .store
@@ -230,10 +229,15 @@ impl Worker {
             let _job = span.entered();
             let failed = |e: EngineError| JobError::Failed(e.to_string());
             let t0 = Instant::now();
+            let uploaded = |id| load_uploaded(&store, &handle, id);
             let (prepared, cached) = data
-                .prepared(&spec.dataset, &cfg)
+                .prepared(&spec.dataset, &cfg, &uploaded)
                 .map_err(JobError::Failed)?;
             let t_data = t0.elapsed();
+            // Planned against the data as loaded: an uploaded dataset's shape and classes
+            // are its own.
+            let summary = crate::spec::validate_for(&spec, prepared.info.shape())
+                .map_err(|e| JobError::Failed(format!("invalid spec: {e}")))?;
             let device = device::select(spec.device).map_err(failed)?;
             let mut trainer = Trainer::new(&spec, &summary, &prepared, &device).map_err(failed)?;
             drop(prepared);
@@ -285,6 +289,30 @@ impl Worker {
             ))),
         }
     }
+}
+
+/// Blocking: an uploaded dataset's tensors from the store, as a dataset.
+fn load_uploaded(store: &Store, handle: &Handle, id: uuid::Uuid) -> Result<Dataset, String> {
+    let t = handle
+        .block_on(store.dataset_tensors(id))
+        .map_err(|e| format!("loading dataset {id}: {e}"))?;
+    let class_names = serde_json::from_value(t.class_names.clone())
+        .map_err(|e| format!("dataset {id}: class names: {e}"))?;
+    let (channels, rows, cols) = (t.channels as usize, t.height as usize, t.width as usize);
+    let split = |images, labels, len: i32| Split {
+        images,
+        labels,
+        len: len as usize,
+        channels,
+        rows,
+        cols,
+    };
+    Ok(Dataset {
+        train: split(t.train_images, t.train_labels, t.train_len),
+        test: split(t.test_images, t.test_labels, t.test_len),
+        class_names,
+        sha256: Some(t.sha256),
+    })
 }
 
 fn ms(d: Duration) -> f64 {
