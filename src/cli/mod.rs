@@ -6,6 +6,7 @@
 //! --batches`, ...) are given on the command line only.
 
 mod bench;
+mod datasets;
 mod health;
 mod housekeep;
 mod keys;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::data::mnist::Source;
+use crate::data::mnist::{Dataset, Source};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +78,8 @@ pub enum Command {
     Openapi,
     /// Exit 0 when the local server answers `GET /readyz` with 200 (a container healthcheck).
     Healthcheck(health::HealthcheckArgs),
+    /// Upload your own dataset to a service (`POST /datasets`).
+    Datasets(datasets::DatasetsArgs),
     /// Download (when missing) and verify datasets into the data folder.
     FetchData {
         /// Datasets to fetch.
@@ -113,6 +116,44 @@ impl DataArgs {
     }
 }
 
+/// The spec's data, read on this machine: a built-in dataset from the data folder, or
+/// the files at `dataset.path`.
+fn load_data(spec: &crate::spec::ExperimentSpec, data: &DataArgs) -> anyhow::Result<Dataset> {
+    use crate::spec::DataSource;
+    match &spec.dataset.source {
+        DataSource::BuiltIn(n) => Ok(crate::data::mnist::load(*n, &data.source())?),
+        DataSource::Path(p) => load_local(p),
+        DataSource::Uploaded(id) => anyhow::bail!(
+            "dataset.id {id} names a dataset uploaded to a service: train it there \
+             (POST /experiments), or name its files here with dataset.path"
+        ),
+    }
+}
+
+/// A local dataset (relative paths from the working directory), read as an upload with
+/// the default options would be.
+fn load_local(path: &str) -> anyhow::Result<Dataset> {
+    let opts = crate::data::upload::Options {
+        size: None,
+        channels: None,
+        test_fraction: 0.2,
+        seed: 0,
+        class_names: None,
+        limits: crate::data::upload::Limits::default(),
+    };
+    let d = crate::data::local::load(std::path::Path::new(path), &opts)?;
+    println!(
+        "data: {path}: {} classes, {} training and {} test images of {}x{}x{}",
+        d.class_names.len(),
+        d.train.len,
+        d.test.len,
+        d.train.channels,
+        d.train.rows,
+        d.train.cols
+    );
+    Ok(d)
+}
+
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -134,7 +175,15 @@ impl Cli {
             Command::Validate { spec } => {
                 let text = std::fs::read_to_string(&spec)
                     .with_context(|| format!("cannot read the spec {}", spec.display()))?;
-                let (_, summary) = crate::spec::parse_and_validate(&text)?;
+                let spec = crate::spec::parse(&text)?;
+                let summary = match &spec.dataset.source {
+                    // A local dataset is read to learn its shape and classes.
+                    crate::spec::DataSource::Path(p) => {
+                        let data = load_local(p)?;
+                        crate::spec::validate_for(&spec, data.info().shape())?
+                    }
+                    _ => crate::spec::validate(&spec)?,
+                };
                 print_summary(&summary);
                 Ok(())
             }
@@ -146,6 +195,7 @@ impl Cli {
             Command::Migrate { db } => service::migrate(db),
             Command::Housekeep(a) => housekeep::run(a),
             Command::Keys(a) => keys::run(a),
+            Command::Datasets(a) => datasets::run(a),
             Command::FetchData { datasets, data } => {
                 for name in datasets {
                     let name: crate::spec::DatasetName =

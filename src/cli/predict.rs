@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use crate::data::image::decode_to_28x28;
+use crate::data::image::decode_to;
 use crate::engine::infer::{Predictor, argmax};
 use crate::engine::{Checkpoint, device};
 use crate::spec::DeviceSpec;
@@ -58,10 +58,15 @@ pub fn run(a: PredictArgs) -> anyhow::Result<()> {
     let ckpt = Checkpoint::load(weights_file(&a.checkpoint)?)
         .with_context(|| format!("reading {}", a.checkpoint.display()))?;
     let predictor = Predictor::new(&ckpt, &device::select(a.device)?)?;
+    // Each image in the model's own format: its data's channels and size.
+    let d = predictor.data().clone();
     let mut pixels = Vec::new();
     for path in &a.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        pixels.extend(decode_to_28x28(&bytes).with_context(|| path.display().to_string())?);
+        pixels.extend(
+            decode_to(&bytes, d.channels, d.height, d.width)
+                .with_context(|| path.display().to_string())?,
+        );
     }
     let probs = predictor.predict(&pixels)?;
     for (path, p) in a.images.iter().zip(&probs) {
@@ -70,13 +75,21 @@ pub fn run(a: PredictArgs) -> anyhow::Result<()> {
             let line = serde_json::json!({
                 "image": path.display().to_string(),
                 "class": class,
+                "class_name": d.class_name(class),
                 "probabilities": p,
             });
             println!("{line}");
         } else {
             let ps: Vec<String> = p.iter().map(|v| format!("{v:.3}")).collect();
+            // The class's name where it is not just its number (MNIST's are).
+            let name = d.class_name(class);
+            let name = if name == class.to_string() {
+                String::new()
+            } else {
+                format!(" {name}")
+            };
             println!(
-                "{}: {class} (p={:.4})  [{}]",
+                "{}: {class}{name} (p={:.4})  [{}]",
                 path.display(),
                 p[class],
                 ps.join(" ")

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::DataArgs;
-use crate::data::{mnist, prepare};
+use crate::data::prepare;
 use crate::engine::{
     BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, TrainingPath, device,
 };
@@ -118,7 +118,10 @@ fn print_row(m: &crate::engine::EpochMetrics) {
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.spec)
         .with_context(|| format!("reading {}", a.spec.display()))?;
-    let (mut spec, summary) = crate::spec::parse_and_validate(&text)?;
+    let mut spec = crate::spec::parse(&text)?;
+    // The data first: its shape and classes are what the model is planned against.
+    let data = super::load_data(&spec, &a.data)?;
+    let summary = crate::spec::validate_for(&spec, data.info().shape())?;
     if let Some(d) = a.device {
         spec.device = d;
     }
@@ -143,7 +146,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let data = mnist::load(spec.dataset.name, &a.data.source())?;
     let prepared = prepare::prepare(&data, &spec.dataset);
     drop(data);
     let mut trainer = Trainer::new(&spec, &summary, &prepared, &device)?;
