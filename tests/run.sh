@@ -81,6 +81,27 @@ TRAINYARD_NO_AVX512=1 cargo test --test it cpu_path::
 # (schemathesis from PyPI, in a cached venv): no 5xx, nothing the document does not say.
 bash tests/schemathesis.sh
 
+# Real data nobody here made: scikit-learn's bundled digits (from PyPI, in a cached venv),
+# exported as class folders, uploaded over HTTP and learnt.
+SKLEARN_VENV="${TRAINYARD_SKLEARN_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/trainyard/sklearn-1.5.2}"
+if [ ! -x "$SKLEARN_VENV/bin/python" ] || ! "$SKLEARN_VENV/bin/python" -c 'import sklearn' 2>/dev/null; then
+  echo "installing scikit-learn 1.5.2 into $SKLEARN_VENV" >&2
+  rm -rf "$SKLEARN_VENV"
+  python3 -m venv "$SKLEARN_VENV"
+  "$SKLEARN_VENV/bin/pip" install -q --disable-pip-version-check scikit-learn==1.5.2
+fi
+DIGITS_ZIP=$(mktemp --suffix=.zip)
+"$SKLEARN_VENV/bin/python" tests/fixtures/digits/export.py "$DIGITS_ZIP"
+TRAINYARD_DIGITS_ZIP="$DIGITS_ZIP" cargo test --test it digits:: -- --ignored
+rm -f "$DIGITS_ZIP"
+
+# Fashion-MNIST uploaded as IDX pairs (Debian's dataset-fashion-mnist) trains the curve of
+# the built-in one, bit for bit.
+[ -d /usr/share/datasets/fashion-mnist ] || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+}
+cargo test --test it fashion_upload:: -- --ignored
+
 # Stops and starts PostgreSQL, breaking every other connection on the machine: run alone,
 # after everything else (the test is #[ignore]d so that a plain `cargo test` skips it).
 cargo test --test it pg_restart:: -- --ignored

@@ -12,7 +12,7 @@ use trainyard::data::prepare::prepare;
 use trainyard::engine::rng::Rng;
 use trainyard::engine::trainer::Silent;
 use trainyard::engine::{EngineError, Trainer};
-use trainyard::spec::{self, DataShape, DatasetName, ExperimentSpec};
+use trainyard::spec::{self, DataShape, ExperimentSpec};
 
 const SIDE: usize = 12;
 const SHAPE: DataShape = DataShape {
@@ -22,8 +22,11 @@ const SHAPE: DataShape = DataShape {
     classes: 4,
 };
 
+/// The classes by label: 2 * shape + colour.
+pub const CLASSES: [&str; 4] = ["red-square", "green-square", "red-cross", "green-cross"];
+
 /// `n` images (CHW) with labels: class = 2 * shape + colour.
-fn shapes(n: usize, seed: u64) -> Split {
+pub fn shapes(n: usize, seed: u64) -> Split {
     let mut rng = Rng::derive(seed, "colour-shapes", 0);
     let mut int = |hi: usize| (rng.next_f64() * hi as f64) as usize;
     let plane = SIDE * SIDE;
@@ -56,10 +59,10 @@ fn shapes(n: usize, seed: u64) -> Split {
 
 fn dataset() -> Dataset {
     Dataset {
-        // The name is the spec's field; the images are these.
-        name: DatasetName::Mnist,
         train: shapes(800, 1),
         test: shapes(200, 2),
+        class_names: CLASSES.iter().map(|s| s.to_string()).collect(),
+        sha256: None,
     }
 }
 

@@ -65,7 +65,7 @@ fn loads_mnist_from_shared_data_with_expected_counts_and_labels() {
     let data = mnist::load(DatasetName::Mnist, &Source::offline(common::data_dir())).unwrap();
     eprintln!("MNIST loaded and verified in {:?}", start.elapsed());
 
-    assert_eq!(data.name, DatasetName::Mnist);
+    assert_eq!(data.class_names.len(), 10);
     for (split, len) in [(&data.train, 60_000), (&data.test, 10_000)] {
         assert_eq!((split.len, split.rows, split.cols), (len, 28, 28));
         assert_eq!(split.images.len(), len * 28 * 28);

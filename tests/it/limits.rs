@@ -311,6 +311,7 @@ async fn a_trickling_body_past_its_deadline_is_a_408_problem_whatever_the_route(
     for (uri, ct) in [
         ("/experiments", "application/json"),
         (predict.as_str(), "image/png"),
+        ("/datasets", "application/zip"),
     ] {
         let trickle = futures::stream::unfold((), |()| async {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -97,6 +97,12 @@ struct Fx {
     /// An id no experiment has.
     unknown: Uuid,
     png: Vec<u8>,
+    /// The owner's uploaded dataset; never changed by anyone.
+    dataset: Uuid,
+    /// The owner's datasets: the admin deletes one, the owner the other.
+    dataset_delete_for: [Uuid; 2],
+    /// The other account's own dataset.
+    other_dataset: Uuid,
 }
 
 impl Fx {
@@ -114,6 +120,8 @@ impl Fx {
             .iter()
             .map(Uuid::to_string)
             .collect();
+        s.push(self.dataset.to_string());
+        s.extend(self.dataset_delete_for.iter().map(Uuid::to_string));
         s.push(self.owner_key_id.to_string());
         s.push(self.owner_key.clone());
         s.push(self.owner_key[..15].to_string()); // its listed prefix
@@ -959,6 +967,108 @@ fn rows() -> Vec<Row> {
             expect: anyone,
             check: ok,
         },
+        // --- datasets ---
+        Row {
+            method: "GET",
+            path: "/datasets",
+            variant: "",
+            public: false,
+            request: |_, _, _| Req::get("/datasets"),
+            expect: anyone,
+            check: |fx, who, a| {
+                let ids = uuid_list(&a.json(), "id");
+                let sees_owners = ids.contains(&fx.dataset.to_string());
+                let sees_other = ids.contains(&fx.other_dataset.to_string());
+                match who {
+                    Who::Admin if sees_owners && sees_other => Ok(()),
+                    Who::Owner if sees_owners && !sees_other => Ok(()),
+                    _ if who.is_other() && !sees_owners && sees_other => Ok(()),
+                    _ => Err(format!(
+                        "owner's listed: {sees_owners}, other's listed: {sees_other}"
+                    )),
+                }
+            },
+        },
+        Row {
+            method: "POST",
+            path: "/datasets",
+            variant: "",
+            public: false,
+            request: |_, who, _| {
+                Req::new("POST", format!("/datasets?name=by-{who:?}"))
+                    .body("application/zip", dataset_zip())
+            },
+            expect: |_| Expect::Status(201),
+            check: |_, who, a| {
+                let d = a.json();
+                let samples = d["train_samples"].as_i64().unwrap_or(0)
+                    + d["test_samples"].as_i64().unwrap_or(0);
+                if d["name"] == format!("by-{who:?}") && samples == 4 {
+                    Ok(())
+                } else {
+                    Err(format!("not stored: {d}"))
+                }
+            },
+        },
+        Row {
+            method: "GET",
+            path: "/datasets/{id}",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                let id = if s == Subject::Real {
+                    fx.dataset
+                } else {
+                    fx.unknown
+                };
+                Req::get(format!("/datasets/{id}")).names(s, fx.dataset, fx.unknown)
+            },
+            expect: owners,
+            check: |fx, _, a| {
+                let d = a.json();
+                if d["id"] == fx.dataset.to_string() && d["class_names"] == json!(["a", "b"]) {
+                    Ok(())
+                } else {
+                    Err(format!("not the owner's dataset: {d}"))
+                }
+            },
+        },
+        Row {
+            method: "GET",
+            path: "/datasets/{id}/samples.png",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                let id = if s == Subject::Real {
+                    fx.dataset
+                } else {
+                    fx.unknown
+                };
+                Req::get(format!("/datasets/{id}/samples.png")).names(s, fx.dataset, fx.unknown)
+            },
+            expect: owners,
+            check: |_, _, a| has_type(a, "image/png"),
+        },
+        Row {
+            method: "DELETE",
+            path: "/datasets/{id}",
+            variant: "",
+            public: false,
+            request: |fx, who, s| {
+                let id = match (who, s) {
+                    (_, Subject::Unknown) => fx.unknown,
+                    (Who::Admin, _) => fx.dataset_delete_for[0],
+                    (Who::Owner, _) => fx.dataset_delete_for[1],
+                    _ => fx.dataset,
+                };
+                Req::new("DELETE", format!("/datasets/{id}")).names(s, id, fx.unknown)
+            },
+            expect: |who| match owners(who) {
+                Expect::Status(_) => Expect::Status(204),
+                e => e,
+            },
+            check: ok,
+        },
     ]
 }
 
@@ -987,6 +1097,32 @@ fn labelled(name: &str) -> Value {
 
 async fn submit(app: &axum::Router, key: &str, body: Value) -> Uuid {
     let a = send(app, Some(key), &Req::new("POST", "/experiments").json(body)).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    a.json()["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Two classes of two 2x2 gray PNGs each, zipped.
+fn dataset_zip() -> Vec<u8> {
+    let png = |v: u8| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::GrayImage::from_raw(2, 2, vec![v; 4])
+            .unwrap()
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    };
+    crate::datasets::zip_of(&[
+        ("a/1.png".into(), png(10)),
+        ("a/2.png".into(), png(20)),
+        ("b/1.png".into(), png(200)),
+        ("b/2.png".into(), png(210)),
+    ])
+}
+
+async fn upload(app: &axum::Router, key: &str) -> Uuid {
+    let req = Req::new("POST", "/datasets?name=fixture&test_fraction=0.5")
+        .body("application/zip", dataset_zip());
+    let a = send(app, Some(key), &req).await;
     assert_eq!(a.status, 201, "{}", a.text());
     a.json()["id"].as_str().unwrap().parse().unwrap()
 }
@@ -1057,6 +1193,12 @@ async fn setup(pool: PgPool) -> (axum::Router, Fx, Store) {
         assert_eq!(a.status, 200, "{}", a.text());
     }
     let other_own = submit(&app, &other.key, labelled("the other's")).await;
+    let dataset = upload(&app, &owner.key).await;
+    let dataset_delete_for = [
+        upload(&app, &owner.key).await,
+        upload(&app, &owner.key).await,
+    ];
+    let other_dataset = upload(&app, &other.key).await;
     let fx = Fx {
         bad_key: format!("ty_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
         owner_key: owner.key,
@@ -1074,6 +1216,9 @@ async fn setup(pool: PgPool) -> (axum::Router, Fx, Store) {
         other_own,
         unknown: Uuid::now_v7(),
         png: png(0),
+        dataset,
+        dataset_delete_for,
+        other_dataset,
     };
     (app, fx, store)
 }

@@ -59,6 +59,8 @@ async fn queue(store: &Store, account: Uuid, n: usize) -> Vec<Uuid> {
                 idempotency_key: None,
                 request_hash: vec![],
                 labels: Default::default(),
+                dataset_id: None,
+                data: json!(null),
             })
             .await
             .unwrap();
@@ -105,6 +107,8 @@ async fn priority_orders_within_a_turn_and_age_breaks_ties(pool: PgPool) {
             idempotency_key: None,
             request_hash: vec![],
             labels: Default::default(),
+            dataset_id: None,
+            data: json!(null),
         })
         .await
         .unwrap();
