@@ -170,21 +170,8 @@ const PART_ROLES: [&str; 7] = [
 
 /// Reads the body into temporary files, by role.
 async fn receive(req: Request<Body>, state: &AppState) -> Result<Parts, ApiError> {
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let mime = ct.split(';').next().unwrap_or("").trim().to_string();
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_UPLOAD_BYTES) {
-        return Err(ApiError::TooLarge(MAX_UPLOAD_BYTES as usize));
-    }
+    let (ct, mime) = input::media_type(req.headers());
+    input::refuse_declared_over(req.headers(), MAX_UPLOAD_BYTES)?;
     let mut parts = Parts::default();
     if mime == "multipart/form-data" {
         let mut mp = Multipart::from_request(req, state)

@@ -13,6 +13,31 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 
+/// The request's `Content-Type` as sent (lowercase) and its media type alone (without
+/// parameters such as a multipart boundary).
+pub fn media_type(headers: &HeaderMap) -> (String, String) {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_string();
+    (ct, mime)
+}
+
+/// A 413 when the body's declared length is over `limit`: refused before a byte of it
+/// is read.
+pub fn refuse_declared_over(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(ApiError::TooLarge(limit as usize)),
+        _ => Ok(()),
+    }
+}
+
 /// Parses an id from the path: a malformed id is an unknown id.
 pub fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound("experiment"))

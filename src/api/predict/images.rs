@@ -20,7 +20,6 @@ use std::sync::{Arc, LazyLock};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Multipart, Request};
-use axum::http::header;
 use tokio::sync::Semaphore;
 
 use super::{AppState, MAX_BODY_BYTES, MAX_IMAGES};
@@ -92,22 +91,8 @@ impl Image {
 /// data decodes them again in its own format ([`Image::into_format`]).
 pub async fn read_images(req: Request<Body>, state: &AppState) -> Result<Vec<Image>, ApiError> {
     let target = Target::BUILT_IN;
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let mime = ct.split(';').next().unwrap_or("").trim().to_string();
-    // A body that says it is too large is refused before a byte of it is read.
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::TooLarge(MAX_BODY_BYTES));
-    }
+    let (ct, mime) = crate::api::input::media_type(req.headers());
+    crate::api::input::refuse_declared_over(req.headers(), MAX_BODY_BYTES as u64)?;
     if mime == "multipart/form-data" {
         let mut mp = Multipart::from_request(req, state)
             .await

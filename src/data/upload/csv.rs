@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::split;
-use super::{Decoded, Format, Options, TestSplit, UploadError};
+use super::{Decoded, Format, Options, UploadError};
 use crate::data::mnist::Split;
 
 /// Rows as read: pixels CHW, labels, and each sample's line number for error messages.
@@ -272,18 +272,7 @@ pub(crate) fn decode(
         rows: shape.height,
         cols: shape.width,
     };
-    let (train, test, test_split) = match test {
-        Some(test) => (to_split(train), to_split(test), TestSplit::Uploaded),
-        None => {
-            let is_test = split::holdout(&train.labels, opts.test_fraction, opts.seed);
-            let (train, test) = split::split_off(to_split(train), &is_test);
-            let held = TestSplit::HeldOut {
-                fraction: opts.test_fraction,
-                seed: opts.seed,
-            };
-            (train, test, held)
-        }
-    };
+    let (train, test, test_split) = split::test_split(to_split(train), test.map(to_split), opts);
     Ok(Decoded {
         train,
         test,

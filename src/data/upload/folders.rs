@@ -29,7 +29,7 @@ use std::path::Path;
 
 use super::archive::{self, Member, Visitor};
 use super::split::{self, SHUFFLE_STREAM, SplitMix64};
-use super::{Decoded, Format, Options, TestSplit, UploadError};
+use super::{Decoded, Format, Options, UploadError};
 use crate::data::image;
 use crate::data::mnist::Split;
 
@@ -403,16 +403,8 @@ pub(crate) fn decode(path: &Path, opts: &Options) -> Result<Decoded, UploadError
         });
     }
 
-    let test_split = if test.len == 0 {
-        let is_test = split::holdout(&train.labels, opts.test_fraction, opts.seed);
-        (train, test) = split::split_off(train, &is_test);
-        TestSplit::HeldOut {
-            fraction: opts.test_fraction,
-            seed: opts.seed,
-        }
-    } else {
-        TestSplit::Uploaded
-    };
+    let uploaded = (test.len > 0).then_some(test);
+    let (train, test, test_split) = split::test_split(train, uploaded, opts);
     Ok(Decoded {
         train,
         test,

@@ -15,7 +15,7 @@ use std::path::Path;
 use flate2::bufread::MultiGzDecoder;
 
 use super::split;
-use super::{Decoded, Format, Options, TestSplit, UploadError};
+use super::{Decoded, Format, Options, UploadError};
 use crate::data::idx;
 use crate::data::mnist::Split;
 use crate::data::resize::Resizer;
@@ -302,22 +302,12 @@ pub(crate) fn decode(
     )?;
 
     let (train, mut resized) = store(train, channels, size);
-    let (train, test, test_split) = match test {
-        Some(test) => {
-            let (test, r) = store(test, channels, size);
-            resized += r;
-            (train, test, TestSplit::Uploaded)
-        }
-        None => {
-            let is_test = split::holdout(&train.labels, opts.test_fraction, opts.seed);
-            let (train, test) = split::split_off(train, &is_test);
-            let held = TestSplit::HeldOut {
-                fraction: opts.test_fraction,
-                seed: opts.seed,
-            };
-            (train, test, held)
-        }
-    };
+    let test = test.map(|test| {
+        let (test, r) = store(test, channels, size);
+        resized += r;
+        test
+    });
+    let (train, test, test_split) = split::test_split(train, test, opts);
     Ok(Decoded {
         train,
         test,

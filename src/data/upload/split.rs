@@ -124,3 +124,24 @@ pub fn split_off(mut all: Split, is_test: &[bool]) -> (Split, Split) {
     all.len = kept;
     (all, test)
 }
+
+/// The two splits of an upload: its own test split, or a stratified hold-out of
+/// `opts.test_fraction` of the training samples, seeded by `opts.seed`.
+pub fn test_split(
+    train: Split,
+    test: Option<Split>,
+    opts: &super::Options,
+) -> (Split, Split, super::TestSplit) {
+    match test {
+        Some(test) => (train, test, super::TestSplit::Uploaded),
+        None => {
+            let is_test = holdout(&train.labels, opts.test_fraction, opts.seed);
+            let (train, test) = split_off(train, &is_test);
+            let held = super::TestSplit::HeldOut {
+                fraction: opts.test_fraction,
+                seed: opts.seed,
+            };
+            (train, test, held)
+        }
+    }
+}
