@@ -152,7 +152,31 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// The options the service would refuse, refused here before anything is sent (the
+/// service answers a bad option before it reads the body, which a client still sending
+/// would see only as a broken connection).
+fn check_options(a: &UploadArgs) -> anyhow::Result<()> {
+    if let Some(s) = &a.size
+        && crate::api::datasets::parse_size(s).is_none()
+    {
+        anyhow::bail!("--size {s}: must be HxW or N, each side 1 to 256 (e.g. 28x28)");
+    }
+    if let Some(c) = a.channels
+        && c != 1
+        && c != 3
+    {
+        anyhow::bail!("--channels {c}: must be 1 or 3");
+    }
+    if let Some(f) = a.test_fraction
+        && !(f > 0.0 && f < 1.0)
+    {
+        anyhow::bail!("--test-fraction {f}: must be strictly between 0 and 1");
+    }
+    Ok(())
+}
+
 fn upload(a: UploadArgs) -> anyhow::Result<()> {
+    check_options(&a)?;
     let body = body_of(&a.path)?;
     let len = std::fs::metadata(&body.path)?.len();
     let mut query = vec![];

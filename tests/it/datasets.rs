@@ -333,7 +333,7 @@ async fn the_cli_uploads_a_folder_and_trains_on_one_locally(pool: PgPool) {
     assert_eq!(list[0]["name"], "folder");
     assert_eq!(list[0]["held_out"], 0.25);
 
-    // A bad option is the server's problem, printed field by field, and a failure.
+    // A bad option is refused before anything is sent.
     let out = tokio::process::Command::new(bin)
         .args(["datasets", "upload"])
         .arg(dir.path())
@@ -343,7 +343,25 @@ async fn the_cli_uploads_a_folder_and_trains_on_one_locally(pool: PgPool) {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("422") && err.contains("size:"), "{err}");
+    assert!(err.contains("--size 999"), "{err}");
+    // What only the service can tell (one class) is its problem, printed field by field,
+    // and a failure.
+    let lone = tempfile::tempdir().unwrap();
+    std::fs::create_dir(lone.path().join("cat")).unwrap();
+    std::fs::write(lone.path().join("cat/1.png"), png_of(&split, 0)).unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args(["datasets", "upload"])
+        .arg(lone.path())
+        .args(["--server", &s.base])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("422") && err.contains("a classifier needs at least 2"),
+        "{err}"
+    );
 
     // The same folder trained locally, no server: `"dataset": {"path"}`.
     let spec = json!({
