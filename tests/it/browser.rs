@@ -268,7 +268,10 @@ async fn a_page_following_a_run_continues_its_curve_across_a_server_restart(pool
         until(&c, 240, "window.trainyard.points", |v| v == epochs).await;
         let drawn = drawn_epochs(&c).await;
         assert_eq!(drawn, (1..=epochs as u64).collect::<Vec<_>>(), "no gap, no repeat");
-        assert!(drawn_while_down < epochs as usize, "the restart happened mid-run");
+        assert!(
+            drawn_while_down < epochs as usize,
+            "the restart happened mid-run: {drawn_while_down} epochs were drawn while the server was down"
+        );
         let rows = "Array.from(document.querySelectorAll('[data-testid=metrics-row]')).map(r => +r.dataset.epoch)";
         until(&c, 20, rows, |v| *v == json!((1..=epochs).collect::<Vec<_>>())).await;
         drop(again);

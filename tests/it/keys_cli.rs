@@ -41,7 +41,7 @@ fn is_key(s: &str) -> bool {
 async fn access_line(p: &crate::common::procs::Proc, path: &str) -> Value {
     for _ in 0..50 {
         let found = p
-            .tail(10_000)
+            .text()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|v| {
@@ -52,7 +52,7 @@ async fn access_line(p: &crate::common::procs::Proc, path: &str) -> Value {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("no access line for {path}:\n{}", p.tail(10_000));
+    panic!("no access line for {path}:\n{}", p.text());
 }
 
 async fn whoami(base: &str, key: &str) -> (u16, Value) {
@@ -87,7 +87,7 @@ async fn the_first_start_prints_one_admin_key_and_later_starts_none(pool: PgPool
     );
     // Standard output carries the key as a line of its own; the logs are JSON lines.
     let printed: Vec<String> = serve
-        .tail(10_000)
+        .text()
         .lines()
         .filter(|l| !l.starts_with('{'))
         .map(str::to_string)
@@ -120,7 +120,7 @@ async fn the_first_start_prints_one_admin_key_and_later_starts_none(pool: PgPool
     serve.kill();
 
     let (again, _) = h.serve_with("second", 0, "127.0.0.1:0", &[]);
-    let log = again.tail(10_000);
+    let log = again.text();
     assert!(
         log.lines().all(|l| l.starts_with('{')),
         "an admin key exists: nothing is printed"

@@ -69,6 +69,7 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(pool: &PgPool, timing: Timing) -> Harness {
+        remember_failures();
         Harness {
             url: database_url(pool),
             timing,
@@ -240,22 +241,96 @@ impl Proc {
     }
 
     /// The last `n` lines of the log, as written.
+    /// The whole log as written.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines, each made short ([`compact`]), for a person to read.
     pub fn tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| compact(l))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
+
+    /// Keeps the whole log under `target/test-logs/` (the temporary folder goes with the
+    /// test); returns where.
+    fn keep_log(&self) -> Option<PathBuf> {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-logs"));
+        std::fs::create_dir_all(&dir).ok()?;
+        let to = dir.join(format!("{}-{}.log", self.name, self.pid));
+        std::fs::copy(&self.log, &to).ok()?;
+        Some(to)
+    }
+}
+
+/// A JSON log line as one short line: time, level, message, its fields and the request's
+/// method and path. CI shows the end of a failed test's output: the processes' logs must
+/// not push the failure itself out of it.
+fn compact(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(line) else {
+        return line.chars().take(300).collect();
+    };
+    let time = v["timestamp"].as_str().unwrap_or("");
+    let time = time.get(11..23).unwrap_or(time);
+    let mut out = format!(
+        "{time} {} {}",
+        v["level"].as_str().unwrap_or(""),
+        message(&v)
+    );
+    if let Some(fields) = v["fields"].as_object() {
+        for (k, f) in fields.iter().filter(|(k, _)| *k != "message") {
+            out.push_str(&format!(" {k}={f}"));
+        }
+    }
+    if let Some(span) = v["span"].as_object() {
+        for k in ["method", "path", "experiment_id"] {
+            if let Some(f) = span.get(k) {
+                out.push_str(&format!(" {k}={f}"));
+            }
+        }
+    }
+    out.chars().take(300).collect()
+}
+
+thread_local! {
+    /// The message of the latest panic on this thread.
+    static FAILURE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Remembers each panic's message (besides printing it as before), so that the logs
+/// printed after it can repeat it at their end, where CI's excerpt of the output shows it.
+fn remember_failures() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text: String = info.to_string().chars().take(1500).collect();
+            FAILURE.with(|f| *f.borrow_mut() = Some(text));
+            previous(info);
+        }));
+    });
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            let kept = self.keep_log();
             eprintln!(
-                "--- log of {} (pid {}) ---\n{}",
+                "--- log of {} (pid {}), the last 25 lines{} ---\n{}",
                 self.name,
                 self.pid,
-                self.tail(60)
+                kept.map(|p| format!("; all of it in {}", p.display()))
+                    .unwrap_or_default(),
+                self.tail(25)
             );
+            if let Some(f) = FAILURE.with(|f| f.borrow().clone()) {
+                eprintln!("--- the failure, again: {f}");
+            }
         }
         self.kill();
     }
