@@ -336,14 +336,14 @@ async fn cancel(
     Ok(Json(ExperimentView::new(exp, false)))
 }
 
-const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,test_loss,test_accuracy,train_seconds,images_per_second";
+const CSV_HEADER: &str = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,test_loss,test_accuracy,train_seconds,images_per_second,learning_rate";
 
 fn csv(rows: &[StoredEpoch]) -> String {
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     let mut out = format!("{CSV_HEADER}\n");
     for StoredEpoch { metrics: m, .. } in rows {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{}\n",
             m.epoch,
             m.train_loss,
             m.train_accuracy,
@@ -352,7 +352,8 @@ fn csv(rows: &[StoredEpoch]) -> String {
             opt(m.test_loss),
             opt(m.test_accuracy),
             m.train_seconds,
-            m.images_per_second
+            m.images_per_second,
+            opt(m.learning_rate)
         ));
     }
     out

@@ -139,6 +139,7 @@ fn plotted(r: EpochRecord) -> EpochMetrics {
         test_accuracy: r.test_accuracy,
         train_seconds: r.train_seconds,
         images_per_second: r.images_per_second,
+        learning_rate: r.learning_rate,
     }
 }
 

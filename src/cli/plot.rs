@@ -95,6 +95,7 @@ fn read_metrics(dir: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
             test_accuracy: l.test_accuracy,
             train_seconds: 0.0,
             images_per_second: 0.0,
+            learning_rate: None,
         });
     }
     Ok(epochs)

@@ -87,7 +87,7 @@ fn opt(v: Option<f64>) -> String {
 
 fn print_header() {
     println!(
-        "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
         "epoch",
         "train_loss",
         "train_acc",
@@ -96,13 +96,14 @@ fn print_header() {
         "test_loss",
         "test_acc",
         "seconds",
-        "images/s"
+        "images/s",
+        "lr"
     );
 }
 
 fn print_row(m: &crate::engine::EpochMetrics) {
     println!(
-        "{:>5} {:>10.4} {:>9.4} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>9.0}",
+        "{:>5} {:>10.4} {:>9.4} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>9.0} {:>9}",
         m.epoch,
         m.train_loss,
         m.train_accuracy,
@@ -111,7 +112,9 @@ fn print_row(m: &crate::engine::EpochMetrics) {
         opt(m.test_loss),
         opt(m.test_accuracy),
         m.train_seconds,
-        m.images_per_second
+        m.images_per_second,
+        m.learning_rate
+            .map_or_else(|| "-".into(), |v| format!("{v:.3e}"))
     );
 }
 
@@ -202,6 +205,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             println!(
                 "done: {epochs} epochs, final test accuracy {}; checkpoints in {}",
                 opt(last.and_then(|m| m.test_accuracy)),
+                a.out.join("checkpoints").display()
+            );
+        }
+        Outcome::EarlyStopped { epoch, best_epoch } => {
+            let best = trainer.history().get(best_epoch as usize - 1);
+            println!(
+                "early stopping after epoch {epoch}: the best was epoch {best_epoch} (test accuracy {}); checkpoints in {}",
+                opt(best.and_then(|m| m.test_accuracy)),
                 a.out.join("checkpoints").display()
             );
         }

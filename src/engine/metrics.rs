@@ -18,6 +18,10 @@ pub struct EpochMetrics {
     /// Wall time of the epoch's training steps (evaluation excluded).
     pub train_seconds: f64,
     pub images_per_second: f64,
+    /// The learning rate the epoch trained with (the spec's `lr_schedule`); `null` in
+    /// runs stored before rates were recorded.
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
 }
 
 impl EpochMetrics {

@@ -14,6 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::Checkpoint;

@@ -171,6 +171,14 @@ impl Optimizer {
         Ok(())
     }
 
+    /// The rate of the steps from now on (a schedule's).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        match &mut self.rule {
+            Rule::Sgd(h) => h.lr = lr,
+            Rule::Adam(h) => h.lr = lr,
+        }
+    }
+
     /// Number of steps taken so far.
     pub fn steps(&self) -> u64 {
         self.steps

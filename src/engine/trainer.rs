@@ -21,6 +21,7 @@ use super::metrics::EpochMetrics;
 use super::model::{Forward, Model};
 use super::optim::Optimizer;
 use super::rng::Rng;
+use super::schedule::{LrScheduler, early_stop};
 use crate::data::prepare::{Prepared, Samples};
 use crate::spec::plan::Plan;
 use crate::spec::{Activation, DataInfo, ExperimentSpec};
@@ -86,8 +87,18 @@ impl TrainingPath {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Completed { epochs: u32 },
-    Stopped { epochs_done: u32 },
+    Completed {
+        epochs: u32,
+    },
+    /// The spec's early stopping ended the run after `epoch`; `best_epoch` had the best
+    /// value of its metric.
+    EarlyStopped {
+        epoch: u32,
+        best_epoch: u32,
+    },
+    Stopped {
+        epochs_done: u32,
+    },
 }
 
 fn upload(s: &Samples, shape: [usize; 3], device: &Device) -> Result<DeviceSamples, EngineError> {
@@ -119,6 +130,8 @@ pub struct Trainer {
     val: Option<DeviceSamples>,
     test: DeviceSamples,
     history: Vec<EpochMetrics>,
+    /// The next epoch's learning rate.
+    schedule: LrScheduler,
     device: Device,
     backend: Box<dyn Backend>,
 }
@@ -172,6 +185,7 @@ impl Trainer {
             },
             test: upload(&data.test, data.shape, device)?,
             history: Vec::new(),
+            schedule: LrScheduler::new(spec.lr_schedule.as_ref(), spec.optimizer.learning_rate()),
             device: device.clone(),
             backend,
         })
@@ -230,6 +244,11 @@ impl Trainer {
             .load_state(ckpt.optimizer_steps, &state)?;
         self.history = ckpt.history.clone();
         self.history.truncate(ckpt.epoch as usize);
+        self.schedule = LrScheduler::replay(
+            self.spec.lr_schedule.as_ref(),
+            self.spec.optimizer.learning_rate(),
+            &self.history,
+        );
         self.backend.reload(&self.state)
     }
 
@@ -245,7 +264,18 @@ impl Trainer {
     /// Trains the remaining epochs of the spec.
     pub fn run(&mut self, observer: &mut dyn Observer) -> Result<Outcome, EngineError> {
         while self.epochs_done() < self.spec.epochs {
+            // Decided from the history alone: a run resumed after its stopping epoch
+            // stops at once, as the uninterrupted one did.
+            if let Some(s) = early_stop(self.spec.early_stopping.as_ref(), &self.history) {
+                return Ok(Outcome::EarlyStopped {
+                    epoch: s.epoch,
+                    best_epoch: s.best_epoch,
+                });
+            }
             let epoch = self.epochs_done() + 1;
+            let lr = self.schedule.lr();
+            self.state.optimizer.set_learning_rate(lr);
+            self.backend.set_learning_rate(lr);
             let Some((train_loss, train_accuracy, secs)) = self.train_epoch(epoch, observer)?
             else {
                 return Ok(Outcome::Stopped {
@@ -270,7 +300,10 @@ impl Trainer {
                 test_accuracy: Some(test_accuracy),
                 train_seconds: secs,
                 images_per_second: self.train.len as f64 / secs.max(1e-9),
+                learning_rate: Some(lr),
             });
+            self.schedule
+                .step(self.history.last().expect("just pushed"));
             observer.on_epoch(&self.checkpoint()?)?;
         }
         Ok(Outcome::Completed {

@@ -194,6 +194,7 @@ pub(crate) mod tests {
                     test_accuracy: test.then_some(1.0 - loss / 2.2),
                     train_seconds: 1.0,
                     images_per_second: 1000.0,
+                    learning_rate: None,
                 }
             })
             .collect()

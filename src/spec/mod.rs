@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod diff;
 pub mod plan;
 pub mod presets;
+pub mod schedule;
 pub mod schema;
 pub mod validate;
 
@@ -24,6 +25,7 @@ pub use dataset::{
     ValidationName,
 };
 pub use plan::{LayerKind, Plan, PlannedLayer, Summary};
+pub use schedule::{EarlyStopping, LinearWarmup, LrSchedule, Monitor};
 pub use validate::{DataShape, validate, validate_for};
 
 /// The only spec version this build understands.
@@ -50,6 +52,12 @@ pub struct ExperimentSpec {
     /// otherwise; the `train` command always writes every epoch).
     #[serde(default)]
     pub keep_all_checkpoints: bool,
+    /// The learning rate per epoch; the optimizer's throughout when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<LrSchedule>,
+    /// Stop before `epochs` once the monitored metric stops improving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 fn default_true() -> bool {
@@ -295,6 +303,26 @@ pub enum OptimizerSpec {
     },
 }
 
+impl OptimizerSpec {
+    /// The rate the spec gives (the start of any `lr_schedule`).
+    pub fn learning_rate(&self) -> f64 {
+        match *self {
+            OptimizerSpec::Sgd { learning_rate, .. }
+            | OptimizerSpec::Adam { learning_rate, .. }
+            | OptimizerSpec::Adamw { learning_rate, .. } => learning_rate,
+        }
+    }
+
+    /// Sets the rate (a schedule's, for the next epoch).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        match self {
+            OptimizerSpec::Sgd { learning_rate, .. }
+            | OptimizerSpec::Adam { learning_rate, .. }
+            | OptimizerSpec::Adamw { learning_rate, .. } => *learning_rate = lr,
+        }
+    }
+}
+
 fn adam_lr() -> f64 {
     1e-3
 }
@@ -422,6 +450,7 @@ pub fn from_value(value: serde_json::Value) -> Result<ExperimentSpec, SpecErrors
     match deserialize_at::<ExperimentSpec>("", value.clone()) {
         Ok(spec) => Ok(spec),
         Err(e) if e.0[0].field == "optimizer" => Err(locate_optimizer_error(&value).unwrap_or(e)),
+        Err(e) if e.0[0].field == "lr_schedule" => Err(locate_schedule_error(&value).unwrap_or(e)),
         Err(e) => Err(locate_layer_error(&value).unwrap_or(e)),
     }
 }
@@ -566,6 +595,49 @@ fn locate_optimizer_error(value: &serde_json::Value) -> Option<SpecErrors> {
         ));
     }
     deserialize_at::<Fields>("optimizer", serde_json::Value::Object(fields)).err()
+}
+
+/// The schedule is internally tagged too: find the field at fault the same way.
+fn locate_schedule_error(value: &serde_json::Value) -> Option<SpecErrors> {
+    /// Every schedule field with its type; which ones a `type` takes is serde's check.
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Fields {
+        step_size: Option<u32>,
+        gamma: Option<f64>,
+        t_max: Option<u32>,
+        eta_min: Option<f64>,
+        monitor: Option<Monitor>,
+        factor: Option<f64>,
+        patience: Option<u32>,
+        min_lr: Option<f64>,
+        threshold: Option<f64>,
+        cooldown: Option<u32>,
+        linear_warmup: Option<LinearWarmup>,
+    }
+    let mut fields = value.get("lr_schedule")?.as_object()?.clone();
+    let Some(kind) = fields.remove("type") else {
+        return Some(SpecErrors::one(
+            "lr_schedule.type",
+            format!(
+                "missing field `type`: one of {}",
+                schedule::SCHEDULE_TYPES.join(", ")
+            ),
+        ));
+    };
+    if !kind
+        .as_str()
+        .is_some_and(|k| schedule::SCHEDULE_TYPES.contains(&k))
+    {
+        return Some(SpecErrors::one(
+            "lr_schedule.type",
+            format!(
+                "unknown schedule type {kind}: expected one of {}",
+                schedule::SCHEDULE_TYPES.join(", ")
+            ),
+        ));
+    }
+    deserialize_at::<Fields>("lr_schedule", serde_json::Value::Object(fields)).err()
 }
 
 /// Parses and validates: the one call a caller needs before training.

@@ -182,6 +182,13 @@ pub fn validate_for(spec: &ExperimentSpec, data: DataShape) -> Result<Plan, Spec
         );
     }
     validate_optimizer(&spec.optimizer, &mut e);
+    let validation = d.validation.split().is_some();
+    if let Some(s) = &spec.lr_schedule {
+        super::schedule::validate_schedule(s, validation, &mut e);
+    }
+    if let Some(s) = &spec.early_stopping {
+        super::schedule::validate_early_stopping(s, validation, &mut e);
+    }
     let plan = plan_model(spec, [data.channels, h, w], data.classes, &mut e);
     // Forward values and their gradients, 4 bytes each, for a whole batch.
     let batch_bytes = plan.activations_per_sample * spec.batch_size as u64 * 8;

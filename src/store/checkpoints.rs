@@ -13,6 +13,10 @@ pub enum Which {
     /// The epoch with the lowest validation (else test, else training) loss.
     Best,
     Last,
+    /// What the experiment serves when a request names no checkpoint: `best`, except
+    /// where the spec's early stopping says not to restore it (`restore_best: false`, as
+    /// Keras leaves the last epoch's weights), which serves `last`.
+    Served,
 }
 
 impl std::str::FromStr for Which {
@@ -102,6 +106,19 @@ impl Store {
                 sqlx::query_as(
                     "SELECT c.epoch FROM experiments e
                      JOIN checkpoints c ON c.experiment_id = e.id AND c.epoch = e.best_epoch
+                     WHERE e.id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            // The stored spec is the resolved one: `restore_best` is always written.
+            Which::Served => {
+                sqlx::query_as(
+                    "SELECT c.epoch FROM experiments e
+                     JOIN checkpoints c ON c.experiment_id = e.id AND c.epoch =
+                        CASE WHEN e.spec #>> '{early_stopping,restore_best}' = 'false'
+                             THEN e.epochs_done ELSE e.best_epoch END
                      WHERE e.id = $1",
                 )
                 .bind(id)

@@ -66,6 +66,11 @@ pub struct Experiment {
     pub rescues: i32,
     pub epochs_done: i32,
     pub best_epoch: Option<i32>,
+    /// Why it ended before its last epoch: `early_stopping` (the spec's
+    /// `early_stopping`); `null` otherwise.
+    pub stop_reason: Option<String>,
+    /// The epoch early stopping ended it at.
+    pub stopped_epoch: Option<i32>,
     pub cancel_requested: bool,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -107,6 +112,8 @@ struct Row {
     rescues: i32,
     epochs_done: i32,
     best_epoch: Option<i32>,
+    stop_reason: Option<String>,
+    stopped_epoch: Option<i32>,
     cancel_requested: bool,
     error: Option<String>,
     created_at: DateTime<Utc>,
@@ -124,7 +131,8 @@ struct Row {
 
 const COLUMNS: &str = "id, account_id, \
     (SELECT a.name FROM accounts a WHERE a.id = experiments.account_id) AS account, status, spec, priority, attempt, rescues, epochs_done, \
-    best_epoch, cancel_requested, error, created_at, updated_at, started_at, training_started_at, \
+    best_epoch, stop_reason, CASE WHEN stop_reason IS NOT NULL THEN epochs_done END AS stopped_epoch, \
+    cancel_requested, error, created_at, updated_at, started_at, training_started_at, \
     finished_at, name, tags, \
     (SELECT max(m.val_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
         AS best_val_accuracy, \
@@ -147,6 +155,8 @@ impl TryFrom<Row> for Experiment {
             rescues: r.rescues,
             epochs_done: r.epochs_done,
             best_epoch: r.best_epoch,
+            stop_reason: r.stop_reason,
+            stopped_epoch: r.stopped_epoch,
             cancel_requested: r.cancel_requested,
             error: r.error,
             created_at: r.created_at,

@@ -40,6 +40,8 @@ pub struct Beat {
 #[derive(Debug, Clone)]
 pub enum Ending {
     Succeeded,
+    /// Succeeded before its last epoch: the spec's early stopping ended it.
+    EarlyStopped,
     Cancelled,
     Failed(String),
 }
@@ -49,6 +51,7 @@ impl std::fmt::Display for Ending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Ending::Succeeded => f.write_str("succeeded"),
+            Ending::EarlyStopped => f.write_str("succeeded (early stopping)"),
             Ending::Cancelled => f.write_str("cancelled"),
             Ending::Failed(why) => write!(f, "failed: {why}"),
         }
@@ -212,6 +215,7 @@ impl Store {
             metrics: m,
             weights,
             optimizer,
+            best_epoch,
         } = epoch;
         let sha = Sha256::digest(weights).to_vec();
         let mut tx = self.pool.begin().await?;
@@ -259,15 +263,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let recorded_at = insert_metrics(&mut tx, id, attempt, m).await?;
-        let (best,): (Option<i32>,) = sqlx::query_as(
-            "UPDATE experiments SET epochs_done = $2, updated_at = now(),
-                best_epoch = (SELECT epoch FROM epoch_metrics WHERE experiment_id = $1
-                              ORDER BY coalesce(val_loss, test_loss, train_loss), epoch LIMIT 1)
-             WHERE id = $1 RETURNING best_epoch",
+        let best = *best_epoch as i32;
+        sqlx::query(
+            "UPDATE experiments SET epochs_done = $2, updated_at = now(), best_epoch = $3
+             WHERE id = $1",
         )
         .bind(id)
         .bind(m.epoch as i32)
-        .fetch_one(&mut *tx)
+        .bind(best)
+        .execute(&mut *tx)
         .await?;
         if !keep_all {
             sqlx::query(
@@ -275,7 +279,7 @@ impl Store {
             )
             .bind(id)
             .bind(m.epoch as i32)
-            .bind(best.unwrap_or(m.epoch as i32))
+            .bind(best)
             .execute(&mut *tx)
             .await?;
         }
@@ -333,13 +337,13 @@ impl Store {
     /// Ends the run of `(id, attempt)`.
     pub async fn finish(&self, id: Uuid, attempt: i32, ending: &Ending) -> Result<()> {
         let (status, error) = match ending {
-            Ending::Succeeded => (Status::Succeeded, None),
+            Ending::Succeeded | Ending::EarlyStopped => (Status::Succeeded, None),
             Ending::Cancelled => (Status::Cancelled, None),
             Ending::Failed(e) => (Status::Failed, Some(e.as_str())),
         };
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE experiments SET status = $3, error = $4, lease_owner = NULL,
+            "UPDATE experiments SET status = $3, error = $4, stop_reason = $5, lease_owner = NULL,
                 lease_expires_at = NULL, finished_at = now(), updated_at = now()
              WHERE id = $1 AND attempt = $2 AND status = 'running'",
         )
@@ -347,6 +351,7 @@ impl Store {
         .bind(attempt)
         .bind(status.as_str())
         .bind(error)
+        .bind(matches!(ending, Ending::EarlyStopped).then_some("early_stopping"))
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -436,7 +441,7 @@ impl Store {
     pub async fn stored_epochs(&self, id: Uuid) -> Result<Vec<StoredEpoch>> {
         let rows: Vec<MetricsRow> = sqlx::query_as(
             "SELECT epoch, train_loss, train_accuracy, val_loss, val_accuracy, test_loss,
-                    test_accuracy, train_seconds, images_per_second, recorded_at
+                    test_accuracy, train_seconds, images_per_second, learning_rate, recorded_at
              FROM epoch_metrics WHERE experiment_id = $1 ORDER BY epoch",
         )
         .bind(id)
@@ -466,6 +471,9 @@ pub struct EpochRecord {
     /// Wall time of the epoch's training steps (evaluation excluded).
     pub train_seconds: f64,
     pub images_per_second: f64,
+    /// The learning rate the epoch trained with (`null` for epochs stored before rates
+    /// were recorded).
+    pub learning_rate: Option<f64>,
 }
 
 /// A finished epoch to store: its figures and its checkpoint, already serialised.
@@ -476,6 +484,9 @@ pub struct NewEpoch {
     pub weights: Vec<u8>,
     /// The optimizer's state (safetensors), read only to resume.
     pub optimizer: Vec<u8>,
+    /// The epoch `best` names after this one (the engine decides: see
+    /// `engine::schedule::best_epoch`).
+    pub best_epoch: u32,
 }
 
 /// A stored epoch: its metrics and when they were recorded. The `epoch` events of the
@@ -500,6 +511,7 @@ struct MetricsRow {
     test_accuracy: Option<f64>,
     train_seconds: f64,
     images_per_second: f64,
+    learning_rate: Option<f64>,
     recorded_at: DateTime<Utc>,
 }
 
@@ -515,6 +527,7 @@ impl From<MetricsRow> for StoredEpoch {
             test_accuracy: r.test_accuracy,
             train_seconds: r.train_seconds,
             images_per_second: r.images_per_second,
+            learning_rate: r.learning_rate,
         };
         StoredEpoch {
             metrics,
@@ -574,8 +587,8 @@ async fn insert_metrics(
     let (at,): (DateTime<Utc>,) = sqlx::query_as(
         "INSERT INTO epoch_metrics (experiment_id, epoch, train_loss, train_accuracy, val_loss,
             val_accuracy, test_loss, test_accuracy, train_seconds, images_per_second,
-            recorded_at, attempt)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp(), $11)
+            learning_rate, recorded_at, attempt)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, clock_timestamp(), $12)
          RETURNING recorded_at",
     )
     .bind(id)
@@ -588,6 +601,7 @@ async fn insert_metrics(
     .bind(m.test_accuracy)
     .bind(m.train_seconds)
     .bind(m.images_per_second)
+    .bind(m.learning_rate)
     .bind(attempt)
     .fetch_one(&mut **tx)
     .await?;

@@ -148,6 +148,7 @@ impl Worker {
             (_, LOST) => None,
             (Err(JobError::LeaseLost), _) => None,
             (Ok(Outcome::Completed { .. }), _) => Some(Ending::Succeeded),
+            (Ok(Outcome::EarlyStopped { .. }), _) => Some(Ending::EarlyStopped),
             (Ok(Outcome::Stopped { .. }), CANCEL) => Some(Ending::Cancelled),
             (Ok(Outcome::Stopped { .. }) | Err(JobError::Interrupted), _) => {
                 match self.retry(|| self.store.hand_back(id, attempt)).await {

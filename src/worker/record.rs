@@ -2,6 +2,7 @@
 //! imports nothing of the engine (docs/ARCHITECTURE.md), so the conversion lives here,
 //! on the side that uses both.
 
+use crate::engine::schedule::best_epoch;
 use crate::engine::{Checkpoint, EngineError, EpochMetrics};
 use crate::store::queue::{EpochRecord, NewEpoch};
 
@@ -18,6 +19,7 @@ pub fn new_epoch(ckpt: &Checkpoint) -> Result<NewEpoch, EngineError> {
         metrics: m.into(),
         weights: ckpt.weights_bytes()?,
         optimizer: ckpt.optimizer_bytes()?,
+        best_epoch: best_epoch(ckpt.spec.early_stopping.as_ref(), &ckpt.history),
     })
 }
 
@@ -33,6 +35,7 @@ impl From<&EpochMetrics> for EpochRecord {
             test_accuracy: m.test_accuracy,
             train_seconds: m.train_seconds,
             images_per_second: m.images_per_second,
+            learning_rate: m.learning_rate,
         }
     }
 }

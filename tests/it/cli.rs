@@ -75,6 +75,7 @@ fn train_writes_metrics_and_checkpoints_resume_continues_and_predict_classifies(
         "test_accuracy",
         "train_seconds",
         "images_per_second",
+        "learning_rate",
     ];
     let at: Vec<usize> = keys
         .iter()

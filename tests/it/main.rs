@@ -35,6 +35,7 @@ mod pictures;
 mod predict_batching;
 mod pytorch_parity;
 mod resize_matches_pil;
+mod schedules;
 mod service;
 mod spec_props;
 mod spec_validation;

@@ -247,3 +247,73 @@ fn a_batch_too_large_for_memory_is_refused() {
     let s = spec::from_value(json!({"preset": "keras-cnn", "batch_size": 1024})).unwrap();
     assert!(spec::validate(&s).is_ok());
 }
+
+#[test]
+fn schedules_and_early_stopping_name_the_field_at_fault() {
+    let with = |extra: serde_json::Value| {
+        let mut v = custom(json!([{"type": "flatten"}, {"type": "dense", "units": 10}]));
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        errors(v)
+    };
+    let fields = |e: Vec<FieldError>| e.into_iter().map(|e| e.field).collect::<Vec<_>>();
+    assert_eq!(
+        fields(with(json!({"lr_schedule": {"type": "warp", "gamma": 0.5}}))),
+        ["lr_schedule.type"]
+    );
+    assert_eq!(
+        fields(with(json!({"lr_schedule": {"gamma": 0.5}}))),
+        ["lr_schedule.type"]
+    );
+    assert_eq!(
+        fields(with(
+            json!({"lr_schedule": {"type": "exponential", "gamma": "fast"}})
+        )),
+        ["lr_schedule.gamma"]
+    );
+    assert_eq!(
+        fields(with(json!({"lr_schedule": {"type": "cosine", "t_max": 5,
+            "linear_warmup": {"epochs": 0, "start_factor": 2}}}))),
+        [
+            "lr_schedule.linear_warmup.epochs",
+            "lr_schedule.linear_warmup.start_factor"
+        ]
+    );
+    assert_eq!(
+        fields(with(
+            json!({"lr_schedule": {"type": "step", "step_size": 0, "gamma": -1}})
+        )),
+        ["lr_schedule.step_size", "lr_schedule.gamma"]
+    );
+    assert_eq!(
+        fields(with(
+            json!({"lr_schedule": {"type": "reduce_on_plateau", "factor": 1.5}})
+        )),
+        ["lr_schedule.factor", "lr_schedule.monitor"],
+        "and val_loss (the default) needs a validation split this spec lacks"
+    );
+    let e = with(json!({"early_stopping": {"patience": 3, "min_delta": -0.1}}));
+    assert_eq!(
+        fields(e.clone()),
+        ["early_stopping.min_delta", "early_stopping.monitor"]
+    );
+    assert!(e[1].reason.contains("validation split"), "{}", e[1].reason);
+    assert_eq!(
+        fields(with(json!({"early_stopping": {"monitor": "val_los"}}))),
+        ["early_stopping.monitor"]
+    );
+    assert_eq!(
+        fields(with(
+            json!({"early_stopping": {"monitor": "test_loss", "patiense": 2}})
+        )),
+        ["early_stopping.patiense"]
+    );
+    // With a split, val_loss is there to watch.
+    let mut ok = custom(json!([{"type": "flatten"}, {"type": "dense", "units": 10}]));
+    ok["dataset"]["validation"] = json!({"split": 0.1});
+    ok["early_stopping"] = json!({"patience": 2, "restore_best": true});
+    ok["lr_schedule"] = json!({"type": "reduce_on_plateau", "patience": 1});
+    let s = spec::from_value(ok).unwrap();
+    spec::validate(&s).unwrap();
+}

@@ -41,7 +41,8 @@ struct PredictParams {
     /// The experiment whose weights answer (required; a missing one is a 422 naming it).
     #[param(required = true, value_type = String, format = Uuid)]
     pub experiment: Option<String>,
-    /// `best` (default), `last`, or an epoch number.
+    /// `best`, `last`, or an epoch number. Without it, `best`; `last` where the spec's
+    /// `early_stopping` has `restore_best: false` (Keras leaves the last weights then).
     #[param(pattern = "^(best|last|[0-9]{1,9})$")]
     pub checkpoint: Option<String>,
     /// How many classes to list in `top_k` (1 to 10, default 3).
@@ -176,12 +177,12 @@ async fn answer(
     let experiment: Uuid = experiment
         .parse()
         .map_err(|_| ApiError::field("experiment", "not an experiment id"))?;
-    let which: Which = p
-        .checkpoint
-        .as_deref()
-        .unwrap_or("best")
-        .parse()
-        .map_err(|e: String| ApiError::field("checkpoint", e))?;
+    let which: Which = match p.checkpoint.as_deref() {
+        None => Which::Served,
+        Some(c) => c
+            .parse()
+            .map_err(|e: String| ApiError::field("checkpoint", e))?,
+    };
     let top_k = p.top_k.unwrap_or(3);
     if !(1..=10).contains(&top_k) {
         return Err(ApiError::field("top_k", "must be between 1 and 10"));

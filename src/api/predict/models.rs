@@ -59,6 +59,7 @@ enum WhichKey {
     Epoch(i32),
     Best,
     Last,
+    Served,
 }
 
 impl From<Which> for WhichKey {
@@ -67,6 +68,7 @@ impl From<Which> for WhichKey {
             Which::Epoch(n) => WhichKey::Epoch(n),
             Which::Best => WhichKey::Best,
             Which::Last => WhichKey::Last,
+            Which::Served => WhichKey::Served,
         }
     }
 }

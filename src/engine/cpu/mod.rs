@@ -419,6 +419,15 @@ impl FastNet {
     }
 
     /// Starts recording where a step's time goes (see [`FastNet::profile`]).
+    /// The rate of the steps from now on (a schedule's): the optimizer's, and the fused
+    /// SGD update's where dense layers apply it themselves.
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.optim.set_learning_rate(lr);
+        if let Some((rate, _)) = &mut self.fused_sgd {
+            *rate = lr;
+        }
+    }
+
     pub fn enable_profile(&mut self) {
         self.profile = Some(Profile {
             forward: vec![0.0; self.nodes.len()],

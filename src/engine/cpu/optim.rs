@@ -62,6 +62,11 @@ impl Optim {
         }
     }
 
+    /// The rate of the steps from now on (a schedule's).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.spec.set_learning_rate(lr);
+    }
+
     /// Updates every parameter from its gradient, except those marked `done` (updated by
     /// their layer already).
     pub fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], done: &[bool]) {

@@ -74,6 +74,9 @@ pub(super) trait Backend: Send {
     fn evaluate(&self, st: &mut State, s: &DeviceSamples) -> Result<(f64, f64), EngineError>;
     /// `st` was loaded from outside (a warm start, a resume): take its state.
     fn reload(&mut self, st: &State) -> Result<(), EngineError>;
+    /// The steps from now on use `lr` (`st.optimizer` has it already); for a backend that
+    /// keeps an optimizer of its own.
+    fn set_learning_rate(&mut self, _lr: f64) {}
     fn enable_profile(&mut self) {}
     fn profile(&self) -> Option<(Vec<String>, Profile)> {
         None
@@ -295,6 +298,10 @@ impl Backend for Kernels {
         let bs = self.spec.batch_size as usize;
         self.net = FastNet::new(&self.spec, &self.plan, &st.model, &st.optimizer, bs)?;
         Ok(())
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.net.set_learning_rate(lr);
     }
 
     fn enable_profile(&mut self) {

@@ -208,6 +208,7 @@ export async function mount(main, ctx) {
       ['Queued for', wait === null ? '—' : duration(wait)],
       ['Training time', rows.size ? duration(trained) : '—'],
       ['Best epoch', exp.best_epoch ?? '—'],
+      ...(exp.stop_reason ? [['Stopped', `early stopping after epoch ${exp.stopped_epoch}`]] : []),
       ['Best validation accuracy', pct(exp.best_val_accuracy ?? best('val_accuracy'))],
       ['Best test accuracy', pct(exp.best_test_accuracy ?? best('test_accuracy'))],
       ['Attempt', `${exp.attempt}${exp.rescues ? ` (${exp.rescues} rescued)` : ''}`],
@@ -229,6 +230,7 @@ export async function mount(main, ctx) {
     ...(hasVal ? [['val_loss', 'Val. loss', num], ['val_accuracy', 'Val. acc.', pct]] : []),
     ['test_loss', 'Test loss', num],
     ['test_accuracy', 'Test acc.', pct],
+    ...(exp.spec && exp.spec.lr_schedule ? [['learning_rate', 'Rate', (v) => (v === null || v === undefined ? '—' : Number(v).toPrecision(3))]] : []),
     ['train_seconds', 'Seconds', (v) => num(v, 2)],
     ['images_per_second', 'Images/s', (v) => (v === null || v === undefined ? '—' : Math.round(v).toLocaleString('en'))],
   ];
