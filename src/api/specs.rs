@@ -57,9 +57,10 @@ pub async fn submission(
     let mut value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| ApiError::field("", format!("invalid JSON: {e}")))?;
     let labels = labels::take(&mut value)?;
-    let spec = crate::spec::from_value(value)?;
+    let mut spec = crate::spec::from_value(value)?;
     let (data, dataset_id) = data_of(state, caller, &spec).await?;
     let summary = crate::spec::validate_for(&spec, data.shape())?;
+    resolve_warm_start(state, caller, &mut spec, &summary).await?;
     Ok((
         Submitted {
             spec,
@@ -110,6 +111,65 @@ async fn data_of(
              (or `trainyard datasets upload`) and name it by `id`",
         )),
     }
+}
+
+/// Resolves a warm start's checkpoint to the epoch it names now, in an experiment
+/// `caller` may use, and checks every tensor of it against the plan: a mismatch is this
+/// 422, not a run that fails later.
+async fn resolve_warm_start(
+    state: &AppState,
+    caller: &Caller,
+    spec: &mut ExperimentSpec,
+    plan: &Summary,
+) -> Result<(), ApiError> {
+    use crate::spec::CheckpointRef;
+    use crate::store::checkpoints::Which;
+    let Some(ws) = &mut spec.warm_start else {
+        return Ok(());
+    };
+    let exp = match state
+        .store
+        .experiment_in(caller.scope(), ws.experiment)
+        .await
+    {
+        Ok(e) => e,
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::field(
+                "warm_start.experiment",
+                format!("no experiment {}", ws.experiment),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let which = match ws.checkpoint {
+        CheckpointRef::Best => Which::Best,
+        CheckpointRef::Last => Which::Last,
+        CheckpointRef::Epoch(n) => Which::Epoch(n as i32),
+    };
+    let Some(epoch) = state.store.resolve_checkpoint(exp.id, which).await? else {
+        return Err(ApiError::field(
+            "warm_start.checkpoint",
+            format!(
+                "experiment {} has no such checkpoint: it has stored {} epochs, and keeps the \
+                 best and the last (every one with keep_all_checkpoints)",
+                exp.id, exp.epochs_done
+            ),
+        ));
+    };
+    let weights = state.store.checkpoint_weights(exp.id, epoch).await?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&weights)
+        .map_err(|e| ApiError::Internal(format!("stored checkpoint: {e}")))?;
+    let tensors: Vec<(String, Vec<usize>)> = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, info.shape.clone()))
+        .collect();
+    let errors = crate::spec::warm_start::check_weights(plan, &tensors);
+    if !errors.is_empty() {
+        return Err(crate::spec::SpecErrors(errors).into());
+    }
+    ws.checkpoint = CheckpointRef::Epoch(epoch as u32);
+    Ok(())
 }
 
 /// What `POST /specs/validate` answers.

@@ -168,7 +168,16 @@ impl Trainer {
             });
         }
         let model = Model::new(spec, plan, device)?;
-        let optimizer = Optimizer::new(&spec.optimizer, model.params().to_vec())?;
+        // Frozen tensors are not the optimizer's (as PyTorch's `requires_grad = False`
+        // parameters left out of it): no update, no state.
+        let frozen = crate::spec::warm_start::frozen_tensors(spec, plan);
+        let params = model
+            .params()
+            .iter()
+            .filter(|(name, _)| !frozen.contains(name))
+            .cloned()
+            .collect();
+        let optimizer = Optimizer::new(&spec.optimizer, params)?;
         let state = State { model, optimizer };
         let backend: Box<dyn Backend> = match choose(plan, device) {
             TrainingPath::CpuKernels => Box::new(Kernels::new(spec, plan, &state)?),

@@ -17,6 +17,7 @@ pub mod presets;
 pub mod schedule;
 pub mod schema;
 pub mod validate;
+pub mod warm_start;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,7 @@ pub use dataset::{
 pub use plan::{LayerKind, Plan, PlannedLayer, Summary};
 pub use schedule::{EarlyStopping, LinearWarmup, LrSchedule, Monitor};
 pub use validate::{DataShape, validate, validate_for};
+pub use warm_start::{CheckpointRef, WarmStart};
 
 /// The only spec version this build understands.
 pub const SPEC_VERSION: u32 = 1;
@@ -58,6 +60,9 @@ pub struct ExperimentSpec {
     /// Stop before `epochs` once the monitored metric stops improving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Start from another experiment's weights instead of the initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<WarmStart>,
 }
 
 fn default_true() -> bool {

@@ -190,6 +190,9 @@ pub fn validate_for(spec: &ExperimentSpec, data: DataShape) -> Result<Plan, Spec
         super::schedule::validate_early_stopping(s, validation, &mut e);
     }
     let plan = plan_model(spec, [data.channels, h, w], data.classes, &mut e);
+    if let Some(ws) = &spec.warm_start {
+        super::warm_start::validate_freeze(ws, &plan, &mut e);
+    }
     // Forward values and their gradients, 4 bytes each, for a whole batch.
     let batch_bytes = plan.activations_per_sample * spec.batch_size as u64 * 8;
     if batch_bytes > MAX_BATCH_ACTIVATION_BYTES {

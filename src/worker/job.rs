@@ -197,6 +197,30 @@ impl Worker {
     }
 
     /// Prepares and trains on a blocking thread.
+    /// The checkpoint a warm start names (resolved to an epoch when it was submitted).
+    async fn warm_start_weights(
+        &self,
+        ws: &crate::spec::WarmStart,
+    ) -> Result<Checkpoint, JobError> {
+        let crate::spec::CheckpointRef::Epoch(epoch) = ws.checkpoint else {
+            return Err(JobError::Failed(
+                "warm start: the checkpoint was not resolved to an epoch at submission".into(),
+            ));
+        };
+        let w = self
+            .store
+            .checkpoint_weights(ws.experiment, epoch as i32)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => JobError::Failed(format!(
+                    "warm start: experiment {} no longer has the checkpoint of epoch {epoch}",
+                    ws.experiment
+                )),
+                e => JobError::Failed(format!("warm start: {e}")),
+            })?;
+        Checkpoint::from_bytes(&w, None).map_err(|e| JobError::Failed(format!("warm start: {e}")))
+    }
+
     async fn train(
         &self,
         claim: &Claim,
@@ -223,6 +247,11 @@ impl Worker {
         } else {
             None
         };
+        // A warm start's weights, unless resuming (the checkpoint has weights of its own).
+        let warm = match (&spec.warm_start, &resume) {
+            (Some(ws), None) => Some(self.warm_start_weights(ws).await?),
+            _ => None,
+        };
         let (store, cfg, data) = (self.store.clone(), self.cfg.clone(), self.data.clone());
         let handle = Handle::current();
         let span = tracing::Span::current();
@@ -244,6 +273,11 @@ impl Worker {
             drop(prepared);
             if let Some(ck) = &resume {
                 trainer.resume(ck).map_err(failed)?;
+            }
+            if let Some(w) = &warm {
+                trainer
+                    .load_weights(&w.weight_map())
+                    .map_err(|e| JobError::Failed(format!("warm start: {e}")))?;
             }
             // Which code trains it, and why when it is not the fused CPU kernels: the
             // first thing to know when an experiment trains slower than expected.

@@ -42,3 +42,4 @@ mod spec_validation;
 mod sse_limit;
 mod tenancy_matrix;
 mod tenants;
+mod warm_start;

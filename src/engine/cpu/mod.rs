@@ -175,8 +175,16 @@ impl FastNet {
         let lens: Vec<usize> = net.params.iter().map(Vec::len).collect();
         net.grads = lens.iter().map(|&n| mem::zeroed(n)).collect();
         net.optim = optim::Optim::new(&spec.optimizer, &lens);
+        let frozen = crate::spec::warm_start::frozen_tensors(spec, plan);
+        for (i, name) in net.names.iter().enumerate() {
+            if frozen.contains(name) {
+                net.optim.freeze(i);
+            }
+        }
         net.updated = vec![false; lens.len()];
         net.fused_sgd = match spec.optimizer {
+            // A fused dense layer updates its own weights: not when some are frozen.
+            _ if !frozen.is_empty() => None,
             crate::spec::OptimizerSpec::Sgd {
                 learning_rate,
                 momentum,
@@ -363,7 +371,7 @@ impl FastNet {
                 })
             };
             match slot {
-                optim::Slot::None => {}
+                optim::Slot::None | optim::Slot::Frozen => {}
                 optim::Slot::Momentum(b) => *b = get(format!("{name}.momentum_buffer"))?,
                 optim::Slot::Adam { step, m, v } => {
                     let s = state
@@ -402,7 +410,7 @@ impl FastNet {
             };
             weights.insert(name.clone(), tensor(p, shape)?);
             match slot {
-                optim::Slot::None => {}
+                optim::Slot::None | optim::Slot::Frozen => {}
                 optim::Slot::Momentum(b) => {
                     state.insert(format!("{name}.momentum_buffer"), tensor(b, shape)?);
                 }

@@ -14,7 +14,13 @@ const CHUNK: usize = 1 << 14;
 pub enum Slot {
     None,
     Momentum(Vec<f32>),
-    Adam { step: u64, m: Vec<f32>, v: Vec<f32> },
+    Adam {
+        step: u64,
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    /// Frozen (`warm_start.freeze`): never updated, no state.
+    Frozen,
 }
 
 pub struct Optim {
@@ -62,6 +68,11 @@ impl Optim {
         }
     }
 
+    /// Leaves parameter `i` as it is from now on.
+    pub fn freeze(&mut self, i: usize) {
+        self.slots[i] = Slot::Frozen;
+    }
+
     /// The rate of the steps from now on (a schedule's).
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.spec.set_learning_rate(lr);
@@ -71,7 +82,7 @@ impl Optim {
     /// their layer already).
     pub fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>], done: &[bool]) {
         for (((p, g), slot), &done) in params.iter_mut().zip(grads).zip(&mut self.slots).zip(done) {
-            if done {
+            if done || matches!(slot, Slot::Frozen) {
                 continue;
             }
             match (&self.spec, slot) {
