@@ -1,17 +1,17 @@
 //! The training engine end to end on small slices of the real MNIST files.
 
 use crate::common;
+use common::training::{Keep, trainer, untimed, weights};
 
 use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Tensor};
 use serde_json::json;
-use trainyard::data::prepare::prepare;
 use trainyard::engine::infer::Predictor;
 use trainyard::engine::model::Model;
 use trainyard::engine::rng::Rng;
 use trainyard::engine::trainer::Silent;
-use trainyard::engine::{Checkpoint, EngineError, Observer, Outcome, Trainer};
+use trainyard::engine::{Checkpoint, Observer, Outcome};
 use trainyard::spec::{self, ExperimentSpec};
 
 /// A small, fast spec: torch-cnn's 8x8 model with a quicker optimizer.
@@ -42,32 +42,6 @@ fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
         }
         (a, b) => *a = b,
     }
-}
-
-fn trainer(spec: &ExperimentSpec) -> Trainer {
-    let summary = spec::validate(spec).unwrap();
-    let data = prepare(common::mnist(), &spec.dataset);
-    Trainer::new(spec, &summary, &data, &Device::Cpu).unwrap()
-}
-
-/// Keeps every epoch's checkpoint bytes, as the service will.
-#[derive(Default)]
-struct Keep(Vec<(Vec<u8>, Vec<u8>)>);
-impl Observer for Keep {
-    fn on_epoch(&mut self, c: &Checkpoint) -> Result<(), EngineError> {
-        self.0.push((c.weights_bytes()?, c.optimizer_bytes()?));
-        Ok(())
-    }
-}
-
-fn weights(t: &Trainer) -> HashMap<String, Vec<f32>> {
-    t.checkpoint()
-        .unwrap()
-        .weights
-        .iter()
-        .filter(|(_, w)| w.dtype() == DType::F32)
-        .map(|(k, w)| (k.clone(), w.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
 }
 
 #[test]
@@ -107,13 +81,7 @@ fn same_spec_and_seed_give_identical_metrics_and_weights() {
     let mut b = trainer(&spec);
     a.run(&mut Silent).unwrap();
     b.run(&mut Silent).unwrap();
-    let strip = |t: &Trainer| {
-        t.history()
-            .iter()
-            .map(|m| m.without_timing())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(untimed(&a), untimed(&b));
     assert!(a.history()[0].val_accuracy.is_some());
     assert_eq!(weights(&a), weights(&b));
     let mut other = small_spec(json!({"epochs": 1, "seed": 8}));
@@ -147,13 +115,7 @@ fn resuming_from_epoch_k_equals_the_uninterrupted_run() {
     let mut resumed = trainer(&ckpt.spec);
     resumed.resume(&ckpt).unwrap();
     resumed.run(&mut Silent).unwrap();
-    let strip = |t: &Trainer| {
-        t.history()
-            .iter()
-            .map(|m| m.without_timing())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(strip(&resumed), strip(&full));
+    assert_eq!(untimed(&resumed), untimed(&full));
     assert_eq!(weights(&resumed), weights(&full));
 }
 

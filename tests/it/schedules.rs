@@ -6,14 +6,13 @@
 use crate::common;
 
 use common::service::{TestServer, worker_config};
+use common::training::{Keep, trainer, untimed, weights};
 use sqlx::PgPool;
 
-use candle_core::Device;
 use serde_json::{Value, json};
-use trainyard::data::prepare::prepare;
 use trainyard::engine::schedule::{LrScheduler, best_epoch, early_stop, patience};
 use trainyard::engine::trainer::Silent;
-use trainyard::engine::{Checkpoint, EngineError, EpochMetrics, Observer, Outcome, Trainer};
+use trainyard::engine::{EpochMetrics, Outcome};
 use trainyard::spec::{self, EarlyStopping, LrSchedule};
 
 fn reference() -> Value {
@@ -64,7 +63,7 @@ fn every_schedule_gives_pytorchs_rate_in_every_epoch() {
         for (e, (&want, m)) in want.iter().zip(&history).enumerate() {
             let got = s.lr();
             assert!(
-                got == want || ((got - want) / want).abs() < 1e-15,
+                got.to_bits() == want.to_bits(),
                 "{name}, epoch {}: {got} vs PyTorch's {want}",
                 e + 1
             );
@@ -118,12 +117,6 @@ fn early_stopping_stops_where_keras_stops_and_names_its_best_epoch() {
     }
 }
 
-fn trainer(spec: &spec::ExperimentSpec) -> Trainer {
-    let plan = spec::validate(spec).unwrap();
-    let data = prepare(common::mnist(), &spec.dataset);
-    Trainer::new(spec, &plan, &data, &Device::Cpu).unwrap()
-}
-
 /// A small torch-cnn run with a validation split, a schedule and early stopping that
 /// ends it: the loss on 200 held-out images stops falling within a few epochs at this
 /// learning rate.
@@ -144,36 +137,6 @@ fn scheduled_spec(extra: Value) -> spec::ExperimentSpec {
         a.extend(b);
     }
     spec::from_value(v).unwrap()
-}
-
-/// Every epoch's checkpoint, serialised when it is made (as the service stores it: the
-/// tensors of a checkpoint share the live model's storage).
-#[derive(Default)]
-struct Keep(Vec<(Vec<u8>, Vec<u8>)>);
-impl Observer for Keep {
-    fn on_epoch(&mut self, c: &Checkpoint) -> Result<(), EngineError> {
-        self.0.push((c.weights_bytes()?, c.optimizer_bytes()?));
-        Ok(())
-    }
-}
-
-impl Keep {
-    fn epoch(&self, n: usize) -> Checkpoint {
-        let (w, o) = &self.0[n - 1];
-        Checkpoint::from_bytes(w, Some(o)).unwrap()
-    }
-}
-
-fn weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {
-    let mut w: Vec<_> = t
-        .checkpoint()
-        .unwrap()
-        .weight_map()
-        .into_iter()
-        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
 }
 
 #[test]
@@ -207,13 +170,7 @@ fn training_records_each_epochs_rate_and_stops_early_and_a_resumed_run_matches()
     resumed.resume(&kept.epoch(2)).unwrap();
     let again = resumed.run(&mut Silent).unwrap();
     assert_eq!(again, outcome);
-    let strip = |t: &Trainer| {
-        t.history()
-            .iter()
-            .map(|m| m.without_timing())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(strip(&resumed), strip(&full));
+    assert_eq!(untimed(&resumed), untimed(&full));
     assert!(
         weights(&resumed) == weights(&full),
         "the resumed run's weights differ"

@@ -6,15 +6,14 @@ use crate::common;
 
 use std::collections::HashMap;
 
-use candle_core::Device;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use trainyard::data::prepare::prepare;
+use trainyard::engine::Checkpoint;
 use trainyard::engine::trainer::Silent;
-use trainyard::engine::{Checkpoint, EngineError, Observer, Trainer};
 use trainyard::spec::{self, ExperimentSpec};
 
 use common::service::{TestServer, worker_config};
+use common::training::{Keep, trainer, untimed, weights};
 
 fn spec_of(v: Value) -> ExperimentSpec {
     spec::from_value(v).unwrap()
@@ -34,31 +33,6 @@ fn base(extra: Value) -> Value {
         a.extend(b);
     }
     v
-}
-
-fn trainer(spec: &ExperimentSpec) -> Trainer {
-    let plan = spec::validate(spec).unwrap();
-    let data = prepare(common::mnist(), &spec.dataset);
-    Trainer::new(spec, &plan, &data, &Device::Cpu).unwrap()
-}
-
-fn weights(t: &Trainer) -> HashMap<String, Vec<f32>> {
-    t.checkpoint()
-        .unwrap()
-        .weight_map()
-        .into_iter()
-        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
-}
-
-/// Every epoch's checkpoint as bytes, taken when it is made.
-#[derive(Default)]
-struct Keep(Vec<(Vec<u8>, Vec<u8>)>);
-impl Observer for Keep {
-    fn on_epoch(&mut self, c: &Checkpoint) -> Result<(), EngineError> {
-        self.0.push((c.weights_bytes()?, c.optimizer_bytes()?));
-        Ok(())
-    }
 }
 
 #[test]
@@ -136,19 +110,10 @@ fn a_warm_started_run_with_frozen_layers_resumes_exactly() {
     full.load_weights(&start).unwrap();
     let mut kept = Keep::default();
     full.run(&mut kept).unwrap();
-    let (w, o) = &kept.0[0];
     let mut resumed = trainer(&spec);
-    resumed
-        .resume(&Checkpoint::from_bytes(w, Some(o)).unwrap())
-        .unwrap();
+    resumed.resume(&kept.epoch(1)).unwrap();
     resumed.run(&mut Silent).unwrap();
-    let strip = |t: &Trainer| {
-        t.history()
-            .iter()
-            .map(|m| m.without_timing())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(strip(&resumed), strip(&full));
+    assert_eq!(untimed(&resumed), untimed(&full));
     assert!(weights(&resumed) == weights(&full));
 }
 

@@ -24,3 +24,4 @@ pub fn mnist() -> &'static Dataset {
 pub mod browser;
 pub mod procs;
 pub mod service;
+pub mod training;
