@@ -48,16 +48,8 @@ pub struct UploadArgs {
     /// Seed of the hold-out and of the sample order.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// The service.
-    #[arg(
-        long,
-        env = "TRAINYARD_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub server: String,
-    /// An API key of the service (when it requires keys).
-    #[arg(long, env = "TRAINYARD_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub remote: super::remote::Remote,
 }
 
 pub fn run(a: DatasetsArgs) -> anyhow::Result<()> {
@@ -201,7 +193,7 @@ fn upload(a: UploadArgs) -> anyhow::Result<()> {
     if let Some(s) = a.seed {
         query.push(("seed", s.to_string()));
     }
-    let url = format!("{}/datasets", a.server.trim_end_matches('/'));
+    let url = a.remote.url("/datasets");
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .build();
@@ -212,7 +204,7 @@ fn upload(a: UploadArgs) -> anyhow::Result<()> {
     for (k, v) in &query {
         req = req.query(k, v);
     }
-    if let Some(key) = &a.api_key {
+    if let Some(key) = &a.remote.api_key {
         req = req.set("Authorization", &format!("Bearer {key}"));
     }
     let bar = ProgressBar::new(len).with_style(
@@ -251,24 +243,11 @@ fn upload(a: UploadArgs) -> anyhow::Result<()> {
         }
         Err(ureq::Error::Status(code, r)) => {
             let text = r.into_string().unwrap_or_default();
-            anyhow::bail!("{url} answered {code}: {}", problem_text(&text))
+            anyhow::bail!(
+                "{url} answered {code}: {}",
+                super::remote::problem_text(&text)
+            )
         }
         Err(e) => anyhow::bail!("{url}: {e}"),
     }
-}
-
-/// A problem document's detail, field by field.
-pub fn problem_text(text: &str) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return text.to_string();
-    };
-    let mut out = v["detail"].as_str().unwrap_or(text).to_string();
-    for e in v["errors"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "\n  {}: {}",
-            e["field"].as_str().unwrap_or(""),
-            e["reason"].as_str().unwrap_or("")
-        ));
-    }
-    out
 }

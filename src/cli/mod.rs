@@ -6,12 +6,14 @@
 //! --batches`, ...) are given on the command line only.
 
 mod bench;
+mod client;
 mod datasets;
 mod health;
 mod housekeep;
 mod keys;
 mod plot;
 mod predict;
+mod remote;
 mod service;
 mod train;
 
@@ -80,6 +82,20 @@ pub enum Command {
     Healthcheck(health::HealthcheckArgs),
     /// Upload your own dataset to a service (`POST /datasets`).
     Datasets(datasets::DatasetsArgs),
+    /// Submit a spec to a service (`POST /experiments`); --follow to watch it train.
+    Submit(client::SubmitArgs),
+    /// List a service's experiments, newest first.
+    Ls(client::ListArgs),
+    /// One experiment of a service: its state and a row per stored epoch.
+    Show(client::IdArgs),
+    /// Follow an experiment's training: a bar for the running epoch, a row per epoch.
+    Follow(client::IdArgs),
+    /// Cancel an experiment (a running one stops at its next batch).
+    Cancel(client::IdArgs),
+    /// Download an experiment's checkpoint (safetensors).
+    Download(client::DownloadArgs),
+    /// Compare experiments: final figures and the spec difference; --out draws the curves.
+    Compare(client::CompareArgs),
     /// Download (when missing) and verify datasets into the data folder.
     FetchData {
         /// Datasets to fetch.
@@ -196,6 +212,13 @@ impl Cli {
             Command::Housekeep(a) => housekeep::run(a),
             Command::Keys(a) => keys::run(a),
             Command::Datasets(a) => datasets::run(a),
+            Command::Submit(a) => client::submit(a),
+            Command::Ls(a) => client::list(a),
+            Command::Show(a) => client::show(a),
+            Command::Follow(a) => client::follow(a),
+            Command::Cancel(a) => client::cancel(a),
+            Command::Download(a) => client::download(a),
+            Command::Compare(a) => client::compare(a),
             Command::FetchData { datasets, data } => {
                 for name in datasets {
                     let name: crate::spec::DatasetName =

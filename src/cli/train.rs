@@ -85,7 +85,7 @@ fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
 }
 
-fn print_header() {
+pub(super) fn print_header() {
     println!(
         "{:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
         "epoch",
@@ -101,7 +101,7 @@ fn print_header() {
     );
 }
 
-fn print_row(m: &crate::engine::EpochMetrics) {
+pub(super) fn print_row(m: &crate::engine::EpochMetrics) {
     println!(
         "{:>5} {:>10.4} {:>9.4} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>9.0} {:>9}",
         m.epoch,

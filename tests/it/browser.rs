@@ -243,13 +243,7 @@ async fn a_page_following_a_run_continues_its_curve_across_a_server_restart(pool
     let _one = one_at_a_time().await;
     let h = Harness::new(&pool, Timing::default());
     // The API on a fixed port (the page reconnects there), training in its own process.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bind = format!("127.0.0.1:{port}");
-    let (mut serve, base) = h.serve_on("serve", 0, &bind);
+    let (mut serve, base, bind) = h.serve_restartable("serve", 0);
     let _worker = h.worker("worker", 1, &[]);
     let http = reqwest::Client::new();
     let epochs = 6;

@@ -11,6 +11,7 @@ mod api_contract;
 mod browser;
 mod browser_auth;
 mod cli;
+mod client;
 mod colour;
 mod colour_torch;
 mod cpu_path;

@@ -114,6 +114,20 @@ impl Harness {
         self.serve_on(name, workers, "127.0.0.1:0")
     }
 
+    /// `trainyard serve` with `workers` worker tasks on a loopback port chosen here, so
+    /// that a test can stop it and start another on the same address (`serve_on` with
+    /// the returned bind address), as a client reconnecting after a restart finds it.
+    pub fn serve_restartable(&self, name: &str, workers: usize) -> (Proc, String, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bind = format!("127.0.0.1:{port}");
+        let (p, base) = self.serve_on(name, workers, &bind);
+        (p, base, bind)
+    }
+
     /// `trainyard serve` bound to `bind` (a restarted server on the same address), with
     /// keys off (these tests are about everything else; `serve_with` turns them on).
     pub fn serve_on(&self, name: &str, workers: usize, bind: &str) -> (Proc, String) {

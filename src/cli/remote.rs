@@ -1,0 +1,102 @@
+//! A running service, from the command line: where it is, the key to it, and one way of
+//! calling it that every client command shares (`submit`, `ls`, `show`, `follow`,
+//! `cancel`, `download`, `compare`, `datasets upload`).
+//!
+//! Blocking `ureq`: a command does one thing at a time, and a runtime would buy nothing.
+//! A refusal is never a bare status code: the problem document's detail and each field
+//! at fault are printed ([`problem_text`]) and the command exits non-zero.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The service.
+    #[arg(
+        long,
+        env = "TRAINYARD_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// An API key of the service (when it requires keys).
+    #[arg(long, env = "TRAINYARD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl Remote {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.trim_end_matches('/'))
+    }
+
+    /// An agent that waits 10 s to connect and, unless `read` says otherwise, 60 s for a
+    /// response.
+    pub fn agent(&self, read: Option<Duration>) -> ureq::Agent {
+        let mut b = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10));
+        if let Some(r) = read {
+            b = b.timeout_read(r);
+        }
+        b.build()
+    }
+
+    /// A request with the key, if any.
+    pub fn request(&self, agent: &ureq::Agent, method: &str, path: &str) -> ureq::Request {
+        let req = agent.request(method, &self.url(path));
+        match &self.api_key {
+            Some(key) => req.set("Authorization", &format!("Bearer {key}")),
+            None => req,
+        }
+    }
+
+    /// Sends `req` (with `body` as JSON when given); a refusal becomes an error that
+    /// carries the problem, field by field.
+    pub fn send(&self, req: ureq::Request, body: Option<&Value>) -> anyhow::Result<ureq::Response> {
+        let what = format!("{} {}", req.method(), req.url());
+        let res = match body {
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_string(&b.to_string()),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                anyhow::bail!("{what} answered {code}: {}", problem_text(&text))
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(what)),
+        }
+    }
+
+    /// `GET path` as JSON.
+    pub fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let agent = self.agent(Some(Duration::from_secs(60)));
+        let r = self.send(self.request(&agent, "GET", path), None)?;
+        serde_json::from_reader(r.into_reader()).with_context(|| format!("reading {path}"))
+    }
+
+    /// `method path` with a JSON body (or none), the answer as JSON.
+    pub fn json(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let agent = self.agent(Some(Duration::from_secs(60)));
+        let r = self.send(self.request(&agent, method, path), body)?;
+        serde_json::from_reader(r.into_reader()).with_context(|| format!("reading {path}"))
+    }
+}
+
+/// A problem document's detail, field by field.
+pub fn problem_text(text: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return text.to_string();
+    };
+    let mut out = v["detail"].as_str().unwrap_or(text).to_string();
+    for e in v["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  {}: {}",
+            e["field"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
