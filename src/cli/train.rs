@@ -122,6 +122,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.spec)
         .with_context(|| format!("reading {}", a.spec.display()))?;
     let mut spec = crate::spec::parse(&text)?;
+    // A warm start names an experiment of a service, which a local run cannot read: the
+    // weights come from a file here (the spec's `freeze` still applies to them).
+    anyhow::ensure!(
+        spec.warm_start.is_none() || a.init.is_some() || a.resume.is_some(),
+        "the spec's warm_start names an experiment of a service; to start from other weights \
+         here, pass them with --init FILE (the spec's freeze applies to them)"
+    );
     // The data first: its shape and classes are what the model is planned against.
     let data = super::load_data(&spec, &a.data)?;
     let summary = crate::spec::validate_for(&spec, data.info().shape())?;

@@ -509,3 +509,68 @@ fn a_flag_out_of_its_range_is_refused_by_clap_naming_the_flag() {
         "--heartbeat-secs",
     );
 }
+
+#[test]
+fn train_takes_a_warm_starts_weights_from_init_and_keeps_frozen_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |extra: Value| {
+        let mut v = json!({
+            "preset": "torch-cnn",
+            "dataset": {"train_limit": 500, "test_limit": 100},
+            "optimizer": {"type": "sgd", "learning_rate": 0.05, "momentum": 0.9},
+            "batch_size": 50, "epochs": 1, "device": "cpu"
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let write = |name: &str, v: &Value| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let first = tmp.path().join("first");
+    ok(trainyard(&[
+        "train",
+        &write("a.json", &spec(json!({}))),
+        "--out",
+        first.to_str().unwrap(),
+    ]));
+    let init = first.join("checkpoints/epoch-1.safetensors");
+    let tuned = write(
+        "b.json",
+        &spec(json!({"seed": 9, "warm_start": {
+            "experiment": "00000000-0000-0000-0000-000000000001", "freeze": ["conv1"]}})),
+    );
+    let second = tmp.path().join("second");
+    // Without weights to start from, refused with what to do.
+    let out = trainyard(&["train", &tuned, "--out", second.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--init FILE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(trainyard(&[
+        "train",
+        &tuned,
+        "--out",
+        second.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+    ]));
+    let load = |p: &Path| {
+        let c = trainyard::engine::Checkpoint::load(p).unwrap();
+        c.weight_map()
+            .into_iter()
+            .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let (a, b) = (
+        load(&init),
+        load(&second.join("checkpoints/epoch-1.safetensors")),
+    );
+    assert!(a["conv1.weight"] == b["conv1.weight"] && a["conv1.bias"] == b["conv1.bias"]);
+    assert!(a["conv2.weight"] != b["conv2.weight"]);
+}
