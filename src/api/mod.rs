@@ -25,6 +25,7 @@ pub mod request_id;
 pub mod session;
 pub mod specs;
 pub mod stats;
+pub mod sweeps;
 pub mod view;
 pub mod web;
 
@@ -123,6 +124,7 @@ pub fn app(state: AppState) -> Router {
         .merge(keys::router())
         .merge(session::router())
         .merge(stats::router())
+        .merge(sweeps::router())
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES));
     let images = predict::router().layer(DefaultBodyLimit::max(predict::MAX_BODY_BYTES));
     let uploads = datasets::router().layer(DefaultBodyLimit::max(

@@ -27,6 +27,8 @@ use super::AppState;
         super::session::sign_in, super::session::sign_out, super::session::whoami,
         super::datasets::create, super::datasets::list, super::datasets::show,
         super::datasets::delete, super::datasets::samples,
+        super::sweeps::create, super::sweeps::list, super::sweeps::show,
+        super::sweeps::cancel, super::sweeps::delete,
     ),
     components(schemas(super::error::Problem, crate::spec::FieldError, crate::spec::diff::Difference)),
     tags(
@@ -36,6 +38,7 @@ use super::AppState;
         (name = "pictures", description = "Curves as SVG or PNG, drawn by the server"),
         (name = "predict", description = "Classify images"),
         (name = "datasets", description = "Upload your own data and train on it"),
+        (name = "sweeps", description = "Grids, random searches and ablations: many experiments from one request"),
         (name = "health", description = "Probes"),
         (name = "keys", description = "API keys, accounts and their quotas"),
         (name = "session", description = "The web app's sign-in"),
@@ -67,6 +70,8 @@ pub fn openapi() -> serde_json::Value {
         doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"] =
             serde_json::json!({"$ref": "#/components/schemas/Submission"});
     }
+    doc["paths"]["/sweeps"]["post"]["requestBody"]["content"]["application/json"]["schema"] =
+        serde_json::json!({"$ref": "#/components/schemas/SweepRequest"});
     doc["paths"]["/experiments/{id}"]["patch"]["requestBody"]["content"]["application/merge-patch+json"]
         ["schema"] = serde_json::json!({"$ref": "#/components/schemas/Labels"});
     require_keys(&mut doc);

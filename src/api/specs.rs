@@ -52,24 +52,36 @@ pub async fn submission(
     caller: &Caller,
     body: &[u8],
 ) -> Result<(Submitted, Labels), ApiError> {
+    let (value, labels) = json_with_labels(body)?;
+    Ok((check(state, caller, value).await?, labels))
+}
+
+/// A JSON object body, with its `name` and `tags` taken out.
+pub fn json_with_labels(body: &[u8]) -> Result<(serde_json::Value, Labels), ApiError> {
     let text =
         std::str::from_utf8(body).map_err(|_| ApiError::field("", "the body is not UTF-8"))?;
     let mut value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| ApiError::field("", format!("invalid JSON: {e}")))?;
     let labels = labels::take(&mut value)?;
+    Ok((value, labels))
+}
+
+/// Parses and validates one spec (a sweep's child as much as a submission's body).
+pub async fn check(
+    state: &AppState,
+    caller: &Caller,
+    value: serde_json::Value,
+) -> Result<Submitted, ApiError> {
     let mut spec = crate::spec::from_value(value)?;
     let (data, dataset_id) = data_of(state, caller, &spec).await?;
     let summary = crate::spec::validate_for(&spec, data.shape())?;
     resolve_warm_start(state, caller, &mut spec, &summary).await?;
-    Ok((
-        Submitted {
-            spec,
-            summary,
-            data,
-            dataset_id,
-        },
-        labels,
-    ))
+    Ok(Submitted {
+        spec,
+        summary,
+        data,
+        dataset_id,
+    })
 }
 
 /// What a spec's data gives its model, looked up where it lives.

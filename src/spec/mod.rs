@@ -16,6 +16,7 @@ pub mod plan;
 pub mod presets;
 pub mod schedule;
 pub mod schema;
+pub mod sweep;
 pub mod validate;
 pub mod warm_start;
 
@@ -460,7 +461,7 @@ pub fn from_value(value: serde_json::Value) -> Result<ExperimentSpec, SpecErrors
     }
 }
 
-fn deserialize_at<T: serde::de::DeserializeOwned>(
+pub(crate) fn deserialize_at<T: serde::de::DeserializeOwned>(
     prefix: &str,
     value: serde_json::Value,
 ) -> Result<T, SpecErrors> {

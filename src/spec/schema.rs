@@ -80,6 +80,44 @@ pub fn submission(extra: &Map<String, Value>) -> Map<String, Value> {
             ]
         }),
     );
+    // A sweep's body: its `base` is a submission, its other fields derived as the spec's.
+    let mut generator = {
+        let mut settings = SchemaSettings::draft2020_12();
+        settings.definitions_path = "/components/schemas".into();
+        settings.meta_schema = None;
+        settings.into_generator()
+    };
+    let mut sweep = generator
+        .subschema_for::<super::sweep::SweepRequest>()
+        .to_value();
+    for (name, schema) in generator.take_definitions(true) {
+        schemas.entry(name).or_insert(schema);
+    }
+    if let Some(r) = sweep.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next().unwrap_or_default().to_string();
+        sweep = schemas.remove(&name).unwrap_or(sweep);
+    }
+    if let Some(props) = sweep.get_mut("properties").and_then(Value::as_object_mut) {
+        props.insert(
+            "base".into(),
+            json!({"$ref": "#/components/schemas/Submission"}),
+        );
+        props.extend(extra.clone());
+        let dist = generator
+            .subschema_for::<super::sweep::Distribution>()
+            .to_value();
+        if let Some(space) = props
+            .get_mut("random")
+            .and_then(|r| r.get_mut("properties"))
+            .and_then(|p| p.get_mut("space"))
+        {
+            space["additionalProperties"] = dist;
+        }
+    }
+    for (name, schema) in generator.take_definitions(true) {
+        schemas.entry(name).or_insert(schema);
+    }
+    schemas.insert("SweepRequest".into(), sweep);
     schemas
 }
 

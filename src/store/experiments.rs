@@ -98,11 +98,14 @@ pub struct Experiment {
     /// before uploaded datasets existed (all of a built-in dataset).
     #[serde(skip)]
     pub data: Option<serde_json::Value>,
+    /// The sweep that queued it, if one did (`GET /sweeps/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep_id: Option<Uuid>,
 }
 
 #[derive(FromRow)]
-struct Row {
-    id: Uuid,
+pub(crate) struct Row {
+    pub(crate) id: Uuid,
     account_id: Uuid,
     account: String,
     status: String,
@@ -127,9 +130,10 @@ struct Row {
     best_test_accuracy: Option<f64>,
     waiting_for: Option<String>,
     data: Option<serde_json::Value>,
+    sweep_id: Option<Uuid>,
 }
 
-const COLUMNS: &str = "id, account_id, \
+pub(crate) const COLUMNS: &str = "id, account_id, \
     (SELECT a.name FROM accounts a WHERE a.id = experiments.account_id) AS account, status, spec, priority, attempt, rescues, epochs_done, \
     best_epoch, stop_reason, CASE WHEN stop_reason IS NOT NULL THEN epochs_done END AS stopped_epoch, \
     cancel_requested, error, created_at, updated_at, started_at, training_started_at, \
@@ -138,7 +142,7 @@ const COLUMNS: &str = "id, account_id, \
         AS best_val_accuracy, \
     (SELECT max(m.test_accuracy) FROM epoch_metrics m WHERE m.experiment_id = experiments.id) \
         AS best_test_accuracy, \
-    CASE WHEN status = 'queued' AND needs_cuda THEN 'cuda' END AS waiting_for, data";
+    CASE WHEN status = 'queued' AND needs_cuda THEN 'cuda' END AS waiting_for, data, sweep_id";
 
 impl TryFrom<Row> for Experiment {
     type Error = StoreError;
@@ -170,6 +174,7 @@ impl TryFrom<Row> for Experiment {
             best_test_accuracy: r.best_test_accuracy,
             waiting_for: r.waiting_for,
             data: r.data,
+            sweep_id: r.sweep_id,
         })
     }
 }
@@ -243,7 +248,7 @@ impl Store {
             return Ok((replayed, false));
         }
         let mut tx = self.pool.begin().await?;
-        check_quotas(&mut tx, new.account_id, new.train_flops).await?;
+        check_quotas(&mut tx, new.account_id, 1, new.train_flops).await?;
         if let Some(dataset) = new.dataset_id {
             // A deletion of the dataset locks its row too: it waits for this submission
             // (and then sees the experiment), or this one waits and finds it gone.
@@ -523,7 +528,14 @@ pub(crate) async fn delete_events(tx: &mut Transaction<'_, Postgres>, ids: &[Uui
 
 /// Refuses a submission of `flops` beyond `account`'s quotas; locks the account's row
 /// until the transaction ends.
-async fn check_quotas(tx: &mut Transaction<'_, Postgres>, account: Uuid, flops: f64) -> Result<()> {
+/// Checks that `count` more experiments needing `flops` training FLOPs in all fit the
+/// account's quotas, with its row locked until `tx` ends.
+pub(crate) async fn check_quotas(
+    tx: &mut Transaction<'_, Postgres>,
+    account: Uuid,
+    count: i64,
+    flops: f64,
+) -> Result<()> {
     let quotas: Option<(Option<i32>, Option<f64>)> = sqlx::query_as(
         "SELECT max_queued, max_flops_per_day FROM accounts WHERE id = $1 FOR UPDATE",
     )
@@ -540,12 +552,17 @@ async fn check_quotas(tx: &mut Transaction<'_, Postgres>, account: Uuid, flops: 
         .bind(account)
         .fetch_one(&mut **tx)
         .await?;
-        if queued >= i64::from(max) {
+        if queued + count > i64::from(max) {
             return Err(StoreError::Quota(QuotaExceeded {
                 quota: "max_queued",
                 detail: format!(
                     "the account's quota max_queued is {max} and it has {queued} experiments \
-                     queued: wait for some to start, or cancel some"
+                     queued{}: wait for some to start, or cancel some",
+                    if count > 1 {
+                        format!(", so {count} more do not fit")
+                    } else {
+                        String::new()
+                    }
                 ),
                 retry_after: None,
             }));
@@ -556,8 +573,13 @@ async fn check_quotas(tx: &mut Transaction<'_, Postgres>, account: Uuid, flops: 
             return Err(StoreError::Quota(QuotaExceeded {
                 quota: "max_flops_per_day",
                 detail: format!(
-                    "this experiment needs {flops:.3e} training FLOPs, more than the account's \
-                     whole quota max_flops_per_day of {max:.3e}"
+                    "{} {flops:.3e} training FLOPs, more than the account's \
+                     whole quota max_flops_per_day of {max:.3e}",
+                    if count > 1 {
+                        format!("these {count} experiments need")
+                    } else {
+                        "this experiment needs".to_string()
+                    }
                 ),
                 retry_after: None,
             }));

@@ -31,6 +31,7 @@ pub mod experiments;
 pub mod housekeeping;
 pub mod listen;
 pub mod queue;
+pub mod sweeps;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -41,6 +41,7 @@ mod service;
 mod spec_props;
 mod spec_validation;
 mod sse_limit;
+mod sweeps;
 mod tenancy_matrix;
 mod tenants;
 mod warm_start;

@@ -103,11 +103,26 @@ struct Fx {
     dataset_delete_for: [Uuid; 2],
     /// The other account's own dataset.
     other_dataset: Uuid,
+    /// The owner's, queued: like `trained` but for its learning rate (an ablation's B).
+    lr_variant: Uuid,
+    /// The owner's grid sweep, queued; never changed by anyone.
+    sweep: Uuid,
+    /// The owner's sweeps: the admin cancels one, the owner the other.
+    sweep_cancel_for: [Uuid; 2],
+    /// The owner's sweeps, cancelled: the admin deletes one, the owner the other.
+    sweep_delete_for: [Uuid; 2],
+    /// The other account's own sweep.
+    other_sweep: Uuid,
 }
 
 impl Fx {
     fn owners_experiments(&self) -> Vec<Uuid> {
-        let mut ids = vec![self.trained, self.kept_queued, self.patchable];
+        let mut ids = vec![
+            self.trained,
+            self.kept_queued,
+            self.patchable,
+            self.lr_variant,
+        ];
         ids.extend(self.cancel_for);
         ids.extend(self.delete_for);
         ids
@@ -122,6 +137,9 @@ impl Fx {
             .collect();
         s.push(self.dataset.to_string());
         s.extend(self.dataset_delete_for.iter().map(Uuid::to_string));
+        s.push(self.sweep.to_string());
+        s.extend(self.sweep_cancel_for.iter().map(Uuid::to_string));
+        s.extend(self.sweep_delete_for.iter().map(Uuid::to_string));
         s.push(self.owner_key_id.to_string());
         s.push(self.owner_key.clone());
         s.push(self.owner_key[..15].to_string()); // its listed prefix
@@ -1069,7 +1087,179 @@ fn rows() -> Vec<Row> {
             },
             check: ok,
         },
+        // --- sweeps ---
+        Row {
+            method: "GET",
+            path: "/sweeps",
+            variant: "",
+            public: false,
+            request: |_, _, _| Req::get("/sweeps?limit=100"),
+            expect: anyone,
+            check: |fx, who, a| {
+                let ids = uuid_list(&a.json()["items"], "id");
+                let sees_owners = ids.contains(&fx.sweep.to_string());
+                let sees_other = ids.contains(&fx.other_sweep.to_string());
+                match who {
+                    Who::Admin if sees_owners && sees_other => Ok(()),
+                    Who::Owner if sees_owners && !sees_other => Ok(()),
+                    _ if who.is_other() && !sees_owners && sees_other => Ok(()),
+                    _ => Err(format!(
+                        "owner's listed: {sees_owners}, other's listed: {sees_other}"
+                    )),
+                }
+            },
+        },
+        Row {
+            method: "POST",
+            path: "/sweeps",
+            variant: "",
+            public: false,
+            request: |_, _, _| Req::new("POST", "/sweeps").json(tiny_sweep()),
+            expect: |_| Expect::Status(201),
+            check: |_, _, a| {
+                let s = a.json();
+                if s["children"].as_array().map(Vec::len) == Some(2) && s["state"] == "queued" {
+                    Ok(())
+                } else {
+                    Err(format!("not queued: {s}"))
+                }
+            },
+        },
+        Row {
+            method: "POST",
+            path: "/sweeps",
+            variant: "an ablation of the owner's experiments",
+            public: false,
+            request: |fx, who, s| {
+                let (from, to) = match (who, s) {
+                    (_, Subject::Unknown) => (fx.unknown, fx.lr_variant),
+                    _ => (fx.trained, fx.lr_variant),
+                };
+                // The other account names the owner's `from` (and its twin an unknown
+                // one): both are "no experiment" at ablate.from, and `to` is never
+                // looked up.
+                Req::new("POST", "/sweeps")
+                    .json(json!({"ablate": {"from": from, "to": to}}))
+                    .names_experiment(fx, s, from)
+            },
+            expect: |who| {
+                if who.is_other() {
+                    Expect::Status(422)
+                } else {
+                    Expect::Status(201)
+                }
+            },
+            check: |_, _, a| {
+                let s = a.json();
+                let paths: Vec<&str> = s["ablation"]["differences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d["path"].as_str())
+                    .collect();
+                if paths == ["optimizer.learning_rate"] {
+                    Ok(())
+                } else {
+                    Err(format!("not the one difference: {s}"))
+                }
+            },
+        },
+        Row {
+            method: "GET",
+            path: "/sweeps/{id}",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                let id = if s == Subject::Real {
+                    fx.sweep
+                } else {
+                    fx.unknown
+                };
+                Req::get(format!("/sweeps/{id}")).names(s, fx.sweep, fx.unknown)
+            },
+            expect: owners,
+            check: |fx, _, a| {
+                let s = a.json();
+                if s["id"] == fx.sweep.to_string()
+                    && s["ranking"].as_array().map(Vec::len) == Some(2)
+                {
+                    Ok(())
+                } else {
+                    Err(format!("not the owner's sweep: {s}"))
+                }
+            },
+        },
+        Row {
+            method: "POST",
+            path: "/sweeps/{id}/cancel",
+            variant: "",
+            public: false,
+            request: |fx, who, s| {
+                let id = match (who, s) {
+                    (_, Subject::Unknown) => fx.unknown,
+                    (Who::Admin, _) => fx.sweep_cancel_for[0],
+                    (Who::Owner, _) => fx.sweep_cancel_for[1],
+                    _ => fx.sweep,
+                };
+                Req::new("POST", format!("/sweeps/{id}/cancel")).names(s, id, fx.unknown)
+            },
+            expect: owners,
+            check: |_, _, a| {
+                let s = a.json();
+                if s["counts"] == json!({"cancelled": 2}) && s["state"] == "finished" {
+                    Ok(())
+                } else {
+                    Err(format!("not cancelled: {s}"))
+                }
+            },
+        },
+        Row {
+            method: "DELETE",
+            path: "/sweeps/{id}",
+            variant: "",
+            public: false,
+            request: |fx, who, s| {
+                let id = match (who, s) {
+                    (_, Subject::Unknown) => fx.unknown,
+                    (Who::Admin, _) => fx.sweep_delete_for[0],
+                    (Who::Owner, _) => fx.sweep_delete_for[1],
+                    _ => fx.sweep,
+                };
+                Req::new("DELETE", format!("/sweeps/{id}")).names(s, id, fx.unknown)
+            },
+            expect: |who| match owners(who) {
+                Expect::Status(_) => Expect::Status(204),
+                e => e,
+            },
+            check: ok,
+        },
     ]
+}
+
+/// A grid of two tiny children.
+fn tiny_sweep() -> Value {
+    json!({"base": tiny_spec(), "grid": {"optimizer.learning_rate": [0.1, 0.01]}})
+}
+
+async fn sweep(app: &axum::Router, key: &str, cancel: bool) -> Uuid {
+    let a = send(
+        app,
+        Some(key),
+        &Req::new("POST", "/sweeps").json(tiny_sweep()),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id: Uuid = a.json()["id"].as_str().unwrap().parse().unwrap();
+    if cancel {
+        let a = send(
+            app,
+            Some(key),
+            &Req::new("POST", format!("/sweeps/{id}/cancel")),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    id
 }
 
 /// `/compare`, `.svg` or `.png`: the admin and the owner compare two of the owner's
@@ -1199,6 +1389,19 @@ async fn setup(pool: PgPool) -> (axum::Router, Fx, Store) {
         upload(&app, &owner.key).await,
     ];
     let other_dataset = upload(&app, &other.key).await;
+    let mut variant = labelled("lr variant");
+    variant["optimizer"] = json!({"learning_rate": 0.1});
+    let lr_variant = submit(&app, &owner.key, variant).await;
+    let owners_sweep = sweep(&app, &owner.key, false).await;
+    let sweep_cancel_for = [
+        sweep(&app, &owner.key, false).await,
+        sweep(&app, &owner.key, false).await,
+    ];
+    let sweep_delete_for = [
+        sweep(&app, &owner.key, true).await,
+        sweep(&app, &owner.key, true).await,
+    ];
+    let other_sweep = sweep(&app, &other.key, false).await;
     let fx = Fx {
         bad_key: format!("ty_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
         owner_key: owner.key,
@@ -1219,6 +1422,11 @@ async fn setup(pool: PgPool) -> (axum::Router, Fx, Store) {
         dataset,
         dataset_delete_for,
         other_dataset,
+        lr_variant,
+        sweep: owners_sweep,
+        sweep_cancel_for,
+        sweep_delete_for,
+        other_sweep,
     };
     (app, fx, store)
 }
