@@ -15,6 +15,7 @@ mod plot;
 mod predict;
 mod remote;
 mod service;
+mod sweep;
 mod train;
 
 use std::path::PathBuf;
@@ -96,6 +97,9 @@ pub enum Command {
     Download(client::DownloadArgs),
     /// Compare experiments: final figures and the spec difference; --out draws the curves.
     Compare(client::CompareArgs),
+    /// Queue a sweep (grid, random search or ablation) or show one; --follow waits for
+    /// its children and prints the ranking.
+    Sweep(sweep::SweepArgs),
     /// Download (when missing) and verify datasets into the data folder.
     FetchData {
         /// Datasets to fetch.
@@ -219,6 +223,7 @@ impl Cli {
             Command::Cancel(a) => client::cancel(a),
             Command::Download(a) => client::download(a),
             Command::Compare(a) => client::compare(a),
+            Command::Sweep(a) => sweep::run(a),
             Command::FetchData { datasets, data } => {
                 for name in datasets {
                     let name: crate::spec::DatasetName =

@@ -1,6 +1,6 @@
 //! A running service, from the command line: where it is, the key to it, and one way of
 //! calling it that every client command shares (`submit`, `ls`, `show`, `follow`,
-//! `cancel`, `download`, `compare`, `datasets upload`).
+//! `cancel`, `download`, `compare`, `sweep`, `datasets upload`).
 //!
 //! Blocking `ureq`: a command does one thing at a time, and a runtime would buy nothing.
 //! A refusal is never a bare status code: the problem document's detail and each field

@@ -182,3 +182,47 @@ async fn follow_carries_on_across_a_server_restart_without_repeating_a_row(pool:
     assert_eq!(rows(&out), (1..=epochs).collect::<Vec<_>>(), "{out}\n{err}");
     assert!(err.contains("reconnecting"), "the stream did drop: {err}");
 }
+
+#[sqlx::test]
+async fn sweep_queues_follows_and_prints_the_ranking_and_refuses_field_by_field(pool: PgPool) {
+    let h = Harness::new(&pool, Timing::default());
+    let (_serve, base) = h.serve("serve", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut tiny = small(1);
+    tiny["dataset"]["train_limit"] = json!(300);
+    tiny.as_object_mut().unwrap().remove("name");
+    let file = spec_file(
+        dir.path(),
+        "sweep.json",
+        &json!({"base": tiny, "grid": {"optimizer.learning_rate": [0.1, 0.001]},
+                "name": "rates"}),
+    );
+    let (ok, out, err) = client(&base, &["sweep", &file, "--follow"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("grid sweep: 2 children queued"), "{out}");
+    assert!(
+        out.contains("2/2 ended (2 succeeded), 0 running, 0 queued"),
+        "{out}"
+    );
+    let ranked: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(['1', '2']) && l.contains("optimizer"))
+        .collect();
+    assert_eq!(ranked.len(), 2, "a row per point:\n{out}");
+    let id = out.split_whitespace().next().unwrap().to_string();
+    let (ok, again, _) = client(&base, &["sweep", "--id", &id]).await;
+    assert!(ok);
+    assert!(
+        again.contains("2/2 ended") && again.contains("rank"),
+        "{again}"
+    );
+
+    let bad = spec_file(
+        dir.path(),
+        "bad.json",
+        &json!({"base": {"preset": "torch-cnn"}, "grid": {"batch_size": [0]}}),
+    );
+    let (ok, out, err) = client(&base, &["sweep", &bad]).await;
+    assert!(!ok, "{out}");
+    assert!(err.contains("grid[\"batch_size\"]"), "{err}");
+}
