@@ -327,3 +327,111 @@ async fn names_with_markup_show_as_text_and_run_nothing(pool: PgPool) {
     .await;
     b.close().await;
 }
+
+/// POSTs a sweep; its id.
+async fn sweep(http: &reqwest::Client, base: &str, body: &Value) -> String {
+    let r = http
+        .post(format!("{base}/sweeps"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[sqlx::test]
+async fn a_sweep_page_ranks_its_points_and_draws_a_mean_with_a_band_per_point(pool: PgPool) {
+    let _one = one_at_a_time().await;
+    let h = Harness::new(&pool, Timing::default());
+    let (_serve, base) = h.serve("serve", 2);
+    let http = reqwest::Client::new();
+    let tiny = json!({"preset": "torch-cnn", "epochs": 2, "device": "cpu",
+                      "dataset": {"train_limit": 300, "test_limit": 100}});
+    let name = "<img src=x onerror=\"window.pwned = 1\">rates";
+    let grid = sweep(
+        &http,
+        &base,
+        &json!({"base": tiny, "grid": {"optimizer.learning_rate": [0.1, 0.001]},
+                "repeats": 2, "name": name}),
+    )
+    .await;
+    // An ablation of two torch-cnn runs that differ in their rate and batch size.
+    let a = submit(&http, &base, &tiny).await;
+    let mut other = tiny.clone();
+    other["optimizer"] = json!({"learning_rate": 0.1});
+    other["batch_size"] = json!(64);
+    let b_id = submit(&http, &base, &other).await;
+    let ablation = sweep(
+        &http,
+        &base,
+        &json!({"ablate": {"from": a, "to": b_id}, "repeats": 2}),
+    )
+    .await;
+    let b = Browser::start().await;
+    let (base2, grid2) = (base.clone(), grid.clone());
+    b.run("sweep", |c| async move {
+        c.goto(&format!("{base}/ui/sweeps/{grid}")).await.unwrap();
+        testid(&c, "ranking").await;
+        // Live until every child has ended, then both points ranked, each from 2 runs.
+        until(&c, 300, "document.querySelector('[data-testid=sweep-state]').innerText", |v| {
+            v == "finished"
+        })
+        .await;
+        let ranks = js(
+            &c,
+            "Array.from(document.querySelectorAll('[data-testid=rank-row]')).map(r => r.cells[0].innerText + '|' + r.cells[2].innerText)",
+        )
+        .await;
+        assert_eq!(ranks, json!(["1|2", "2|2"]));
+        // 4 children x 2 epochs drawn, each point as a mean with its band's two edges.
+        until(&c, 20, "window.trainyard.points", |v| v == 8).await;
+        let legend = js(&c, "document.getElementById('chart-loss').innerText").await;
+        let legend = legend.as_str().unwrap();
+        assert!(
+            legend.contains("optimizer.learning_rate=0.1") && legend.contains("+sd"),
+            "{legend}"
+        );
+        let text = js(&c, "document.body.innerText").await;
+        assert!(text.as_str().unwrap().contains(name), "the name as text");
+        assert_eq!(js(&c, "window.pwned === undefined").await, true);
+
+        c.goto(&format!("{base}/ui/sweeps/{ablation}")).await.unwrap();
+        testid(&c, "effects").await;
+        until(&c, 300, "document.querySelector('[data-testid=sweep-state]').innerText", |v| {
+            v == "finished"
+        })
+        .await;
+        let effects = js(
+            &c,
+            "Array.from(document.querySelectorAll('[data-testid=effect-row]')).map(r => r.dataset.path).sort()",
+        )
+        .await;
+        assert_eq!(effects, json!(["batch_size", "optimizer.learning_rate"]));
+        until(&c, 20, "window.trainyard.points", |v| v == 16).await;
+
+        c.goto(&format!("{base}/ui/sweeps")).await.unwrap();
+        testid(&c, "sweeps").await;
+        until(
+            &c,
+            20,
+            "document.querySelectorAll('[data-testid=sweep-row]').length",
+            |v| v == 2,
+        )
+        .await;
+        assert_eq!(js(&c, "window.pwned === undefined").await, true);
+        assert!(page_problems(&c).await.is_empty(), "{:?}", page_problems(&c).await);
+    })
+    .await;
+    // The README's picture of a sweep.
+    b.client.set_window_size(1280, 1400).await.unwrap();
+    b.client
+        .goto(&format!("{base2}/ui/sweeps/{grid2}"))
+        .await
+        .unwrap();
+    testid(&b.client, "ranking").await;
+    until(&b.client, 20, "window.trainyard.points", |v| v == 8).await;
+    b.screenshot("sweep").await;
+    b.close().await;
+}

@@ -59,11 +59,14 @@ static ASSETS: &[Asset] = &[
     asset!("js/specpos.js", JS),
     asset!("js/summary.js", JS),
     asset!("js/mnist.js", JS),
+    asset!("js/bands.js", JS),
     asset!("js/views/experiments.js", JS),
     asset!("js/views/experiment.js", JS),
     asset!("js/views/new.js", JS),
     asset!("js/views/compare.js", JS),
     asset!("js/views/predict.js", JS),
+    asset!("js/views/sweeps.js", JS),
+    asset!("js/views/sweep.js", JS),
     asset!("js/views/sign-in.js", JS),
     asset!("vendor/uPlot.iife.min.js", JS),
     asset!("vendor/uPlot.min.css", CSS),
@@ -92,6 +95,8 @@ fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui/new", get(shell))
         .route("/ui/compare", get(shell))
         .route("/ui/predict", get(shell))
+        .route("/ui/sweeps", get(shell))
+        .route("/ui/sweeps/{id}", get(shell))
         .route("/ui/sign-in", get(shell))
         .route("/ui/experiments/{id}", get(shell))
         .route("/assets/{*path}", get(asset))

@@ -84,6 +84,10 @@ export const api = {
   metrics: (id) => request(`/experiments/${enc(id)}/metrics`),
   checkpoints: (id) => request(`/experiments/${enc(id)}/checkpoints`),
   compare: (ids) => request(`/compare?ids=${ids.map(enc).join(',')}`),
+  sweeps: () => request('/sweeps?limit=100'),
+  sweep: (id) => request(`/sweeps/${enc(id)}`),
+  cancelSweep: (id) => request(`/sweeps/${enc(id)}/cancel`, { method: 'POST' }),
+  removeSweep: (id) => request(`/sweeps/${enc(id)}`, { method: 'DELETE' }),
   validate: (body, signal) => request('/specs/validate', { method: 'POST', json: body, signal }),
   presets: () => request('/specs/presets'),
   /** Who is signed in; answers 401 when no one is. */
@@ -108,6 +112,7 @@ export function randomKey() {
 
 export const links = {
   experiment: (id) => `/ui/experiments/${enc(id)}`,
+  sweep: (id) => `/ui/sweeps/${enc(id)}`,
   compare: (ids) => `/ui/compare?ids=${ids.map(enc).join(',')}`,
   runAgain: (id) => `/ui/new?from=${enc(id)}`,
   predict: (id) => `/ui/predict${query({ experiment: id })}`,

@@ -13,6 +13,8 @@ const routes = [
   { re: /^\/ui\/experiments\/([^/]+)$/, view: 'experiment', nav: 'experiments', load: () => import('./views/experiment.js') },
   { re: /^\/ui\/new$/, view: 'new', nav: 'new', load: () => import('./views/new.js') },
   { re: /^\/ui\/compare$/, view: 'compare', nav: 'compare', load: () => import('./views/compare.js') },
+  { re: /^\/ui\/sweeps$/, view: 'sweeps', nav: 'sweeps', load: () => import('./views/sweeps.js') },
+  { re: /^\/ui\/sweeps\/([^/]+)$/, view: 'sweep', nav: 'sweeps', load: () => import('./views/sweep.js') },
   { re: /^\/ui\/predict$/, view: 'predict', nav: 'predict', load: () => import('./views/predict.js') },
   { re: /^\/ui\/sign-in$/, view: 'sign-in', nav: null, load: () => import('./views/sign-in.js') },
 ];

@@ -40,13 +40,14 @@ export const METRICS = {
  * A line chart in `container`, as wide as it. `series`: [{label, colour, dash}];
  * `metric`: 'loss' | 'accuracy' (value formatting); `log`: logarithmic y;
  * `xLabel`: the x axis's name; `xMax`: where the x axis ends at least; `onDraw(u)`: after
- * every draw (test hooks).
+ * every draw (test hooks); `bands`: [[upper, lower, fill]] as indices into `series`, the
+ * area between two series filled (a mean's spread), those two drawn as thin edges.
  */
 export class LineChart {
-  constructor(uPlot, container, { series, metric, log = false, xLabel = 'epoch', xMax, sync, onDraw, height = 280 }) {
+  constructor(uPlot, container, { series, metric, log = false, xLabel = 'epoch', xMax, sync, onDraw, height = 280, bands = [] }) {
     this.uPlot = uPlot;
     this.container = container;
-    this.cfg = { series, metric, log, xLabel, xMax, sync, onDraw, height };
+    this.cfg = { series, metric, log, xLabel, xMax, sync, onDraw, height, bands };
     this.data = [[], ...series.map(() => [])];
     this.u = null;
     this.build();
@@ -61,7 +62,8 @@ export class LineChart {
   }
 
   build() {
-    const { series, metric, log, xLabel, xMax, sync, onDraw } = this.cfg;
+    const { series, metric, log, xLabel, xMax, sync, onDraw, bands } = this.cfg;
+    const edges = new Set(bands.flatMap(([a, b]) => [a, b]));
     const m = METRICS[metric];
     const shown = this.u ? this.u.series.slice(1).map((s) => s.show) : series.map(() => true);
     if (this.u) this.u.destroy();
@@ -99,13 +101,14 @@ export class LineChart {
           label: s.label,
           stroke: s.colour,
           dash: s.dash,
-          width: 2,
+          width: edges.has(i) ? 0.5 : 2,
           spanGaps: true,
           show: shown[i] !== false,
-          points: { size: 6 },
+          points: edges.has(i) ? { show: false } : { size: 6 },
           value: (u, v) => (v === null || v === undefined ? '—' : m.fmt(v)),
         })),
       ],
+      bands: bands.map(([a, b, fill]) => ({ series: [a + 1, b + 1], fill })),
       cursor: sync ? { sync: { key: sync } } : {},
       legend: { live: true },
       hooks: onDraw ? { draw: [onDraw] } : {},

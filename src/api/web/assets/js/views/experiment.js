@@ -209,6 +209,7 @@ export async function mount(main, ctx) {
       ['Training time', rows.size ? duration(trained) : '—'],
       ['Best epoch', exp.best_epoch ?? '—'],
       ...(exp.stop_reason ? [['Stopped', `early stopping after epoch ${exp.stopped_epoch}`]] : []),
+      ...(exp.sweep_id ? [['Sweep', h('a', { href: links.sweep(exp.sweep_id), id: 'sweep-link' }, 'the sweep it belongs to')]] : []),
       ['Best validation accuracy', pct(exp.best_val_accuracy ?? best('val_accuracy'))],
       ['Best test accuracy', pct(exp.best_test_accuracy ?? best('test_accuracy'))],
       ['Attempt', `${exp.attempt}${exp.rescues ? ` (${exp.rescues} rescued)` : ''}`],
