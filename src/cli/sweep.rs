@@ -101,7 +101,9 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     } else if a.file.is_none() {
         println!("{id}: {}", progress(&sweep));
     }
-    print!("{}", ranking_text(&sweep));
+    if a.follow || a.file.is_none() {
+        print!("{}", ranking_text(&sweep));
+    }
     let failed = sweep["counts"]["failed"].as_i64().unwrap_or(0);
     if a.follow && failed > 0 {
         anyhow::bail!("{failed} children failed (`trainyard show ID` says why)");
@@ -141,6 +143,15 @@ fn spread(s: &Value) -> String {
     }
 }
 
+/// A share as percent: `41% ± 10%`.
+fn share(s: &Value) -> String {
+    match (s["mean"].as_f64(), s["std"].as_f64()) {
+        (Some(m), Some(d)) => format!("{:.0}% ± {:.0}%", m * 100.0, d * 100.0),
+        (Some(m), None) => format!("{:.0}%", m * 100.0),
+        _ => "-".into(),
+    }
+}
+
 /// A value short enough for a table cell.
 fn brief(v: &Value) -> String {
     match v {
@@ -148,8 +159,8 @@ fn brief(v: &Value) -> String {
         Value::Null => "(none)".into(),
         v => {
             let t = v.to_string();
-            if t.chars().count() > 28 {
-                format!("{}…", t.chars().take(27).collect::<String>())
+            if t.chars().count() > 30 {
+                format!("{}…", t.chars().take(29).collect::<String>())
             } else {
                 t
             }
@@ -191,7 +202,7 @@ pub fn ranking_text(sweep: &Value) -> String {
             spread(&ab["baseline_to"]["accuracy"]),
         ));
         out.push_str(&format!(
-            "\n{:>4}  {:<20} {:<30} {:>20} {:>18} {:>20}\n",
+            "\n{:>4}  {:<20} {:<44} {:>20} {:>18} {:>20}\n",
             "rank",
             "difference",
             "A -> B",
@@ -201,12 +212,12 @@ pub fn ranking_text(sweep: &Value) -> String {
         ));
         for d in ab["differences"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "{:>4}  {:<20} {:<30} {:>20} {:>18} {:>20}\n",
+                "{:>4}  {:<20} {:<44} {:>20} {:>18} {:>20}\n",
                 d["rank"].as_u64().map_or("-".into(), |r| r.to_string()),
                 d["path"].as_str().unwrap_or(""),
                 format!("{} -> {}", brief(&d["from"]), brief(&d["to"])),
                 spread(&d["loss"]["delta"]),
-                spread(&d["loss"]["fraction"]),
+                share(&d["loss"]["fraction"]),
                 spread(&d["accuracy"]["delta"]),
             ));
         }

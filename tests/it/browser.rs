@@ -354,7 +354,7 @@ async fn a_sweep_page_ranks_its_points_and_draws_a_mean_with_a_band_per_point(po
         &http,
         &base,
         &json!({"base": tiny, "grid": {"optimizer.learning_rate": [0.1, 0.001]},
-                "repeats": 2, "name": name}),
+                "repeats": 2, "name": "two rates, two repeats"}),
     )
     .await;
     // An ablation of two torch-cnn runs that differ in their rate and batch size.
@@ -366,7 +366,7 @@ async fn a_sweep_page_ranks_its_points_and_draws_a_mean_with_a_band_per_point(po
     let ablation = sweep(
         &http,
         &base,
-        &json!({"ablate": {"from": a, "to": b_id}, "repeats": 2}),
+        &json!({"ablate": {"from": a, "to": b_id}, "repeats": 2, "name": name}),
     )
     .await;
     let b = Browser::start().await;
@@ -393,12 +393,12 @@ async fn a_sweep_page_ranks_its_points_and_draws_a_mean_with_a_band_per_point(po
             legend.contains("optimizer.learning_rate=0.1") && legend.contains("+sd"),
             "{legend}"
         );
-        let text = js(&c, "document.body.innerText").await;
-        assert!(text.as_str().unwrap().contains(name), "the name as text");
-        assert_eq!(js(&c, "window.pwned === undefined").await, true);
 
         c.goto(&format!("{base}/ui/sweeps/{ablation}")).await.unwrap();
         testid(&c, "effects").await;
+        let text = js(&c, "document.body.innerText").await;
+        assert!(text.as_str().unwrap().contains(name), "the name as text");
+        assert_eq!(js(&c, "window.pwned === undefined").await, true);
         until(&c, 300, "document.querySelector('[data-testid=sweep-state]').innerText", |v| {
             v == "finished"
         })
