@@ -141,6 +141,29 @@ impl Store {
         Ok(row.ok_or(StoreError::NotFound)?.0)
     }
 
+    /// `len` bytes of a checkpoint's weights from byte `from` (fewer at the end), without
+    /// reading the rest: a file format's header, say.
+    pub async fn checkpoint_weights_range(
+        &self,
+        id: Uuid,
+        epoch: i32,
+        from: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as(
+            "SELECT substring(weights FROM $3 FOR $4) FROM checkpoints
+             WHERE experiment_id = $1 AND epoch = $2",
+        )
+        .bind(id)
+        .bind(epoch)
+        // (PostgreSQL counts from 1, and takes 32-bit positions: a bytea is under 1 GB.)
+        .bind(i32::try_from(from).unwrap_or(i32::MAX).saturating_add(1))
+        .bind(i32::try_from(len).unwrap_or(i32::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.ok_or(StoreError::NotFound)?.0)
+    }
+
     /// Weights and optimizer state of the newest checkpoint: where a rescued run resumes.
     pub async fn resume_point(&self, id: Uuid) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(sqlx::query_as(
