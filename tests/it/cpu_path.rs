@@ -3,14 +3,13 @@
 //! layer and optimizer the CPU path implements.
 
 use crate::common;
+use common::training::{untimed, weights};
 
-use std::collections::HashMap;
-
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde_json::{Value, json};
 use trainyard::data::prepare::prepare;
 use trainyard::engine::trainer::Silent;
-use trainyard::engine::{EpochMetrics, Trainer, TrainingPath};
+use trainyard::engine::{Trainer, TrainingPath};
 use trainyard::spec::{self, ExperimentSpec};
 
 fn spec_of(layers: Value, optimizer: Value, extra: Value) -> ExperimentSpec {
@@ -44,27 +43,6 @@ fn train(spec: &ExperimentSpec, candle_graph: bool) -> Trainer {
     }
     t.run(&mut Silent).unwrap();
     t
-}
-
-fn weights(t: &Trainer) -> HashMap<String, Vec<f32>> {
-    t.checkpoint()
-        .unwrap()
-        .weights
-        .iter()
-        .filter(|(_, w)| w.dtype() == DType::F32)
-        .map(|(k, w)| (k.clone(), w.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
-}
-
-/// Metrics without the wall-clock fields.
-fn untimed(h: &[EpochMetrics]) -> Vec<EpochMetrics> {
-    h.iter()
-        .map(|m| EpochMetrics {
-            train_seconds: 0.0,
-            images_per_second: 0.0,
-            ..m.clone()
-        })
-        .collect()
 }
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -292,7 +270,7 @@ fn resuming_on_the_cpu_path_equals_the_uninterrupted_run() {
     resumed.resume(&ckpt).unwrap();
     assert!(resumed.uses_cpu_path());
     resumed.run(&mut Silent).unwrap();
-    assert_eq!(untimed(resumed.history()), untimed(full.history()));
+    assert_eq!(untimed(&resumed), untimed(&full));
     assert_eq!(weights(&resumed), weights(&full));
 }
 
@@ -328,7 +306,7 @@ fn results_do_not_depend_on_the_number_of_threads() {
                     .unwrap();
                 pool.install(|| {
                     let t = train(&spec, false);
-                    (untimed(t.history()), weights(&t))
+                    (untimed(&t), weights(&t))
                 })
             })
             .collect();
