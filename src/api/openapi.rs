@@ -29,6 +29,7 @@ use super::AppState;
         super::datasets::delete, super::datasets::samples,
         super::sweeps::create, super::sweeps::list, super::sweeps::show,
         super::sweeps::cancel, super::sweeps::delete,
+        super::pictures::sweep_svg, super::pictures::sweep_png,
     ),
     components(schemas(super::error::Problem, crate::spec::FieldError, crate::spec::diff::Difference)),
     tags(

@@ -28,6 +28,8 @@ pub fn router() -> Router<AppState> {
         .route("/experiments/{id}/curve.png", get(curve_png))
         .route("/compare.svg", get(compare_svg))
         .route("/compare.png", get(compare_png))
+        .route("/sweeps/{id}/curve.svg", get(sweep_svg))
+        .route("/sweeps/{id}/curve.png", get(sweep_png))
 }
 
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
@@ -266,4 +268,78 @@ async fn compare_png(
     p: RawQuery,
 ) -> Result<Response, ApiError> {
     compare(state, caller, p, Format::Png).await
+}
+
+/// Points drawn in one sweep picture, at most (the palette's colours).
+const MAX_POINTS: usize = 8;
+
+async fn sweep(
+    state: AppState,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    p: RawQuery,
+    format: Format,
+) -> Result<Response, ApiError> {
+    let id = path_id(id)?;
+    let p: PictureParams = query(p)?;
+    let asked = p.check()?;
+    let (sweep, groups) = super::sweeps::point_groups(&state, caller.scope(), id).await?;
+    let mut epochs: Vec<(String, Vec<Vec<EpochMetrics>>)> = Vec::new();
+    for (label, ids) in groups.into_iter().take(MAX_POINTS) {
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let rows = state.store.stored_epochs(id).await?;
+            runs.push(rows.into_iter().map(|r| plotted(r.metrics)).collect());
+        }
+        epochs.push((label, runs));
+    }
+    let repeats: Vec<plot::Repeats> = epochs
+        .iter()
+        .map(|(name, runs)| plot::Repeats {
+            name,
+            runs: runs.iter().map(Vec::as_slice).collect(),
+        })
+        .collect();
+    let split = sweep.metric.split('_').next().unwrap_or("test");
+    let title = sweep
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{} sweep", sweep.kind));
+    let chart = plot::mean_chart(&title, &repeats, asked.metric, split);
+    render(chart, &asked, format).await
+}
+
+/// A sweep's points as SVG: per point (the best 8), the mean curve of its repeats on the
+/// ranking's split, with a band of one standard deviation.
+#[utoipa::path(get, path = "/sweeps/{id}/curve.svg", tag = "pictures",
+    params(("id" = uuid::Uuid, Path, description = "Sweep id"), PictureParams),
+    responses(
+        (status = 200, description = "Each point's mean curve and its band", content_type = "image/svg+xml", body = String),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn sweep_svg(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    p: RawQuery,
+) -> Result<Response, ApiError> {
+    sweep(state, caller, id, p, Format::Svg).await
+}
+
+/// The same picture as PNG.
+#[utoipa::path(get, path = "/sweeps/{id}/curve.png", tag = "pictures",
+    params(("id" = uuid::Uuid, Path, description = "Sweep id"), PictureParams),
+    responses(
+        (status = 200, description = "Each point's mean curve and its band", content_type = "image/png", body = Vec<u8>),
+        (status = 404, body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
+async fn sweep_png(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    p: RawQuery,
+) -> Result<Response, ApiError> {
+    sweep(state, caller, id, p, Format::Png).await
 }

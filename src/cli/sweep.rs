@@ -32,6 +32,9 @@ pub struct SweepArgs {
     /// What to call it (the file's `name` otherwise).
     #[arg(long)]
     pub name: Option<String>,
+    /// Also save each point's mean loss curve with its band as FILE.svg or FILE.png.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -103,6 +106,23 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     }
     if a.follow || a.file.is_none() {
         print!("{}", ranking_text(&sweep));
+    }
+    if let Some(out) = &a.out {
+        let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
+        anyhow::ensure!(
+            ext == "svg" || ext == "png",
+            "--out must end in .svg or .png, got {}",
+            out.display()
+        );
+        let agent = a.remote.agent(Some(Duration::from_secs(60)));
+        let r = a.remote.send(
+            a.remote
+                .request(&agent, "GET", &format!("/sweeps/{id}/curve.{ext}")),
+            None,
+        )?;
+        let mut file = std::fs::File::create(out)?;
+        std::io::copy(&mut r.into_reader(), &mut file)?;
+        println!("saved {}", out.display());
     }
     let failed = sweep["counts"]["failed"].as_i64().unwrap_or(0);
     if a.follow && failed > 0 {

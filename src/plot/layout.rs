@@ -73,6 +73,14 @@ pub(super) fn layout(chart: &Chart, w: f64, h: f64) -> Layout {
             }
         }
     }
+    for b in &chart.bands {
+        for &(_, lo, hi) in &b.points {
+            if lo.is_finite() && hi.is_finite() {
+                ymin = ymin.min(lo);
+                ymax = ymax.max(hi);
+            }
+        }
+    }
     if xmin > xmax {
         (xmin, xmax, ymin, ymax) = (0.0, 10.0, 0.0, 1.0);
     }

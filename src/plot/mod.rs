@@ -95,6 +95,14 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// The spread around a mean: an area filled in its group's colour, under the lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Band {
+    pub group: usize,
+    /// `(x, low, high)`.
+    pub points: Vec<(f64, f64, f64)>,
+}
+
 /// What [`svg`] and [`png`] draw.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chart {
@@ -102,6 +110,8 @@ pub struct Chart {
     pub x_label: String,
     pub y_label: String,
     pub series: Vec<Series>,
+    /// Drawn first, under every series.
+    pub bands: Vec<Band>,
 }
 
 /// One run's curve: a name and its per-epoch metrics.
@@ -170,6 +180,85 @@ pub fn chart(title: &str, runs: &[Run], metric: Metric) -> Chart {
         x_label: "epoch".into(),
         y_label: metric.as_str().into(),
         series,
+        bands: Vec::new(),
+    }
+}
+
+/// Runs that repeat one point (the same spec on other seeds), drawn as one.
+#[derive(Debug, Clone)]
+pub struct Repeats<'a> {
+    pub name: &'a str,
+    pub runs: Vec<&'a [EpochMetrics]>,
+}
+
+/// The chart of `metric` on one split (`val`, `test` or `train`) for groups of repeats:
+/// per group, the mean of each epoch over the runs that reached it, and a band of one
+/// sample standard deviation either side (none below two runs).
+pub fn mean_chart(title: &str, groups: &[Repeats], metric: Metric, split: &str) -> Chart {
+    let pick = |m: &EpochMetrics| -> Option<f64> {
+        match (metric, split) {
+            (Metric::Loss, "train") => Some(m.train_loss),
+            (Metric::Loss, "val") => m.val_loss,
+            (Metric::Loss, _) => m.test_loss,
+            (Metric::Accuracy, "train") => Some(m.train_accuracy),
+            (Metric::Accuracy, "val") => m.val_accuracy,
+            (Metric::Accuracy, _) => m.test_accuracy,
+        }
+    };
+    let style = match split {
+        "train" => LineStyle::Solid,
+        "val" => LineStyle::Dashed,
+        _ => LineStyle::Dotted,
+    };
+    let mut series = Vec::new();
+    let mut bands = Vec::new();
+    for (group, g) in groups.iter().enumerate() {
+        let mut at: std::collections::BTreeMap<u32, Vec<f64>> = Default::default();
+        for run in &g.runs {
+            for m in run.iter() {
+                if let Some(v) = pick(m).filter(|v| v.is_finite()) {
+                    at.entry(m.epoch).or_default().push(v);
+                }
+            }
+        }
+        let mut mean = Vec::new();
+        let mut band = Vec::new();
+        for (epoch, v) in at {
+            let n = v.len() as f64;
+            let m = v.iter().sum::<f64>() / n;
+            mean.push((f64::from(epoch), m));
+            if v.len() > 1 {
+                let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+                band.push((f64::from(epoch), m - sd, m + sd));
+            }
+        }
+        if mean.is_empty() {
+            continue;
+        }
+        series.push(Series {
+            name: format!("{} (mean of {})", g.name, g.runs.len()),
+            group,
+            style,
+            points: mean,
+        });
+        if !band.is_empty() {
+            bands.push(Band {
+                group,
+                points: band,
+            });
+        }
+    }
+    let split_name = match split {
+        "train" => "training",
+        "val" => "validation",
+        _ => "test",
+    };
+    Chart {
+        title: title.to_string(),
+        x_label: "epoch".into(),
+        y_label: format!("{split_name} {metric} (mean ± sd)"),
+        series,
+        bands,
     }
 }
 

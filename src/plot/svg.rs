@@ -177,6 +177,7 @@ fn write_svg(o: &mut String, chart: &Chart, l: &Layout) -> std::fmt::Result {
     push_text(o, &chart.y_label);
     o.push_str("</text>");
 
+    write_bands(o, chart, l)?;
     write_series(o, chart, l)?;
     write_legend(o, l)?;
 
@@ -200,6 +201,34 @@ fn write_svg(o: &mut String, chart: &Chart, l: &Layout) -> std::fmt::Result {
         )?;
     }
     o.push_str("</svg>\n");
+    Ok(())
+}
+
+/// One filled `<path class="band">` per band: along the highs, back along the lows.
+fn write_bands(o: &mut String, chart: &Chart, l: &Layout) -> std::fmt::Result {
+    for b in &chart.bands {
+        let pts: Vec<_> = b
+            .points
+            .iter()
+            .filter(|(x, lo, hi)| x.is_finite() && lo.is_finite() && hi.is_finite())
+            .collect();
+        if pts.len() < 2 {
+            continue;
+        }
+        o.push_str(r#"<path class="band" d=""#);
+        for (i, (x, _, hi)) in pts.iter().enumerate() {
+            let cmd = if i == 0 { 'M' } else { 'L' };
+            write!(o, "{cmd}{} {}", P(l.xs.map(*x)), P(l.ys.map(*hi)))?;
+        }
+        for (x, lo, _) in pts.iter().rev() {
+            write!(o, "L{} {}", P(l.xs.map(*x)), P(l.ys.map(*lo)))?;
+        }
+        write!(
+            o,
+            r#"Z" fill="{}" fill-opacity="0.18" stroke="none"/>"#,
+            PALETTE[b.group % PALETTE.len()]
+        )?;
+    }
     Ok(())
 }
 

@@ -210,12 +210,20 @@ async fn sweep_queues_follows_and_prints_the_ranking_and_refuses_field_by_field(
         .collect();
     assert_eq!(ranked.len(), 2, "a row per point:\n{out}");
     let id = out.split_whitespace().next().unwrap().to_string();
-    let (ok, again, _) = client(&base, &["sweep", "--id", &id]).await;
+    let svg = dir.path().join("sweep.svg");
+    let (ok, again, _) = client(
+        &base,
+        &["sweep", "--id", &id, "--out", svg.to_str().unwrap()],
+    )
+    .await;
     assert!(ok);
     assert!(
         again.contains("2/2 ended") && again.contains("rank"),
         "{again}"
     );
+    // One repeat per point: each point's line, and no band.
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(picture.matches("(mean of 1)").count(), 2, "{picture}");
 
     let bad = spec_file(
         dir.path(),

@@ -1190,6 +1190,39 @@ fn rows() -> Vec<Row> {
             },
         },
         Row {
+            method: "GET",
+            path: "/sweeps/{id}/curve.svg",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                let id = if s == Subject::Real {
+                    fx.sweep
+                } else {
+                    fx.unknown
+                };
+                Req::get(format!("/sweeps/{id}/curve.svg")).names(s, fx.sweep, fx.unknown)
+            },
+            expect: owners,
+            check: |_, _, a| has_type(a, "image/svg+xml"),
+        },
+        Row {
+            method: "GET",
+            path: "/sweeps/{id}/curve.png",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                let id = if s == Subject::Real {
+                    fx.sweep
+                } else {
+                    fx.unknown
+                };
+                Req::get(format!("/sweeps/{id}/curve.png?width=300&height=200"))
+                    .names(s, fx.sweep, fx.unknown)
+            },
+            expect: owners,
+            check: |_, _, a| has_type(a, "image/png"),
+        },
+        Row {
             method: "POST",
             path: "/sweeps/{id}/cancel",
             variant: "",

@@ -180,6 +180,38 @@ async fn view(state: &AppState, sweep: Sweep) -> Result<SweepView, ApiError> {
     })
 }
 
+/// The sweep `scope` may see, and its points to draw, best first (an ablation: A, B,
+/// then its differences by effect), each with its children's ids.
+pub(super) async fn point_groups(
+    state: &AppState,
+    scope: crate::store::Scope,
+    id: Uuid,
+) -> Result<(Sweep, Vec<(String, Vec<Uuid>)>), ApiError> {
+    let sweep = state.store.sweep_in(scope, id).await.map_err(not_found)?;
+    let v = view(state, sweep.clone()).await?;
+    let mut labels: Vec<String> = Vec::new();
+    if let Some(r) = &v.ranking {
+        labels.extend(r.iter().map(|r| r.label.clone()));
+    }
+    if let Some(a) = &v.ablation {
+        labels.extend(["from (A)".to_string(), "to (B)".to_string()]);
+        labels.extend(a.differences.iter().map(|d| d.path.clone()));
+    }
+    let groups = labels
+        .into_iter()
+        .map(|l| {
+            let ids = v
+                .children
+                .iter()
+                .filter(|c| c.label == l)
+                .map(|c| c.id)
+                .collect();
+            (l, ids)
+        })
+        .collect();
+    Ok((sweep, groups))
+}
+
 /// Queue a sweep: a grid, a random search, or an ablation of two experiments.
 #[utoipa::path(post, path = "/sweeps", tag = "sweeps", operation_id = "create_sweep",
     request_body(content = Object, content_type = "application/json",

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::plot::tests::epochs;
-use crate::plot::{Metric, Run, Series, chart};
+use crate::plot::{Metric, Repeats, Run, Series, chart, mean_chart};
 
 /// The SVG parsed as XML, checked for what every picture must have.
 fn parse(text: &str) -> roxmltree::Document<'_> {
@@ -158,6 +158,7 @@ fn non_finite_points_break_the_line_and_keep_the_xml_valid() {
                 (f64::NAN, 0.3),
             ],
         }],
+        bands: vec![],
     };
     let text = svg(&c, 800, 500);
     assert!(!text.contains("NaN") && !text.contains("inf"), "{text}");
@@ -328,4 +329,45 @@ fn legend_says_how_many_entries_did_not_fit() {
             .count();
         assert_eq!(more, &format!("+{} more", 90 - shown), "{w}x{h}");
     }
+}
+
+#[test]
+fn repeats_draw_their_mean_over_a_band_of_one_standard_deviation() {
+    let (a, b) = (epochs(3, 0.0, false, true), epochs(3, 0.4, false, true));
+    let c = mean_chart(
+        "sweep",
+        &[Repeats {
+            name: "lr=0.1",
+            runs: vec![&a, &b],
+        }],
+        Metric::Loss,
+        "test",
+    );
+    assert_eq!(c.series.len(), 1);
+    assert_eq!(c.series[0].name, "lr=0.1 (mean of 2)");
+    let (x, m) = c.series[0].points[0];
+    let want = (a[0].test_loss.unwrap() + b[0].test_loss.unwrap()) / 2.0;
+    assert_eq!((x, m), (1.0, want));
+    let sd = (a[0].test_loss.unwrap() - b[0].test_loss.unwrap()).abs() / 2f64.sqrt();
+    let (_, lo, hi) = c.bands[0].points[0];
+    assert!((hi - lo - 2.0 * sd).abs() < 1e-12);
+    let text = svg(&c, 800, 500);
+    let doc = parse(&text);
+    let bands = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("band"))
+        .count();
+    assert_eq!(bands, 1);
+    assert_eq!(series_paths(&doc).len(), 1);
+    // One run: its line alone, no band.
+    let one = mean_chart(
+        "sweep",
+        &[Repeats {
+            name: "x",
+            runs: vec![&a],
+        }],
+        Metric::Accuracy,
+        "test",
+    );
+    assert!(one.bands.is_empty());
 }

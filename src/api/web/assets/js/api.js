@@ -113,6 +113,7 @@ export function randomKey() {
 export const links = {
   experiment: (id) => `/ui/experiments/${enc(id)}`,
   sweep: (id) => `/ui/sweeps/${enc(id)}`,
+  sweepPicture: (id, metric, ext = 'svg') => `/sweeps/${enc(id)}/curve.${ext}?metric=${metric}`,
   compare: (ids) => `/ui/compare?ids=${ids.map(enc).join(',')}`,
   runAgain: (id) => `/ui/new?from=${enc(id)}`,
   predict: (id) => `/ui/predict${query({ experiment: id })}`,
