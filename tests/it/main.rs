@@ -43,4 +43,5 @@ mod spec_validation;
 mod sse_limit;
 mod tenancy_matrix;
 mod tenants;
+mod v2;
 mod warm_start;
