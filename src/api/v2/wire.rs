@@ -48,6 +48,7 @@ pub struct InferRequest {
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Parameters>,
     /// Exactly one: `images`.
+    #[schema(min_items = 1, max_items = 1)]
     pub inputs: Vec<RequestInput>,
     /// The outputs wanted (only `probabilities`); all of them when absent.
     #[serde(default)]
@@ -57,9 +58,15 @@ pub struct InferRequest {
 /// One input tensor (`$request_input`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RequestInput {
+    /// `images`.
+    #[schema(value_type = InputName)]
     pub name: String,
+    /// `[N, H, W]` or `[N, C, H, W]` for `UINT8`, `[N, C, H, W]` for `FP32`, `[N]` for
+    /// `BYTES`; N is 1 to 64.
+    #[schema(min_items = 1, max_items = 4)]
     pub shape: Vec<u64>,
     /// `UINT8`, `FP32` or `BYTES`.
+    #[schema(value_type = Datatype)]
     pub datatype: String,
     /// `binary_data_size` (integer): the tensor's bytes follow the JSON header.
     #[serde(default)]
@@ -72,9 +79,39 @@ pub struct RequestInput {
     pub data: Option<JsonData>,
 }
 
+/// The model's one input.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum InputName {
+    #[schema(rename = "images")]
+    Images,
+}
+
+/// The model's one output.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum OutputName {
+    #[schema(rename = "probabilities")]
+    Probabilities,
+}
+
+/// The datatypes `images` takes.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum Datatype {
+    #[schema(rename = "UINT8")]
+    Uint8,
+    #[schema(rename = "FP32")]
+    Fp32,
+    #[schema(rename = "BYTES")]
+    Bytes,
+}
+
 /// One output asked for (`$request_output`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RequestOutput {
+    /// `probabilities`.
+    #[schema(value_type = OutputName)]
     pub name: String,
     /// `binary_data` (bool): this output as binary data.
     #[serde(default)]
