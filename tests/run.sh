@@ -95,6 +95,19 @@ DIGITS_ZIP=$(mktemp --suffix=.zip)
 TRAINYARD_DIGITS_ZIP="$DIGITS_ZIP" cargo test --test it digits:: -- --ignored
 rm -f "$DIGITS_ZIP"
 
+# A client nobody here wrote: NVIDIA's tritonclient[http] (from PyPI, in a cached venv,
+# with Pillow for the spec's resize) against the Open Inference Protocol routes, its
+# answers compared with /predict's.
+TRITON_VENV="${TRAINYARD_TRITON_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/trainyard/tritonclient-2.73.0}"
+if [ ! -x "$TRITON_VENV/bin/python" ] ||
+  ! "$TRITON_VENV/bin/python" -c 'import tritonclient.http, PIL' 2>/dev/null; then
+  echo "installing tritonclient 2.73.0 into $TRITON_VENV" >&2
+  rm -rf "$TRITON_VENV"
+  python3 -m venv "$TRITON_VENV"
+  "$TRITON_VENV/bin/pip" install -q --disable-pip-version-check "tritonclient[http]==2.73.0" pillow==13.0.0
+fi
+TRAINYARD_TRITON_PYTHON="$TRITON_VENV/bin/python" cargo test --test it v2::tritonclient -- --ignored
+
 # Fashion-MNIST uploaded as IDX pairs (Debian's dataset-fashion-mnist) trains the curve of
 # the built-in one, bit for bit.
 [ -d /usr/share/datasets/fashion-mnist ] || {

@@ -12,7 +12,8 @@
 # so that generated submissions and predictions reach the handlers, not a 429. Then one
 # worker process trains one tiny experiment and exits, so that generated requests reach
 # metrics, checkpoints and /predict with real weights too: its id (and a queued one's) are
-# offered to the generator as likely values of `id` and `experiment`.
+# offered to the generator as likely values of `id` and `experiment` (the v2 routes' model
+# name), and its epoch as a likely `version`.
 #
 # Usage: tests/schemathesis.sh   (needs python3 with venv and pip, PostgreSQL on
 # 127.0.0.1:5432 as tests/run.sh starts it, and MNIST in $TRAINYARD_DATA_DIR or ../shared/data).
@@ -148,6 +149,8 @@ values = ["$TRAINED", "$QUEUED", "$CANCELLED"]
 values = ["$DELETABLE"]
 [dictionaries.checkpoints]
 values = ["best", "last", "1", "2"]
+[dictionaries.versions]
+values = ["1", "2"]
 # The document's security scheme, with the admin key made above.
 [auth.openapi.bearer]
 bearer = "\${TRAINYARD_SCHEMATHESIS_KEY}"
@@ -155,6 +158,8 @@ bearer = "\${TRAINYARD_SCHEMATHESIS_KEY}"
 "path.id" = { dictionary = "experiments", probability = 0.5 }
 "query.experiment" = { dictionary = "experiments", probability = 0.5 }
 "path.which" = { dictionary = "checkpoints", probability = 0.5 }
+"path.experiment" = { dictionary = "experiments", probability = 0.5 }
+"path.version" = { dictionary = "versions", probability = 0.5 }
 # A stream of an experiment that has not ended stays open: read what it sent first.
 [[operations]]
 include-path = "/experiments/{id}/curve"
@@ -170,6 +175,13 @@ include-path = "/predict"
 checks.positive_data_acceptance.enabled = false
 [[operations]]
 include-path = "/specs/validate"
+checks.positive_data_acceptance.enabled = false
+# Nor can it say that a tensor's shape must be the model's and hold its data.
+[[operations]]
+include-path = "/v2/models/{experiment}/infer"
+checks.positive_data_acceptance.enabled = false
+[[operations]]
+include-path = "/v2/models/{experiment}/versions/{version}/infer"
 checks.positive_data_acceptance.enabled = false
 [[operations]]
 include-path = "/experiments/{id}"

@@ -1,9 +1,10 @@
 //! Who is asking: API keys in `Authorization: Bearer`, or the web app's session cookie.
 //!
-//! Every route but health, the OpenAPI document, the web app's files, `/metrics` and
-//! signing in goes through [`authenticate`], which puts the [`Caller`] in the request's
-//! extensions; handlers take it as an extractor and pass its [`Scope`] to the store, which
-//! answers another account's experiments exactly as unknown ones.
+//! Every route but health (the Open Inference Protocol's too), the OpenAPI document, the
+//! web app's files, `/metrics` and signing in goes through [`authenticate`], which puts
+//! the [`Caller`] in the request's extensions; handlers take it as an extractor and pass
+//! its [`Scope`] to the store, which answers another account's experiments exactly as
+//! unknown ones.
 //!
 //! Checking a key costs a database round trip, too much for every `/predict`: a checked
 //! key (or session) is remembered for [`CACHE_SECS`]. Revoking a key `NOTIFY`s every
@@ -52,7 +53,8 @@ pub enum AuthMode {
 pub struct RateLimits {
     /// `POST /experiments` per minute and key (0: unlimited).
     pub experiments_per_minute: u32,
-    /// `POST /predict` per second and key (0: unlimited).
+    /// `POST /predict` and `/v2` inference requests per second and key, together (0:
+    /// unlimited).
     pub predict_per_second: u32,
 }
 
@@ -214,7 +216,8 @@ impl Auth {
         }
         let (limiter, name) = match what {
             Limited::Experiments => (&self.experiments, "POST /experiments"),
-            Limited::Predict => (&self.predict, "POST /predict"),
+            // One bucket for both ways of predicting.
+            Limited::Predict => (&self.predict, "predictions (POST /predict and /v2 infer)"),
         };
         let Some(limiter) = limiter else {
             return Ok(());

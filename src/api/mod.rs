@@ -26,6 +26,7 @@ pub mod session;
 pub mod specs;
 pub mod stats;
 pub mod sweeps;
+pub mod v2;
 pub mod view;
 pub mod web;
 
@@ -140,6 +141,15 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    // The Open Inference Protocol: /predict's keys, limits and models, the protocol's
+    // errors (`{"error": ...}`) whichever layer refuses.
+    let inference = v2::router()
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .merge(v2::public_router())
+        .route_layer(axum::middleware::from_fn(v2::protocol_errors));
     let public = Router::new()
         .merge(health::router())
         .merge(metrics::router())
@@ -150,6 +160,7 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .merge(private)
         .merge(public)
+        .merge(inference)
         .fallback(|| async { error::ApiError::NotFound("route") })
         // After every route: a known path with another method is a 405 problem (axum
         // still adds the Allow header).

@@ -30,6 +30,10 @@ use super::AppState;
         super::sweeps::create, super::sweeps::list, super::sweeps::show,
         super::sweeps::cancel, super::sweeps::delete,
         super::pictures::sweep_svg, super::pictures::sweep_png,
+        super::v2::server_metadata, super::v2::live, super::v2::ready,
+        super::v2::model_metadata, super::v2::version_metadata,
+        super::v2::model_ready, super::v2::version_ready,
+        super::v2::infer_served, super::v2::infer_version,
     ),
     components(schemas(super::error::Problem, crate::spec::FieldError, crate::spec::diff::Difference)),
     tags(
@@ -43,6 +47,7 @@ use super::AppState;
         (name = "health", description = "Probes"),
         (name = "keys", description = "API keys, accounts and their quotas"),
         (name = "session", description = "The web app's sign-in"),
+        (name = "v2", description = "The Open Inference Protocol (KServe v2, Triton's HTTP API): the same models as /predict, by experiment id and epoch"),
     )
 )]
 struct ApiDoc;
@@ -81,9 +86,12 @@ pub fn openapi() -> serde_json::Value {
 }
 
 /// Operations anyone may call: `(path, method)`.
-const PUBLIC: [(&str, &str); 5] = [
+const PUBLIC: [(&str, &str); 8] = [
     ("/healthz", "get"),
     ("/readyz", "get"),
+    ("/v2", "get"),
+    ("/v2/health/live", "get"),
+    ("/v2/health/ready", "get"),
     ("/metrics", "get"),
     ("/session", "post"),
     ("/session", "delete"),

@@ -166,7 +166,8 @@ pub struct ServeArgs {
     /// `POST /experiments` per minute and key; bursts of as many (0: unlimited).
     #[arg(long, env = "TRAINYARD_RATE_LIMIT_EXPERIMENTS", default_value_t = RateLimits::default().experiments_per_minute)]
     pub rate_limit_experiments: u32,
-    /// `POST /predict` per second and key; bursts of as many (0: unlimited).
+    /// `POST /predict` and `/v2` inference requests together, per second and key; bursts
+    /// of as many (0: unlimited).
     #[arg(long, env = "TRAINYARD_RATE_LIMIT_PREDICT", default_value_t = RateLimits::default().predict_per_second)]
     pub rate_limit_predict: u32,
     /// Seconds a client has to send a request's line and headers (and the most a

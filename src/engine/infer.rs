@@ -67,6 +67,8 @@ pub struct Predictor {
     fast: Option<FastNet>,
     ops: Vec<Op>,
     last: Activation,
+    /// Outputs of the last layer: one probability per class.
+    classes: usize,
     pre: Preprocess,
     spec: ExperimentSpec,
     data: DataInfo,
@@ -167,6 +169,7 @@ impl Predictor {
             fast,
             ops,
             last: plan.output_activation(),
+            classes: plan.classes(),
             pre: Preprocess::new(
                 &ckpt.spec.dataset,
                 ckpt.data.channels,
@@ -194,14 +197,40 @@ impl Predictor {
         self.data.channels * self.data.height * self.data.width
     }
 
+    /// What the forward takes once an image is preprocessed: `[channels, height, width]`
+    /// f32, the height and width being the spec's `resize` where it has one.
+    pub fn input_shape(&self) -> [usize; 3] {
+        let (h, w) = self.pre.output_size();
+        [self.data.channels, h, w]
+    }
+
+    /// Floats of one preprocessed image.
+    pub fn input_len(&self) -> usize {
+        self.input_shape().iter().product()
+    }
+
+    /// Probabilities in each answer (the last layer's outputs).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
     /// The epoch whose weights answer.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
 
     /// Class probabilities for each of `n` u8 images (each [`Predictor::image_len`]
-    /// bytes, CHW) laid end to end.
+    /// bytes, CHW) laid end to end: [`Predictor::prepare`], then
+    /// [`Predictor::predict_prepared`].
     pub fn predict(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut x = Vec::new();
+        self.prepare(images, &mut x)?;
+        self.predict_prepared(&x)
+    }
+
+    /// Appends the preprocessed floats of `n` u8 images (each [`Predictor::image_len`]
+    /// bytes, CHW) to `dst`: the spec's resize and normalisation, as its training data had.
+    pub fn prepare(&self, images: &[u8], dst: &mut Vec<f32>) -> Result<(), EngineError> {
         let px = self.image_len();
         if images.is_empty() || !images.len().is_multiple_of(px) {
             return Err(EngineError::Input(format!(
@@ -212,19 +241,32 @@ impl Predictor {
                 images.len()
             )));
         }
-        let n = images.len() / px;
-        let c = self.data.channels;
-        let (h, w) = self.pre.output_size();
-        let mut x = Vec::with_capacity(n * c * h * w);
-        self.pre.extend(images, &mut x);
+        self.pre.extend(images, dst);
+        Ok(())
+    }
+
+    /// Class probabilities for each of `n` already preprocessed images (each
+    /// [`Predictor::input_len`] floats, CHW, as [`Predictor::prepare`] makes them) laid
+    /// end to end.
+    pub fn predict_prepared(&self, x: &[f32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let len = self.input_len();
+        if x.is_empty() || !x.len().is_multiple_of(len) {
+            let [c, h, w] = self.input_shape();
+            return Err(EngineError::Input(format!(
+                "expected whole {c}x{h}x{w} inputs, got {} floats",
+                x.len()
+            )));
+        }
+        let n = x.len() / len;
         if let Some(fast) = &self.fast {
-            let out = fast.outputs(&x, n);
+            let out = fast.outputs(x, n);
             return Ok(out
                 .chunks(fast.classes())
                 .map(|row| self.row_probabilities(row))
                 .collect());
         }
-        let x = Tensor::from_vec(x, (n, c, h, w), &self.device)?;
+        let [c, h, w] = self.input_shape();
+        let x = Tensor::from_slice(x, (n, c, h, w), &self.device)?;
         let p = self.probabilities(self.forward(x)?)?;
         Ok(p.to_vec2::<f32>()?)
     }

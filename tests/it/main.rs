@@ -44,4 +44,5 @@ mod sse_limit;
 mod sweeps;
 mod tenancy_matrix;
 mod tenants;
+mod v2;
 mod warm_start;

@@ -687,6 +687,113 @@ fn rows() -> Vec<Row> {
                 }
             },
         },
+        // --- the Open Inference Protocol: /predict's models by another name ---
+        Row {
+            method: "GET",
+            path: "/v2/models/{experiment}",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                Req::get(format!("/v2/models/{}", fx.id(s))).names_experiment(fx, s, fx.trained)
+            },
+            expect: owners,
+            check: is_trained_model,
+        },
+        Row {
+            method: "GET",
+            path: "/v2/models/{experiment}/versions/{version}",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                Req::get(format!("/v2/models/{}/versions/1", fx.id(s)))
+                    .names_experiment(fx, s, fx.trained)
+            },
+            expect: owners,
+            check: is_trained_model,
+        },
+        Row {
+            method: "GET",
+            path: "/v2/models/{experiment}/ready",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                Req::get(format!("/v2/models/{}/ready", fx.id(s)))
+                    .names_experiment(fx, s, fx.trained)
+            },
+            expect: owners,
+            check: is_ready_model,
+        },
+        Row {
+            method: "GET",
+            path: "/v2/models/{experiment}/versions/{version}/ready",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                Req::get(format!("/v2/models/{}/versions/1/ready", fx.id(s)))
+                    .names_experiment(fx, s, fx.trained)
+            },
+            expect: owners,
+            check: is_ready_model,
+        },
+        Row {
+            method: "POST",
+            path: "/v2/models/{experiment}/infer",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                Req::new("POST", format!("/v2/models/{}/infer", fx.id(s)))
+                    .json(v2_request())
+                    .names_experiment(fx, s, fx.trained)
+            },
+            expect: owners,
+            check: is_v2_answer,
+        },
+        Row {
+            method: "POST",
+            path: "/v2/models/{experiment}/versions/{version}/infer",
+            variant: "",
+            public: false,
+            request: |fx, _, s| {
+                Req::new("POST", format!("/v2/models/{}/versions/1/infer", fx.id(s)))
+                    .json(v2_request())
+                    .names_experiment(fx, s, fx.trained)
+            },
+            expect: owners,
+            check: is_v2_answer,
+        },
+        Row {
+            method: "GET",
+            path: "/v2",
+            variant: "",
+            public: true,
+            request: |_, _, _| Req::get("/v2"),
+            expect: anyone,
+            check: |_, _, a| {
+                if a.json()["extensions"] == json!(["binary_tensor_data"]) {
+                    Ok(())
+                } else {
+                    Err(format!("server metadata {}", a.text()))
+                }
+            },
+        },
+        Row {
+            method: "GET",
+            path: "/v2/health/live",
+            variant: "",
+            public: true,
+            request: |_, _, _| Req::get("/v2/health/live"),
+            expect: anyone,
+            check: ok,
+        },
+        Row {
+            method: "GET",
+            path: "/v2/health/ready",
+            variant: "",
+            public: true,
+            request: |_, _, _| Req::get("/v2/health/ready"),
+            expect: anyone,
+            check: ok,
+        },
         // --- specs: anyone with a key ---
         Row {
             method: "GET",
@@ -1295,6 +1402,55 @@ async fn sweep(app: &axum::Router, key: &str, cancel: bool) -> Uuid {
     id
 }
 
+/// A v2 inference request of one MNIST test image's raw pixels.
+fn v2_request() -> Value {
+    let px = common::mnist().test.image(0).to_vec();
+    json!({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 28, 28], "data": px}]})
+}
+
+fn is_trained_model(fx: &Fx, _: Who, a: &Answer) -> Result<(), String> {
+    let m = a.json();
+    if m["name"] == fx.trained.to_string() && m["versions"] == json!(["1"]) {
+        Ok(())
+    } else {
+        Err(format!("not the trained model's metadata: {m}"))
+    }
+}
+
+fn is_ready_model(fx: &Fx, _: Who, a: &Answer) -> Result<(), String> {
+    let m = a.json();
+    if m["name"] == fx.trained.to_string() && m["ready"] == true {
+        Ok(())
+    } else {
+        Err(format!("not the trained model, ready: {m}"))
+    }
+}
+
+fn is_v2_answer(fx: &Fx, _: Who, a: &Answer) -> Result<(), String> {
+    let r = a.json();
+    if r["model_name"] == fx.trained.to_string()
+        && r["model_version"] == "1"
+        && r["outputs"][0]["shape"] == json!([1, 10])
+    {
+        Ok(())
+    } else {
+        Err(format!("not one image's probabilities: {r}"))
+    }
+}
+
+/// The error document a row's operation answers with: the protocol's `{"error": "..."}`
+/// on `/v2` routes, else an RFC 9457 problem.
+fn is_error_document(row: &Row, a: &Answer) -> bool {
+    if row.path.starts_with("/v2") {
+        let v = a.json();
+        a.content_type() == "application/json"
+            && v.as_object().is_some_and(|o| o.len() == 1)
+            && v["error"].is_string()
+    } else {
+        a.content_type() == "application/problem+json"
+    }
+}
+
 /// `/compare`, `.svg` or `.png`: the admin and the owner compare two of the owner's
 /// experiments; anyone else names the owner's trained one beside the other account's
 /// own (and the unknown twin an unknown id beside it).
@@ -1545,7 +1701,7 @@ async fn every_operation_answers_every_caller_as_it_must_and_another_account_lea
             if op["responses"].get(a.status.to_string()).is_none() {
                 wrong.push(format!("{} is not in the document", a.status));
             }
-            let problem = a.content_type() == "application/problem+json";
+            let problem = is_error_document(row, &a);
             match expect {
                 Expect::Status(s) if a.status != s => {
                     wrong.push(format!("expected {s}, got {}: {}", a.status, a.text()))

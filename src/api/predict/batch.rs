@@ -25,21 +25,37 @@ use tokio::time::Instant;
 
 use crate::engine::infer::Predictor;
 
-/// What a batcher runs: whole images of [`Classify::image_len`] bytes in, one
-/// probability row per image out.
+/// What a batcher runs. A request brings u8 images ([`Classify::image_len`] bytes each,
+/// `/predict`'s decoded images), which the pass preprocesses with [`Classify::prepare`],
+/// or images already preprocessed ([`Classify::input_len`] floats each, the Open Inference
+/// Protocol's `FP32` tensors). Either way a forward pass runs over floats, and both kinds
+/// of request share it: one probability row per image out.
 pub trait Classify: Send + Sync + 'static {
-    fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String>;
-    /// Bytes of one image.
+    /// Bytes of one u8 image.
     fn image_len(&self) -> usize;
+    /// Floats of one preprocessed image.
+    fn input_len(&self) -> usize;
+    /// Appends the preprocessed floats of whole u8 images to `dst`.
+    fn prepare(&self, images: &[u8], dst: &mut Vec<f32>) -> Result<(), String>;
+    /// Probabilities for whole preprocessed images.
+    fn classify(&self, x: &[f32]) -> Result<Vec<Vec<f32>>, String>;
 }
 
 impl Classify for Predictor {
-    fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String> {
-        self.predict(images).map_err(|e| e.to_string())
-    }
-
     fn image_len(&self) -> usize {
         Predictor::image_len(self)
+    }
+
+    fn input_len(&self) -> usize {
+        Predictor::input_len(self)
+    }
+
+    fn prepare(&self, images: &[u8], dst: &mut Vec<f32>) -> Result<(), String> {
+        Predictor::prepare(self, images, dst).map_err(|e| e.to_string())
+    }
+
+    fn classify(&self, x: &[f32]) -> Result<Vec<Vec<f32>>, String> {
+        self.predict_prepared(x).map_err(|e| e.to_string())
     }
 }
 
@@ -130,9 +146,16 @@ pub enum BatchError {
 
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, BatchError>>;
 
+/// A request's whole images, end to end.
+enum Input {
+    /// u8 images, to preprocess.
+    Pixels(Vec<u8>),
+    /// Images already preprocessed.
+    Prepared(Vec<f32>),
+}
+
 struct Job {
-    /// Whole images, end to end.
-    pixels: Vec<u8>,
+    input: Input,
     /// How many.
     images: usize,
     reply: Reply,
@@ -147,8 +170,10 @@ impl Job {
 /// The queue in front of one model's batcher task. The task ends when this is dropped.
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
-    /// Bytes of one image of its model.
+    /// Bytes of one u8 image of its model.
     image_len: usize,
+    /// Floats of one preprocessed image of its model.
+    input_len: usize,
 }
 
 impl Batcher {
@@ -160,25 +185,50 @@ impl Batcher {
         counters: Arc<Counters>,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(cfg.max_batch.max(16) * 4);
-        let image_len = predictor.image_len();
+        let (image_len, input_len) = (predictor.image_len(), predictor.input_len());
         tokio::spawn(run(rx, predictor, cfg, incoming, counters));
-        Batcher { tx, image_len }
+        Batcher {
+            tx,
+            image_len,
+            input_len,
+        }
     }
 
-    /// Queues whole images (at least one, each of the model's size) and waits for their
-    /// probabilities. The guard is released once the request is queued.
+    /// Queues whole u8 images (at least one, each of the model's size) and waits for
+    /// their probabilities. The guard is released once the request is queued.
     pub async fn predict(
         &self,
         pixels: Vec<u8>,
         guard: IncomingGuard,
     ) -> Result<Vec<Vec<f32>>, BatchError> {
         debug_assert!(!pixels.is_empty() && pixels.len().is_multiple_of(self.image_len));
-        let (reply, rx) = oneshot::channel();
         let images = pixels.len() / self.image_len;
+        self.queue(Input::Pixels(pixels), images, guard).await
+    }
+
+    /// Queues whole preprocessed images (at least one, each of the model's input size)
+    /// and waits for their probabilities, as [`Batcher::predict`] does.
+    pub async fn predict_prepared(
+        &self,
+        x: Vec<f32>,
+        guard: IncomingGuard,
+    ) -> Result<Vec<Vec<f32>>, BatchError> {
+        debug_assert!(!x.is_empty() && x.len().is_multiple_of(self.input_len));
+        let images = x.len() / self.input_len;
+        self.queue(Input::Prepared(x), images, guard).await
+    }
+
+    async fn queue(
+        &self,
+        input: Input,
+        images: usize,
+        guard: IncomingGuard,
+    ) -> Result<Vec<Vec<f32>>, BatchError> {
+        let (reply, rx) = oneshot::channel();
         let sent = self
             .tx
             .send(Job {
-                pixels,
+                input,
                 images,
                 reply,
             })
@@ -240,20 +290,20 @@ async fn run(
     }
 }
 
-/// Runs the jobs' images in forward passes of at most `max` images and answers each job.
+/// Preprocesses the jobs' u8 images, runs every image in forward passes of at most `max`
+/// images and answers each job.
 fn run_batch(predictor: &dyn Classify, jobs: Vec<Job>, max: usize, counters: &Counters) {
-    let all: Cow<[u8]> = match jobs.as_slice() {
-        [one] => Cow::Borrowed(&one.pixels),
-        _ => Cow::Owned(jobs.iter().flat_map(|j| j.pixels.iter().copied()).collect()),
-    };
-    let px = predictor.image_len();
-    let mut probs = Vec::with_capacity(all.len() / px);
-    let mut failure = None;
-    for chunk in all.chunks(max * px) {
+    let len = predictor.input_len();
+    let (all, mut failure) = inputs(predictor, &jobs);
+    let mut probs = Vec::with_capacity(all.len() / len);
+    for chunk in all.chunks(max * len) {
+        if failure.is_some() {
+            break;
+        }
+        let n = chunk.len() / len;
         match predictor.classify(chunk) {
-            Ok(p) if p.len() == chunk.len() / px => probs.extend(p),
+            Ok(p) if p.len() == n => probs.extend(p),
             Ok(p) => {
-                let n = chunk.len() / px;
                 failure = Some(BatchError::Failed(format!(
                     "{} answers for {n} images",
                     p.len()
@@ -266,10 +316,8 @@ fn run_batch(predictor: &dyn Classify, jobs: Vec<Job>, max: usize, counters: &Co
             }
         }
         counters.passes.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::predict_batch(chunk.len() / px);
-        counters
-            .largest
-            .fetch_max(chunk.len() / px, Ordering::Relaxed);
+        crate::telemetry::predict_batch(n);
+        counters.largest.fetch_max(n, Ordering::Relaxed);
     }
     if failure.is_none() {
         counters
@@ -287,6 +335,33 @@ fn run_batch(predictor: &dyn Classify, jobs: Vec<Job>, max: usize, counters: &Co
         };
         let _ = job.reply.send(answer);
     }
+}
+
+/// The jobs' images as one run of preprocessed floats (a lone job of floats as it is),
+/// or why they could not be preprocessed.
+fn inputs<'a>(predictor: &dyn Classify, jobs: &'a [Job]) -> (Cow<'a, [f32]>, Option<BatchError>) {
+    if let [
+        Job {
+            input: Input::Prepared(x),
+            ..
+        },
+    ] = jobs
+    {
+        return (Cow::Borrowed(x), None);
+    }
+    let images: usize = jobs.iter().map(Job::images).sum();
+    let mut all = Vec::with_capacity(images * predictor.input_len());
+    for job in jobs {
+        match &job.input {
+            Input::Pixels(px) => {
+                if let Err(e) = predictor.prepare(px, &mut all) {
+                    return (Cow::Owned(Vec::new()), Some(BatchError::Failed(e)));
+                }
+            }
+            Input::Prepared(x) => all.extend_from_slice(x),
+        }
+    }
+    (Cow::Owned(all), None)
 }
 
 #[cfg(test)]

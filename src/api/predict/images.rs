@@ -147,7 +147,7 @@ pub async fn read_images(req: Request<Body>, state: &AppState) -> Result<Vec<Ima
 }
 
 /// Decodes one image; `field` names it in errors.
-async fn decode(bytes: Bytes, field: &str, t: Target) -> Result<Vec<u8>, ApiError> {
+pub async fn decode(bytes: Bytes, field: &str, t: Target) -> Result<Vec<u8>, ApiError> {
     let decoded = if bytes.len() <= INLINE_BYTES {
         // A short file's header is read in place, and rejects most bad images (no known
         // format, an unreadable header, too many pixels) without leaving the runtime.

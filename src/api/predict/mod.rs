@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use batch::{BatchConfig, BatchError, BatchStats};
+/// What the Open Inference Protocol's endpoints (`api::v2`) share with `/predict`: the
+/// decoding of an image file into a model's format, and the inversion of its polarity.
+pub(crate) use images::{Target, decode};
 pub use models::ModelCache;
 
 use super::auth::{Caller, Limited};
@@ -58,7 +61,7 @@ struct PredictParams {
 
 /// Whether to invert an image before the model sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Invert {
+pub(crate) enum Invert {
     Auto,
     Always,
     Never,
@@ -79,7 +82,7 @@ impl Invert {
 
     /// Inverts `px` when this says so; whether it did. `auto` decides only for a model of
     /// a built-in dataset (28x28, light on black): an uploaded dataset's polarity is its own.
-    fn apply(self, px: &mut [u8], known_polarity: bool) -> bool {
+    pub(crate) fn apply(self, px: &mut [u8], known_polarity: bool) -> bool {
         let yes = match self {
             Invert::Always => true,
             Invert::Never => false,

@@ -64,6 +64,16 @@ fn check(spec: crate::spec::ExperimentSpec) {
     let (h, w) = pre.output_size();
     let mut x = Vec::new();
     pre.extend(&px, &mut x);
+    // The float path: the spec's preprocessing, then the forward, gives the same bits.
+    assert_eq!(predictor.input_shape(), [1, h, w]);
+    assert_eq!(predictor.classes(), 10);
+    let mut prepared = Vec::new();
+    predictor.prepare(&px, &mut prepared).unwrap();
+    assert_eq!(prepared, x);
+    assert_eq!(predictor.predict_prepared(&prepared).unwrap(), got);
+    assert!(predictor.predict_prepared(&prepared[1..]).is_err());
+    assert!(predictor.predict_prepared(&[]).is_err());
+    assert!(predictor.prepare(&px[1..], &mut Vec::new()).is_err());
     let x = Tensor::from_vec(x, (n, 1, h, w), &dev).unwrap();
     let f = model.forward(&x, false, None).unwrap();
     let want = probabilities(&f).unwrap().to_vec2::<f32>().unwrap();

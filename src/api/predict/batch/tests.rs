@@ -20,13 +20,19 @@ impl Classify for Echo {
         PIXELS
     }
 
-    fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String> {
-        let n = images.len() / PIXELS;
+    fn input_len(&self) -> usize {
+        PIXELS
+    }
+
+    fn prepare(&self, images: &[u8], dst: &mut Vec<f32>) -> Result<(), String> {
+        dst.extend(images.iter().map(|&p| p as f32));
+        Ok(())
+    }
+
+    fn classify(&self, x: &[f32]) -> Result<Vec<Vec<f32>>, String> {
+        let n = x.len() / PIXELS;
         self.passes.lock().unwrap().push(n);
-        Ok(images
-            .chunks(PIXELS)
-            .map(|img| vec![img[0] as f32, n as f32])
-            .collect())
+        Ok(x.chunks(PIXELS).map(|img| vec![img[0], n as f32]).collect())
     }
 }
 
@@ -38,8 +44,17 @@ impl Classify for Flaky {
         PIXELS
     }
 
-    fn classify(&self, images: &[u8]) -> Result<Vec<Vec<f32>>, String> {
-        let firsts: Vec<u8> = images.chunks(PIXELS).map(|i| i[0]).collect();
+    fn input_len(&self) -> usize {
+        PIXELS
+    }
+
+    fn prepare(&self, images: &[u8], dst: &mut Vec<f32>) -> Result<(), String> {
+        dst.extend(images.iter().map(|&p| p as f32));
+        Ok(())
+    }
+
+    fn classify(&self, x: &[f32]) -> Result<Vec<Vec<f32>>, String> {
+        let firsts: Vec<u8> = x.chunks(PIXELS).map(|i| i[0] as u8).collect();
         if firsts.contains(&66) {
             panic!("the model broke");
         }
@@ -163,4 +178,39 @@ async fn a_failed_or_panicking_pass_fails_every_request_in_it_and_no_other() {
     let answers = send_all(&b, &inc, &[vec![5], vec![6, 7]]).await;
     assert_eq!(answers[0].as_ref().unwrap(), &vec![vec![5.0]]);
     assert_eq!(answers[1].as_ref().unwrap(), &vec![vec![6.0], vec![7.0]]);
+}
+
+#[tokio::test]
+async fn prepared_and_pixel_requests_share_a_pass_and_each_gets_its_own_answers() {
+    let echo = Arc::new(Echo::default());
+    let (b, inc) = batcher(echo.clone(), 200, 64);
+    let b = Arc::new(b);
+    let prepared =
+        |firsts: &[u8]| -> Vec<f32> { images(firsts).iter().map(|&p| p as f32).collect() };
+    let guards: Vec<_> = (0..3).map(|_| inc.enter()).collect();
+    let mut guards = guards.into_iter();
+    let (b1, b2, b3) = (b.clone(), b.clone(), b.clone());
+    let (g1, g2, g3) = (
+        guards.next().unwrap(),
+        guards.next().unwrap(),
+        guards.next().unwrap(),
+    );
+    let (x1, px2, x3) = (prepared(&[1, 2]), images(&[3]), prepared(&[4]));
+    let (a, p, c) = tokio::join!(
+        tokio::spawn(async move { b1.predict_prepared(x1, g1).await }),
+        tokio::spawn(async move { b2.predict(px2, g2).await }),
+        tokio::spawn(async move { b3.predict_prepared(x3, g3).await }),
+    );
+    let firsts = |r: Result<Vec<Vec<f32>>, BatchError>| -> Vec<u8> {
+        r.unwrap().iter().map(|p| p[0] as u8).collect()
+    };
+    assert_eq!(firsts(a.unwrap()), vec![1, 2]);
+    assert_eq!(firsts(p.unwrap()), vec![3]);
+    assert_eq!(firsts(c.unwrap()), vec![4]);
+    // All three were announced before the first pass: one pass of four images.
+    assert_eq!(*echo.passes.lock().unwrap(), vec![4]);
+
+    // A lone request of floats runs as it is.
+    let alone = b.predict_prepared(prepared(&[9]), inc.enter()).await;
+    assert_eq!(alone.unwrap(), vec![vec![9.0, 1.0]]);
 }
