@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use build::Skipped;
-pub use rank::{Ablation, Ranked};
+pub use rank::{Ablation, RankedPoint};
 
 use super::auth::{Caller, Limited};
 use super::input::{body_error, int_param, path_id, query, require_json};
@@ -121,7 +121,7 @@ pub struct SweepView {
     pub children: Vec<ChildView>,
     /// A grid's or random search's points, best mean of `metric` first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ranking: Option<Vec<Ranked>>,
+    pub ranking: Option<Vec<RankedPoint>>,
     /// An ablation's differences, the largest effect first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ablation: Option<Ablation>,

@@ -45,7 +45,7 @@ impl Spread {
 
 /// One point of a grid or random search, ranked.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Ranked {
+pub struct RankedPoint {
     /// 1 for the best mean; points with no result yet come last, unranked.
     pub rank: Option<usize>,
     pub label: String,
@@ -115,10 +115,10 @@ fn order<T>(items: &mut [T], key: impl Fn(&T) -> Option<f64>, higher: bool) -> V
 }
 
 /// A grid's or random search's points, best mean first.
-pub fn points(children: &[SweepChild], repeats: usize, metric: Monitor) -> Vec<Ranked> {
-    let mut out: Vec<Ranked> = groups(children, repeats)
+pub fn points(children: &[SweepChild], repeats: usize, metric: Monitor) -> Vec<RankedPoint> {
+    let mut out: Vec<RankedPoint> = groups(children, repeats)
         .into_iter()
-        .map(|(point, group)| Ranked {
+        .map(|(point, group)| RankedPoint {
             rank: None,
             label: point.label(),
             experiments: ids(&group),
