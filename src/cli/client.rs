@@ -269,20 +269,7 @@ pub fn compare(a: CompareArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(out) = &a.out {
-        let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
-        anyhow::ensure!(
-            ext == "svg" || ext == "png",
-            "--out must end in .svg or .png, got {}",
-            out.display()
-        );
-        let agent = a.remote.agent(Some(Duration::from_secs(60)));
-        let r = a.remote.send(
-            a.remote
-                .request(&agent, "GET", &format!("/compare.{ext}?{query}")),
-            None,
-        )?;
-        let mut file = std::fs::File::create(out)?;
-        std::io::copy(&mut r.into_reader(), &mut file)?;
+        a.remote.save_picture("/compare", &query, out)?;
         println!("{}", out.display());
     }
     Ok(())

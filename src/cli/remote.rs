@@ -77,6 +77,30 @@ impl Remote {
         serde_json::from_reader(r.into_reader()).with_context(|| format!("reading {path}"))
     }
 
+    /// Saves a picture the service draws as `out`, which names its format: `path` is
+    /// the picture's path without the extension (`/compare`), `query` its query.
+    pub fn save_picture(
+        &self,
+        path: &str,
+        query: &str,
+        out: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
+        anyhow::ensure!(
+            ext == "svg" || ext == "png",
+            "--out must end in .svg or .png, got {}",
+            out.display()
+        );
+        let agent = self.agent(Some(Duration::from_secs(60)));
+        let r = self.send(
+            self.request(&agent, "GET", &format!("{path}.{ext}?{query}")),
+            None,
+        )?;
+        let mut file = std::fs::File::create(out)?;
+        std::io::copy(&mut r.into_reader(), &mut file)?;
+        Ok(())
+    }
+
     /// `method path` with a JSON body (or none), the answer as JSON.
     pub fn json(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let agent = self.agent(Some(Duration::from_secs(60)));

@@ -108,20 +108,8 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         print!("{}", ranking_text(&sweep));
     }
     if let Some(out) = &a.out {
-        let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
-        anyhow::ensure!(
-            ext == "svg" || ext == "png",
-            "--out must end in .svg or .png, got {}",
-            out.display()
-        );
-        let agent = a.remote.agent(Some(Duration::from_secs(60)));
-        let r = a.remote.send(
-            a.remote
-                .request(&agent, "GET", &format!("/sweeps/{id}/curve.{ext}")),
-            None,
-        )?;
-        let mut file = std::fs::File::create(out)?;
-        std::io::copy(&mut r.into_reader(), &mut file)?;
+        a.remote
+            .save_picture(&format!("/sweeps/{id}/curve"), "", out)?;
         println!("saved {}", out.display());
     }
     let failed = sweep["counts"]["failed"].as_i64().unwrap_or(0);
