@@ -150,14 +150,25 @@ pub async fn js(c: &Client, expr: &str) -> Value {
 }
 
 /// Polls `expr` until `ok` holds for its value (or panics after `secs`, with the value).
+/// An expression that throws is polled again: right after `goto` the app's module may
+/// not have run yet (`window.trainyard` is set by its first render), and a page being
+/// rebuilt may lack the element asked about for a moment.
 pub async fn until(c: &Client, secs: u64, expr: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
+    let guarded = format!(
+        "(() => {{ try {{ return {{ok: ({expr})}}; }} catch (e) {{ return {{thrown: String(e)}}; }} }})()"
+    );
     loop {
-        let v = js(c, expr).await;
-        if ok(&v) {
-            return v;
+        let got = js(c, &guarded).await;
+        match got.get("ok") {
+            Some(v) if ok(v) => return v.clone(),
+            _ => {}
         }
-        assert!(Instant::now() < deadline, "after {secs}s, {expr} is {v}");
+        assert!(
+            Instant::now() < deadline,
+            "after {secs}s, {expr} is {}",
+            got.get("ok").unwrap_or(&got)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
