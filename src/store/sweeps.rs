@@ -320,8 +320,8 @@ impl Store {
 
     /// Deletes a sweep with every child (see [`Store::delete_experiment`]), in one
     /// transaction; refused with [`StoreError::NotEnded`] while any child is queued or
-    /// running.
-    pub async fn delete_sweep(&self, scope: Scope, id: Uuid, by: Uuid) -> Result<usize> {
+    /// running. Returns the children deleted.
+    pub async fn delete_sweep(&self, scope: Scope, id: Uuid, by: Uuid) -> Result<Vec<Uuid>> {
         let mut tx = self.pool.begin().await?;
         let found = sqlx::query(
             "SELECT 1 FROM sweeps WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)
@@ -361,7 +361,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(ids.len())
+        Ok(ids)
     }
 }
 

@@ -407,19 +407,7 @@ async fn delete(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = path_id(id)?;
-    let sweep = state
-        .store
-        .sweep_in(caller.scope(), id)
-        .await
-        .map_err(not_found)?;
-    let children: Vec<Uuid> = state
-        .store
-        .sweep_children(sweep.id)
-        .await?
-        .iter()
-        .map(|c| c.experiment.id)
-        .collect();
-    let n = state
+    let children = state
         .store
         .delete_sweep(caller.scope(), id, caller.account_id())
         .await
@@ -430,6 +418,7 @@ async fn delete(
             )),
             e => not_found(e),
         })?;
+    let n = children.len();
     for c in children {
         state.models.forget(c);
     }
