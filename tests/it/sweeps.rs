@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use common::service::{TestServer, worker_config};
+use common::service::{TestServer, problem_fields, worker_config};
 
 fn tiny(preset: &str) -> Value {
     json!({
@@ -20,20 +20,6 @@ fn tiny(preset: &str) -> Value {
         "seed": 5,
         "device": "cpu"
     })
-}
-
-async fn post(s: &TestServer, path: &str, body: &Value) -> (u16, Value) {
-    let r = s.client.post(s.url(path)).json(body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-fn fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .unwrap_or(&vec![])
-        .iter()
-        .map(|e| e["field"].as_str().unwrap().to_string())
-        .collect()
 }
 
 async fn experiment_count(s: &TestServer) -> i64 {
@@ -82,19 +68,19 @@ fn close(a: f64, b: f64) -> bool {
 #[sqlx::test]
 async fn a_grid_sweep_queues_exactly_its_children_and_ranks_them(pool: PgPool) {
     let s = TestServer::start(pool, &[worker_config("w1"), worker_config("w2")]).await;
-    let (code, sweep) = post(
-        &s,
-        "/sweeps",
-        &json!({
-            "base": tiny("torch-cnn"),
-            "grid": {"optimizer.learning_rate": [0.2, 0.0001]},
-            "repeats": 2,
-            "metric": "test_loss",
-            "name": "rates",
-            "tags": ["grid"]
-        }),
-    )
-    .await;
+    let (code, sweep) = s
+        .post_json(
+            "/sweeps",
+            &json!({
+                "base": tiny("torch-cnn"),
+                "grid": {"optimizer.learning_rate": [0.2, 0.0001]},
+                "repeats": 2,
+                "metric": "test_loss",
+                "name": "rates",
+                "tags": ["grid"]
+            }),
+        )
+        .await;
     assert_eq!(code, 201, "{sweep}");
     let id = sweep["id"].as_str().unwrap().to_string();
     let children = sweep["children"].as_array().unwrap();
@@ -196,9 +182,9 @@ async fn a_sweep_with_one_bad_child_queues_nothing_and_names_the_field(pool: PgP
         ),
     ];
     for (body, field) in cases {
-        let (code, p) = post(&s, "/sweeps", &body).await;
+        let (code, p) = s.post_json("/sweeps", &body).await;
         assert_eq!(code, 422, "{body}: {p}");
-        assert_eq!(fields(&p)[0], field, "{body}: {p}");
+        assert_eq!(problem_fields(&p)[0], field, "{body}: {p}");
     }
     assert_eq!(experiment_count(&s).await, 0, "nothing was queued");
     // The same random search draws the same points.
@@ -213,9 +199,9 @@ async fn a_sweep_with_one_bad_child_queues_nothing_and_names_the_field(pool: PgP
             .map(|c| c["point"].clone())
             .collect()
     };
-    let (code, a) = post(&s, "/sweeps", &random).await;
+    let (code, a) = s.post_json("/sweeps", &random).await;
     assert_eq!(code, 201, "{a}");
-    let (_, b) = post(&s, "/sweeps", &random).await;
+    let (_, b) = s.post_json("/sweeps", &random).await;
     assert_eq!(points(&a), points(&b));
     assert_eq!(a["kind"], "random");
     assert_eq!(
@@ -228,12 +214,12 @@ async fn a_sweep_with_one_bad_child_queues_nothing_and_names_the_field(pool: PgP
 #[sqlx::test]
 async fn cancel_and_delete_reach_every_child(pool: PgPool) {
     let s = TestServer::start(pool, &[]).await;
-    let (code, sweep) = post(
-        &s,
-        "/sweeps",
-        &json!({"base": tiny("torch-cnn"), "grid": {"batch_size": [16, 32, 64]}}),
-    )
-    .await;
+    let (code, sweep) = s
+        .post_json(
+            "/sweeps",
+            &json!({"base": tiny("torch-cnn"), "grid": {"batch_size": [16, 32, 64]}}),
+        )
+        .await;
     assert_eq!(code, 201, "{sweep}");
     let id = sweep["id"].as_str().unwrap();
     let r = s
@@ -243,7 +229,9 @@ async fn cancel_and_delete_reach_every_child(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(r.status(), 409, "children are queued");
-    let (code, after) = post(&s, &format!("/sweeps/{id}/cancel"), &json!({})).await;
+    let (code, after) = s
+        .post_json(&format!("/sweeps/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(code, 200, "{after}");
     assert_eq!(after["counts"], json!({"cancelled": 3}));
     let r = s
@@ -273,12 +261,12 @@ async fn an_ablation_of_the_presets_queues_one_child_per_difference_and_ranks_th
     let (code, b) = s.submit(&tiny("torch-cnn")).await;
     assert_eq!(code, 201, "{b}");
     let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
-    let (code, sweep) = post(
-        &s,
-        "/sweeps",
-        &json!({"ablate": {"from": a_id, "to": b_id}, "repeats": 2}),
-    )
-    .await;
+    let (code, sweep) = s
+        .post_json(
+            "/sweeps",
+            &json!({"ablate": {"from": a_id, "to": b_id}, "repeats": 2}),
+        )
+        .await;
     assert_eq!(code, 201, "{sweep}");
     let want = [
         "batch_size",

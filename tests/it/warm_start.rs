@@ -12,7 +12,7 @@ use trainyard::engine::Checkpoint;
 use trainyard::engine::trainer::Silent;
 use trainyard::spec::{self, ExperimentSpec};
 
-use common::service::{TestServer, worker_config};
+use common::service::{TestServer, problem_fields, worker_config};
 use common::training::{Keep, trainer, untimed, weights};
 
 fn spec_of(v: Value) -> ExperimentSpec {
@@ -117,20 +117,6 @@ fn a_warm_started_run_with_frozen_layers_resumes_exactly() {
     assert!(weights(&resumed) == weights(&full));
 }
 
-async fn post(s: &TestServer, path: &str, body: &Value) -> (u16, Value) {
-    let r = s.client.post(s.url(path)).json(body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-fn fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .unwrap_or(&vec![])
-        .iter()
-        .map(|e| e["field"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[sqlx::test]
 async fn the_service_fine_tunes_a_stored_run_and_names_what_does_not_fit(pool: PgPool) {
     let s = TestServer::start(pool, &[worker_config("w")]).await;
@@ -151,35 +137,35 @@ async fn the_service_fine_tunes_a_stored_run_and_names_what_does_not_fit(pool: P
         }))
     };
     // What does not fit, each named.
-    let (code, p) = post(
-        &s,
-        "/specs/validate",
-        &tune(json!({"experiment": uuid::Uuid::from_u128(42), "checkpoint": "best"})),
-    )
-    .await;
+    let (code, p) = s
+        .post_json(
+            "/specs/validate",
+            &tune(json!({"experiment": uuid::Uuid::from_u128(42), "checkpoint": "best"})),
+        )
+        .await;
     assert_eq!(
-        (code, fields(&p)),
+        (code, problem_fields(&p)),
         (422, vec!["warm_start.experiment".into()])
     );
-    let (code, p) = post(
-        &s,
-        "/experiments",
-        &tune(json!({"experiment": a_id, "checkpoint": 9})),
-    )
-    .await;
+    let (code, p) = s
+        .post_json(
+            "/experiments",
+            &tune(json!({"experiment": a_id, "checkpoint": 9})),
+        )
+        .await;
     assert_eq!(
-        (code, fields(&p)),
+        (code, problem_fields(&p)),
         (422, vec!["warm_start.checkpoint".into()]),
         "{p}"
     );
-    let (code, p) = post(
-        &s,
-        "/experiments",
-        &tune(json!({"experiment": a_id, "freeze": ["conv1", "conv9"]})),
-    )
-    .await;
+    let (code, p) = s
+        .post_json(
+            "/experiments",
+            &tune(json!({"experiment": a_id, "freeze": ["conv1", "conv9"]})),
+        )
+        .await;
     assert_eq!(
-        (code, fields(&p)),
+        (code, problem_fields(&p)),
         (422, vec!["warm_start.freeze[1]".into()]),
         "{p}"
     );
@@ -190,7 +176,7 @@ async fn the_service_fine_tunes_a_stored_run_and_names_what_does_not_fit(pool: P
         {"type": "flatten"},
         {"type": "dense", "name": "fc", "units": 10, "activation": "log_softmax"}
     ]});
-    let (code, p) = post(&s, "/experiments", &other_model).await;
+    let (code, p) = s.post_json("/experiments", &other_model).await;
     assert_eq!(code, 422, "{p}");
     let reasons: Vec<&str> = p["errors"]
         .as_array()
@@ -198,7 +184,7 @@ async fn the_service_fine_tunes_a_stored_run_and_names_what_does_not_fit(pool: P
         .iter()
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
-    assert!(fields(&p).iter().all(|f| f == "warm_start"), "{p}");
+    assert!(problem_fields(&p).iter().all(|f| f == "warm_start"), "{p}");
     for tensor in ["conv1.weight", "conv1.bias", "conv2.weight"] {
         assert!(
             reasons.iter().any(|r| r.starts_with(&format!("{tensor}:"))),
