@@ -2,9 +2,10 @@
 //!
 //! `app(state)` builds the whole service, so tests drive it with `oneshot` or on a real
 //! socket exactly as `trainyard serve` does. Around every route, from the outside in:
-//! request ids and the request's span ([`request_id`]), CORS when configured, the
-//! security header, compression, and the time limits ([`net`]).
+//! request ids, the request's span ([`request_id`]) and its log line ([`access_log`]),
+//! CORS when configured, the security header, compression, and the time limits ([`net`]).
 
+pub mod access_log;
 pub mod auth;
 pub mod checkpoints;
 pub mod compare;
@@ -38,7 +39,7 @@ use axum::http::{HeaderValue, header};
 use tokio::sync::{Semaphore, watch};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::store::Store;
 use crate::store::listen::Hub;
@@ -150,9 +151,12 @@ pub fn app(state: AppState) -> Router {
         ))
         .merge(v2::public_router())
         .route_layer(axum::middleware::from_fn(v2::protocol_errors));
-    let public = Router::new()
+    let probes = Router::new()
         .merge(health::router())
         .merge(metrics::router())
+        .layer(axum::middleware::map_response(access_log::mark_probe));
+    let public = Router::new()
+        .merge(probes)
         .merge(openapi::router())
         .merge(web::router())
         .merge(session::public_router().layer(DefaultBodyLimit::max(MAX_JSON_BYTES)));
@@ -188,8 +192,9 @@ pub fn app(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_id::span)
-                // One line per request: its status and latency, under its id.
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                // One line per request: its status and latency, under its id (a probe's
+                // at DEBUG).
+                .on_response(access_log::AccessLog),
         )
         .layer(PropagateRequestIdLayer::new(request_id::HEADER))
         .layer(SetRequestIdLayer::new(request_id::HEADER, MakeRequestUuid))
