@@ -103,27 +103,67 @@ pub struct HttpConfig {
     pub rate_limits: RateLimits,
     /// Where the first start writes the admin key it makes (besides printing it).
     pub admin_key_file: Option<PathBuf>,
+    /// How to read that file from outside, said at every start.
+    pub admin_key_hint: Option<String>,
     /// Time limits and CORS origins.
     pub net: NetConfig,
 }
 
 /// On a first start with keys required and no admin key: makes one for the `admin`
-/// account, prints it as the only line on stdout (the logs go to stderr) and writes it
-/// to `file` when given (readable by the owner only).
-pub async fn first_admin_key(store: &Store, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// account and writes it to `file` when given (readable by the owner only). The key is
+/// returned for [`announce_admin_key`] to print, once the server is up.
+pub async fn first_admin_key(
+    store: &Store,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
     let Some(key) = store.first_admin_key("admin").await? else {
-        return Ok(());
+        return Ok(None);
     };
     tracing::warn!(
         key = %key.info.id,
-        "no admin key existed: made one for account `admin`; it is printed once on stdout{}",
-        file.map(|f| format!(" and written to {}", f.display())).unwrap_or_default()
+        "no admin key existed: made one for account `admin`"
     );
-    println!("{}", key.key);
     if let Some(f) = file {
         write_secret(f, &key.key)?;
     }
-    Ok(())
+    Ok(Some(key.key))
+}
+
+/// What a start says about the admin key, just before it serves: the first start prints
+/// its new key as the only line on stdout (the logs go to stderr); every start says where
+/// that key is kept and, given `hint` (compose's `docker compose exec` command), how to
+/// read it from outside. Said last but for the `serving` line, so that it stays on the
+/// screen of `docker compose logs`.
+pub fn announce_admin_key(
+    new_key: Option<&str>,
+    file: Option<&std::path::Path>,
+    hint: Option<&str>,
+) {
+    let hint = hint
+        .map(|h| format!("; read it with: {h}"))
+        .unwrap_or_default();
+    if let Some(key) = new_key {
+        tracing::warn!(
+            "the admin key of account `admin` is the line printed next, once{}",
+            file.map(|f| format!("; it is kept in {}{hint}", f.display()))
+                .unwrap_or_default()
+        );
+        println!("{key}");
+        return;
+    }
+    match file {
+        Some(f) if f.exists() => tracing::info!(
+            "the admin key made at the first start is kept in {}{hint} (sign in with it at \
+             /ui/sign-in, or make keys with `trainyard keys create`)",
+            f.display()
+        ),
+        Some(f) => tracing::info!(
+            "no admin key file at {}: the first admin key was made before it was configured; \
+             make another with `trainyard keys create --account admin --admin`",
+            f.display()
+        ),
+        None => {}
+    }
 }
 
 fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
@@ -146,11 +186,19 @@ pub async fn serve(
     workers: WorkerConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    if http.auth == AuthMode::On {
-        first_admin_key(&store, http.admin_key_file.as_deref()).await?;
-    }
+    let new_key = match http.auth {
+        AuthMode::On => first_admin_key(&store, http.admin_key_file.as_deref()).await?,
+        AuthMode::Off => None,
+    };
     let hub = Hub::start(store.pool()).await?;
     let listener = tokio::net::TcpListener::bind(http.bind).await?;
+    if http.auth == AuthMode::On {
+        announce_admin_key(
+            new_key.as_deref(),
+            http.admin_key_file.as_deref(),
+            http.admin_key_hint.as_deref(),
+        );
+    }
     tracing::info!(
         address = %listener.local_addr()?,
         workers = workers.workers,

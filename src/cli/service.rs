@@ -163,6 +163,10 @@ pub struct ServeArgs {
     /// this file (mode 0600).
     #[arg(long, env = "TRAINYARD_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<std::path::PathBuf>,
+    /// How an operator reads --admin-key-file from outside, said at every start (the
+    /// compose file: `docker compose exec trainyard cat /var/lib/trainyard/admin-key`).
+    #[arg(long, env = "TRAINYARD_ADMIN_KEY_HINT")]
+    pub admin_key_hint: Option<String>,
     /// `POST /experiments` per minute and key; bursts of as many (0: unlimited).
     #[arg(long, env = "TRAINYARD_RATE_LIMIT_EXPERIMENTS", default_value_t = RateLimits::default().experiments_per_minute)]
     pub rate_limit_experiments: u32,
@@ -214,6 +218,7 @@ impl ServeArgs {
                 predict_per_second: self.rate_limit_predict,
             },
             admin_key_file: self.admin_key_file.clone(),
+            admin_key_hint: self.admin_key_hint.clone(),
             net: self.net()?,
         })
     }

@@ -89,6 +89,12 @@ async fn a_key_signs_in_to_its_accounts_experiments_and_signing_out_ends_the_ses
         until(&c, 20, WHERE, |v| v == "/ui/sign-in?next=%2F").await;
         assert_eq!(js(&c, &shown("nav-main")).await, false, "no navigation to 401s");
         assert_eq!(js(&c, &shown("account")).await, false);
+        // A new operator learns where the first admin key is.
+        let first = testid(&c, "first-key").await.text().await.unwrap();
+        assert!(
+            first.contains("docker compose exec trainyard cat /var/lib/trainyard/admin-key"),
+            "{first}"
+        );
 
         sign_in(&c, "ty_not_a_key").await;
         let error = testid(&c, "sign-in-error").await.text().await.unwrap();

@@ -68,6 +68,10 @@ export async function mount(main, ctx) {
         '. Another key signs in as its account instead.')
       : h('p', { class: 'muted' }, 'Sign in with an API key. The browser keeps a session cookie, not the key; ',
         'an admin makes keys with ', h('code', {}, 'trainyard keys create --account NAME'), '.'),
-    form));
+    form,
+    h('p', { class: 'muted', dataset: { testid: 'first-key' } },
+      'The first admin key: a new server makes one at its first start, prints it once in its log and ',
+      'keeps it in its admin key file. With Docker Compose, read it with ',
+      h('code', {}, 'docker compose exec trainyard cat /var/lib/trainyard/admin-key'), '.')));
   key.focus();
 }
