@@ -321,11 +321,7 @@ fn follow_run(remote: &Remote, id: uuid::Uuid) -> anyhow::Result<()> {
                 continue;
             }
             Err(ureq::Error::Status(code, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                anyhow::bail!(
-                    "GET /experiments/{id}/curve answered {code}: {}",
-                    super::remote::problem_text(&text)
-                );
+                return Err(remote.refusal(&format!("GET /experiments/{id}/curve"), code, r));
             }
         };
         down_since = None;

@@ -204,9 +204,7 @@ fn upload(a: UploadArgs) -> anyhow::Result<()> {
     for (k, v) in &query {
         req = req.query(k, v);
     }
-    if let Some(key) = &a.remote.api_key {
-        req = req.set("Authorization", &format!("Bearer {key}"));
-    }
+    req = a.remote.authorize(req);
     let bar = ProgressBar::new(len).with_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("a valid template"),
@@ -241,13 +239,7 @@ fn upload(a: UploadArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Err(ureq::Error::Status(code, r)) => {
-            let text = r.into_string().unwrap_or_default();
-            anyhow::bail!(
-                "{url} answered {code}: {}",
-                super::remote::problem_text(&text)
-            )
-        }
+        Err(ureq::Error::Status(code, r)) => Err(a.remote.refusal(&url, code, r)),
         Err(e) => anyhow::bail!("{url}: {e}"),
     }
 }

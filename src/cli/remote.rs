@@ -6,6 +6,7 @@
 //! A refusal is never a bare status code: the problem document's detail and each field
 //! at fault are printed ([`problem_text`]) and the command exits non-zero.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +25,17 @@ pub struct Remote {
     /// An API key of the service (when it requires keys).
     #[arg(long, env = "TRAINYARD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A file whose first line is the API key, used when no --api-key is given (the
+    /// compose service points it at the first admin key).
+    #[arg(long, env = "TRAINYARD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// Where the key a request carries came from, to say which one a 401 refused.
+enum KeySource {
+    None,
+    Given,
+    File(PathBuf, Result<(), String>),
 }
 
 impl Remote {
@@ -41,13 +53,67 @@ impl Remote {
         b.build()
     }
 
-    /// A request with the key, if any.
-    pub fn request(&self, agent: &ureq::Agent, method: &str, path: &str) -> ureq::Request {
-        let req = agent.request(method, &self.url(path));
-        match &self.api_key {
+    /// The key: --api-key, else the first line of --api-key-file.
+    fn key(&self) -> (Option<String>, KeySource) {
+        if let Some(k) = &self.api_key {
+            return (Some(k.clone()), KeySource::Given);
+        }
+        let Some(file) = &self.api_key_file else {
+            return (None, KeySource::None);
+        };
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let key = text.lines().next().unwrap_or("").trim().to_string();
+                (Some(key), KeySource::File(file.clone(), Ok(())))
+            }
+            Err(e) => (None, KeySource::File(file.clone(), Err(e.to_string()))),
+        }
+    }
+
+    /// `req` with the key, if any.
+    pub fn authorize(&self, req: ureq::Request) -> ureq::Request {
+        match self.key().0 {
             Some(key) => req.set("Authorization", &format!("Bearer {key}")),
             None => req,
         }
+    }
+
+    /// A request with the key, if any.
+    pub fn request(&self, agent: &ureq::Agent, method: &str, path: &str) -> ureq::Request {
+        self.authorize(agent.request(method, &self.url(path)))
+    }
+
+    /// The error for a refusal of `what` with `code`: the problem, field by field; for a
+    /// 401, which key was refused and how to give one (the server's own text speaks of
+    /// HTTP headers, which a command-line user never wrote).
+    pub fn refusal(&self, what: &str, code: u16, r: ureq::Response) -> anyhow::Error {
+        let text = r.into_string().unwrap_or_default();
+        if code != 401 {
+            return anyhow::anyhow!("{what} answered {code}: {}", problem_text(&text));
+        }
+        let why = match self.key().1 {
+            KeySource::None => "this service needs an API key: pass --api-key KEY or set \
+                TRAINYARD_API_KEY (or name a file holding it with --api-key-file or \
+                TRAINYARD_API_KEY_FILE)"
+                .to_string(),
+            KeySource::Given => "the key from --api-key (or TRAINYARD_API_KEY) is unknown \
+                or revoked"
+                .to_string(),
+            KeySource::File(f, Ok(())) => format!(
+                "the key in {} (--api-key-file or TRAINYARD_API_KEY_FILE) is unknown or \
+                 revoked",
+                f.display()
+            ),
+            KeySource::File(f, Err(e)) => format!(
+                "no key was sent: {} (--api-key-file or TRAINYARD_API_KEY_FILE) could not \
+                 be read: {e}",
+                f.display()
+            ),
+        };
+        anyhow::anyhow!(
+            "{what} answered 401: {why}. An admin makes keys with `trainyard keys create \
+             --account NAME`."
+        )
     }
 
     /// Sends `req` (with `body` as JSON when given); a refusal becomes an error that
@@ -62,10 +128,7 @@ impl Remote {
         };
         match res {
             Ok(r) => Ok(r),
-            Err(ureq::Error::Status(code, r)) => {
-                let text = r.into_string().unwrap_or_default();
-                anyhow::bail!("{what} answered {code}: {}", problem_text(&text))
-            }
+            Err(ureq::Error::Status(code, r)) => Err(self.refusal(&what, code, r)),
             Err(e) => Err(anyhow::Error::new(e).context(what)),
         }
     }

@@ -102,6 +102,12 @@ async fn the_first_start_prints_one_admin_key_and_later_starts_none(pool: PgPool
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+    // Probes first: a healthcheck's, a readiness probe's and a scrape's lines are DEBUG,
+    // so by the time /session's INFO line is written theirs would have been.
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let res = reqwest::get(format!("{base}{probe}")).await.unwrap();
+        assert_eq!(res.status(), 200, "{probe}");
+    }
     let (status, who) = whoami(&base, &key).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -117,13 +123,73 @@ async fn the_first_start_prints_one_admin_key_and_later_starts_none(pool: PgPool
     assert_eq!(access["span"]["method"], "GET", "{access}");
     let id = access["span"]["request_id"].as_str().unwrap_or_default();
     assert!(!id.is_empty(), "{access}");
+    let log = serve.text();
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("finished processing request")
+                    && l.contains(&format!("\"path\":\"{probe}\""))),
+            "{probe} is logged at DEBUG, not INFO:\n{log}"
+        );
+    }
+    // Every start says where the first admin key is kept.
+    assert!(
+        log.contains(&format!("kept in {}", file.display())),
+        "{log}"
+    );
+
+    // The client commands name the flag and the variable that give a key, never the
+    // HTTP header; the key file the compose service sets works as a key.
+    let ls = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_trainyard"))
+            .arg("ls")
+            .args(args)
+            .env("TRAINYARD_SERVER", &base)
+            .env_remove("TRAINYARD_API_KEY")
+            .env_remove("TRAINYARD_API_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let none = ls(&[]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success(), "{err}");
+    for words in ["answered 401", "--api-key", "TRAINYARD_API_KEY"] {
+        assert!(err.contains(words), "{words}: {err}");
+    }
+    assert!(!err.contains("Authorization"), "{err}");
+    let wrong = ls(&["--api-key", "ty_not_a_key"]);
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("--api-key (or TRAINYARD_API_KEY) is unknown or revoked"),
+        "{err}"
+    );
+    stdout_ok(ls(&["--api-key-file", file.to_str().unwrap()]));
+    stdout_ok(ls(&["--api-key", &key]));
     serve.kill();
 
-    let (again, _) = h.serve_with("second", 0, "127.0.0.1:0", &[]);
+    let (again, _) = h.serve_with(
+        "second",
+        0,
+        "127.0.0.1:0",
+        &[
+            "--admin-key-file",
+            file.to_str().unwrap(),
+            "--admin-key-hint",
+            "docker compose exec trainyard cat FILE",
+        ],
+    );
     let log = again.text();
     assert!(
         log.lines().all(|l| l.starts_with('{')),
         "an admin key exists: nothing is printed"
+    );
+    assert!(!log.contains(&key), "the key is printed once only");
+    assert!(
+        log.contains(&format!(
+            "kept in {}; read it with: docker compose exec trainyard cat FILE",
+            file.display()
+        )),
+        "a later start still says where the first key is: {log}"
     );
     // A start on a migrated database is quiet: no NOTICE from the migrations table.
     assert!(!log.contains("already exists"), "{log}");
