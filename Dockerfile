@@ -1,5 +1,14 @@
-# trainyard, CPU build: API and workers in one slim, non-root image with MNIST inside.
+# trainyard, CPU build: API and workers in one slim, non-root image with MNIST inside
+# (and Fashion-MNIST when docker/data/fashion-mnist has it).
 # Build: docker build -t trainyard .    Run: docker compose up
+
+# The datasets first: checked (and, online, completed) in seconds, before any compile, so
+# that a build that cannot succeed says so at once, naming the folder in the checkout to
+# fill (docker/data/README.md). MNIST is required, Fashion-MNIST optional.
+FROM rust:1.95-bookworm AS data
+ARG DATA_OFFLINE=false
+COPY docker/data /data
+RUN sh /data/check.sh /data "$DATA_OFFLINE"
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -14,14 +23,6 @@ COPY migrations migrations
 COPY assets assets
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
     && strip target/release/trainyard
-# MNIST and Fashion-MNIST into the image, each file checked against its SHA-256. Files in
-# docker/data/<dataset>/ are taken as they are; only missing ones are downloaded, and with
-# DATA_OFFLINE=true none are (the build fails naming the file instead): see docker/data.
-ARG DATA_OFFLINE=false
-COPY docker/data /data
-RUN if [ "$DATA_OFFLINE" = true ]; then set -- --no-download; fi \
-    && target/release/trainyard fetch-data mnist,fashion-mnist --data-dir /data "$@" \
-    && rm -f /data/README.md
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
@@ -29,7 +30,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin trainyard \
     && install -d -o 10001 -m 0700 /var/lib/trainyard
 COPY --from=build /src/target/release/trainyard /usr/local/bin/trainyard
-COPY --from=build --chown=10001 /data /data
+COPY --from=data --chown=10001 /data /data
 ENV TRAINYARD_DATA_DIR=/data \
     TRAINYARD_BIND=0.0.0.0:8080 \
     RUST_LOG=info

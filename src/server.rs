@@ -26,6 +26,7 @@ use crate::api::auth::{AuthMode, RateLimits};
 use crate::api::net::NetConfig;
 use crate::api::predict::BatchConfig;
 use crate::api::{self, AppState};
+use crate::data::mnist::Source;
 use crate::store::Store;
 use crate::store::listen::Hub;
 use crate::worker::{self, WorkerConfig};
@@ -215,7 +216,12 @@ pub async fn serve(
         .with_predict_batching(http.batching)
         .with_max_sse_streams(http.max_sse_streams)
         .with_auth(http.auth, http.rate_limits)
-        .with_net(http.net.clone());
+        .with_net(http.net.clone())
+        .with_builtin_data(Source {
+            data_dir: workers.data_dir.clone(),
+            mirrors: Vec::new(),
+            download: workers.download,
+        });
     let app = api::app(state);
     let worker_task = (workers.workers > 0)
         .then(|| tokio::spawn(worker::run(store, hub, workers, shutdown.clone())));

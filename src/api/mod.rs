@@ -65,6 +65,9 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Time limits and CORS origins.
     pub net: Arc<net::NetConfig>,
+    /// Where the workers find the built-in datasets, when submissions should be checked
+    /// against it (None: every built-in dataset is taken as present).
+    pub builtin_data: Option<Arc<crate::data::mnist::Source>>,
 }
 
 impl AppState {
@@ -81,7 +84,15 @@ impl AppState {
                 auth::RateLimits::default(),
             )),
             net: Arc::default(),
+            builtin_data: None,
         }
+    }
+
+    /// The same state refusing specs that name a built-in dataset whose files are not
+    /// under `source`'s data folder (unless it may download them).
+    pub fn with_builtin_data(mut self, source: crate::data::mnist::Source) -> Self {
+        self.builtin_data = Some(Arc::new(source));
+        self
     }
 
     /// The same state with these time limits and CORS origins (the defaults, and no

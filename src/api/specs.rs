@@ -91,7 +91,23 @@ async fn data_of(
     spec: &ExperimentSpec,
 ) -> Result<(DataInfo, Option<Uuid>), ApiError> {
     match &spec.dataset.source {
-        DataSource::BuiltIn(name) => Ok((name.info(), None)),
+        DataSource::BuiltIn(name) => {
+            if let Some(src) = &state.builtin_data
+                && !src.download
+                && !crate::data::mnist::present(&src.data_dir, *name)
+            {
+                return Err(ApiError::field(
+                    "dataset.name",
+                    format!(
+                        "this server does not have {0}: its operator has not put {0}'s files \
+                         in the data folder (see the book's Docker page); train on another \
+                         dataset or upload this one with POST /datasets",
+                        name.as_str()
+                    ),
+                ));
+            }
+            Ok((name.info(), None))
+        }
         DataSource::Uploaded(id) => {
             let d = match state.store.dataset_in(caller.scope(), *id).await {
                 Ok(d) => d,

@@ -154,6 +154,15 @@ pub fn dataset_dir(data_dir: &Path, name: DatasetName) -> PathBuf {
     data_dir.join(name.as_str())
 }
 
+/// Whether every file of `name` is in its folder under `data_dir` (raw or `.gz`); the
+/// content is verified when it is loaded, not here.
+pub fn present(data_dir: &Path, name: DatasetName) -> bool {
+    let dir = dataset_dir(data_dir, name);
+    files(name)
+        .iter()
+        .all(|f| dir.join(f.name).is_file() || dir.join(format!("{}.gz", f.name)).is_file())
+}
+
 /// Where datasets are read from and, optionally, downloaded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {

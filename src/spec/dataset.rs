@@ -143,7 +143,8 @@ impl DatasetSpec {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "DatasetSpec")]
 struct DatasetFields {
-    /// A built-in dataset. Give exactly one of `name`, `id` and `path`.
+    /// A built-in dataset. Give exactly one of `name`, `id` and `path`. A server refuses
+    /// one its data folder lacks (Fashion-MNIST is optional in the image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<DatasetName>,
     /// An uploaded dataset (`POST /datasets`) of the submitting account.
@@ -165,6 +166,7 @@ struct DatasetFields {
     /// `(x / 255 - mean) / std`, per channel; absent: plain `x / 255`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     normalize: Option<Normalize>,
+    /// What the validation metrics are measured on, if anything.
     #[serde(default)]
     validation: Validation,
 }

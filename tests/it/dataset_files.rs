@@ -461,3 +461,30 @@ fn corrupt_gz(file: &str) -> &'static Vec<u8> {
         }
     })
 }
+
+/// The image build checks its datasets with a shell script before any compile, so it
+/// cannot call this crate: its sums, file names and MNIST mirrors must stay those of
+/// `src/data/mnist.rs`.
+#[test]
+fn the_image_builds_data_check_uses_this_crates_sums_and_mirrors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/data");
+    let sums = std::fs::read_to_string(root.join("SHA256SUMS")).unwrap();
+    let mut want = String::new();
+    for name in [DatasetName::Mnist, DatasetName::FashionMnist] {
+        for f in mnist::files(name) {
+            want.push_str(&format!("{}  {}/{}\n", f.sha256, name.as_str(), f.name));
+        }
+    }
+    assert_eq!(sums, want, "docker/data/SHA256SUMS is stale");
+    let script = std::fs::read_to_string(root.join("check.sh")).unwrap();
+    let line = |var: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=\"")))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no {var}= in check.sh"))
+            .to_string()
+    };
+    assert_eq!(line("MNIST_MIRRORS"), MNIST_MIRRORS.join(" "));
+    assert_eq!(line("FILES"), FILES.join(" "));
+}

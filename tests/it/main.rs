@@ -10,6 +10,7 @@ mod common;
 mod api_contract;
 mod browser;
 mod browser_auth;
+mod builtin_data;
 mod cli;
 mod client;
 mod colour;
