@@ -27,7 +27,7 @@ use trainyard::store::Store;
 use uuid::Uuid;
 
 /// The claim statement of `src/store/queue.rs` (`RUNNING`, `FAIR_NEXT`, `claim_next`) as it
-/// was when the README's figures were measured, before the `needs_cuda` filter (one more
+/// was when the book's figures were measured, before the `needs_cuda` filter (one more
 /// boolean test per candidate row).
 const FAIR: &str = "WITH running AS (
         SELECT account_id, count(*) AS n FROM experiments WHERE status = 'running'

@@ -44,7 +44,7 @@ struct CreateParams {
 /// Queue an experiment.
 #[utoipa::path(post, path = "/experiments", tag = "experiments",
     params(CreateParams, ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[ -~]+$", description = "Retries with the same key and body return the same experiment")),
-    request_body(content = Object, content_type = "application/json", description = "An experiment spec (see README): a preset name with overrides, or every field written out",
+    request_body(content = Object, content_type = "application/json", description = "An experiment spec (see the book: docs/reference/spec.md): a preset name with overrides, or every field written out",
         example = json!({"preset": "torch-cnn", "epochs": 1, "dataset": {"train_limit": 100, "test_limit": 100}})),
     responses(
         (status = 201, description = "Queued (or, for a repeated Idempotency-Key, the experiment queued then)", body = ExperimentView,

@@ -44,7 +44,8 @@ const STATUSES: [Status; 5] = [
 /// The text format 0.0.4: experiments by status, the queue's oldest wait, running
 /// experiments per worker process, claims, rescues, failures, epoch durations and
 /// throughput, `/predict` requests, latency and batch sizes, open curve streams, and HTTP
-/// requests by route template and status with their latency. The README lists them.
+/// requests by route template and status with their latency. The book lists them
+/// (docs/guide/operations.md).
 #[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "prometheus_metrics", responses(
     (status = 200, description = "The Prometheus text exposition format, version 0.0.4", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
 ))]

@@ -27,6 +27,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub warmup: usize,
+    /// The device to measure (auto, cpu, cuda, cuda:N).
     #[arg(long, env = "TRAINYARD_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
     /// Train with Candle's graph instead of the fused CPU path (to measure what it gains).

@@ -13,6 +13,7 @@ mod housekeep;
 mod keys;
 mod plot;
 mod predict;
+pub mod reference;
 mod remote;
 mod service;
 mod sweep;
@@ -100,6 +101,17 @@ pub enum Command {
     /// Queue a sweep (grid, random search or ablation) or show one; --follow waits for
     /// its children and prints the ranking.
     Sweep(sweep::SweepArgs),
+    /// Write the book's generated reference pages (spec, CLI, configuration) into
+    /// --out; with --check, fail when they differ instead.
+    #[command(hide = true)]
+    Reference {
+        /// The folder of the pages.
+        #[arg(long, default_value = "docs/reference")]
+        out: PathBuf,
+        /// Write nothing; fail naming each stale page.
+        #[arg(long)]
+        check: bool,
+    },
     /// Download (when missing) and verify datasets into the data folder.
     FetchData {
         /// Datasets to fetch.
@@ -242,6 +254,7 @@ impl Cli {
                 Ok(())
             }
             Command::Healthcheck(a) => health::run(a),
+            Command::Reference { out, check } => reference::run(&out, check),
             Command::Openapi => {
                 print!("{}", crate::api::openapi::document());
                 Ok(())

@@ -21,6 +21,7 @@ pub struct PredictArgs {
     /// Print one JSON object per image instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The device to run on (auto, cpu, cuda, cuda:N).
     #[arg(long, env = "TRAINYARD_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
 }

@@ -17,7 +17,7 @@ use super::remote::Remote;
 #[derive(Debug, Args)]
 pub struct SweepArgs {
     /// The sweep (a JSON file; `-` reads standard input): `base` with `grid` or `random`,
-    /// or `ablate`, and `repeats` (see README).
+    /// or `ablate`, and `repeats` (see the book: docs/guide/sweeps.md).
     #[arg(required_unless_present = "id", conflicts_with = "id")]
     pub file: Option<PathBuf>,
     /// An existing sweep to show (or, with --follow, to wait for).

@@ -37,18 +37,29 @@ pub const SPEC_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentSpec {
+    /// The spec format's version: 1.
     pub version: u32,
+    /// What to train on, and how its images are prepared.
     pub dataset: DatasetSpec,
+    /// The layers, in order, and how their weights start.
     pub model: ModelSpec,
+    /// The loss the optimizer minimises.
     #[serde(default)]
     pub loss: Loss,
+    /// The optimizer and its settings.
     pub optimizer: OptimizerSpec,
+    /// Passes over the training set, 1 to 1,000.
     pub epochs: u32,
+    /// Samples per step, 1 to 65,536 (a batch's activations at most 4 GiB).
     pub batch_size: u32,
+    /// Shuffle the training set before each epoch (with `seed`).
     #[serde(default = "default_true")]
     pub shuffle: bool,
+    /// Seeds the initial weights, the shuffling and dropout: the same spec and seed give
+    /// the same curve on the CPU, whatever the thread count.
     #[serde(default)]
     pub seed: u64,
+    /// Where to train: `auto` (a GPU where there is one), `cpu`, `cuda` or `cuda:N`.
     #[serde(default)]
     pub device: DeviceSpec,
     /// Keep a checkpoint for every epoch (the service keeps only the best and the last
@@ -88,8 +99,10 @@ pub struct ModelSpec {
     /// The preset this model came from (informational once resolved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
+    /// How the weights are initialised.
     #[serde(default)]
     pub init: InitScheme,
+    /// The layers, input first: at most 64.
     pub layers: Vec<LayerSpec>,
 }
 

@@ -10,7 +10,7 @@ use super::{
     DataSource, ExperimentSpec, FieldError, OptimizerSpec, SPEC_VERSION, SpecErrors, Validation,
 };
 
-/// Documented limits (README, "Limits").
+/// Documented limits (the book: docs/reference/limits.md).
 pub mod limits {
     pub const MAX_PARAMETERS: u64 = 50_000_000;
     pub const MAX_FLOPS_PER_SAMPLE: u64 = 20_000_000_000;

@@ -4,9 +4,9 @@
 //! the chart, open a comparison, draw a digit with the pointer.
 //!
 //! Each test saves a screenshot under `target/browser-screenshots/` when it fails; the
-//! experiment and comparison tests also save the README's pictures there. The tests
-//! print the latencies they see (`epoch stored -> point drawn`), which the README
-//! reports; they assert nothing about time beyond generous timeouts.
+//! experiment and comparison tests also save the book's pictures there. The tests
+//! print the latencies they see (`epoch stored -> point drawn`), which the book's
+//! benchmarks report; they assert nothing about time beyond generous timeouts.
 
 use crate::common;
 
@@ -424,7 +424,7 @@ async fn a_sweep_page_ranks_its_points_and_draws_a_mean_with_a_band_per_point(po
         assert!(page_problems(&c).await.is_empty(), "{:?}", page_problems(&c).await);
     })
     .await;
-    // The README's picture of a sweep.
+    // The book's picture of a sweep.
     b.client.set_window_size(1280, 1400).await.unwrap();
     b.client
         .goto(&format!("{base2}/ui/sweeps/{grid2}"))

@@ -21,6 +21,7 @@ mod datasets;
 mod datasets_hostile;
 mod devices;
 mod digits;
+mod docs;
 mod engine;
 mod fashion_upload;
 mod faults;

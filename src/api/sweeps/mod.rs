@@ -215,7 +215,7 @@ pub(super) async fn point_groups(
 /// Queue a sweep: a grid, a random search, or an ablation of two experiments.
 #[utoipa::path(post, path = "/sweeps", tag = "sweeps", operation_id = "create_sweep",
     request_body(content = Object, content_type = "application/json",
-        description = "`base` with `grid` or `random`, or `ablate`; `repeats`, `metric`, `name`, `tags` (see README)",
+        description = "`base` with `grid` or `random`, or `ablate`; `repeats`, `metric`, `name`, `tags` (see the book: docs/guide/sweeps.md)",
         example = json!({"base": {"preset": "torch-cnn", "epochs": 1, "dataset": {"train_limit": 600, "test_limit": 200}}, "grid": {"optimizer.learning_rate": [0.1, 0.01]}, "repeats": 2})),
     responses(
         (status = 201, description = "Every child queued", body = SweepView,

@@ -17,7 +17,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
 use serde_json::{Value, json};
 
-/// Where screenshots go: the failing tests' and the README's.
+/// Where screenshots go: the failing tests' and the book's.
 pub fn screenshot_dir() -> PathBuf {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -121,7 +121,7 @@ impl Browser {
         }
     }
 
-    /// Saves a screenshot (for the README) as `name.png`.
+    /// Saves a screenshot (for the README and the book) as `name.png`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let path = screenshot_dir().join(format!("{name}.png"));
         std::fs::write(&path, self.client.screenshot().await.unwrap()).unwrap();

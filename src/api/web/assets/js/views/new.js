@@ -39,7 +39,7 @@ export async function mount(main, ctx) {
       h('label', {}, 'Tags', tags),
       h('label', {}, 'Preset', presetSelect)),
     h('label', { class: 'block', for: 'spec' }, 'Spec (JSON) — ',
-      h('span', { class: 'muted' }, 'a preset with overrides, or every field written out; see the README')),
+      h('span', { class: 'muted' }, 'a preset with overrides, or every field written out; see the spec reference in the book')),
     editor,
     h('div', { class: 'form-actions' }, submit, article),
     formMsg);

@@ -10,7 +10,7 @@ export async function mount(main, ctx) {
   ctx.title('Sweeps');
   const tbody = h('tbody', { id: 'sweeps-body' });
   const empty = h('p', { class: 'muted empty', hidden: true, dataset: { testid: 'empty' } },
-    'No sweeps yet: POST /sweeps, or `trainyard sweep FILE` (see the README).');
+    'No sweeps yet: POST /sweeps, or `trainyard sweep FILE` (see the book\'s Sweeps page).');
   const errors = h('div', { class: 'errors' });
   main.append(
     h('div', { class: 'page-head' }, h('h1', {}, 'Sweeps')),
