@@ -24,21 +24,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ST_VERSION=4.32.5
-VENV="${TRAINYARD_SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/trainyard/schemathesis-$ST_VERSION}"
-if [ ! -x "$VENV/bin/schemathesis" ]; then
-  echo "installing schemathesis $ST_VERSION into $VENV" >&2
-  if ! python3 -c 'import ensurepip' 2>/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-  fi
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$ST_VERSION"
-fi
+VENV=$(bash tests/venv.sh \
+  "${TRAINYARD_SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/trainyard/schemathesis-$ST_VERSION}" \
+  schemathesis "schemathesis==$ST_VERSION")
 
-# The debug binary (`cargo test --all-targets` has built it already when run.sh calls
-# this), or TRAINYARD_BIN.
+# TRAINYARD_BIN (tests/run.sh passes the binary its test build made), else the debug
+# binary, built as the tests build it: a plain `cargo build` would compile the shared
+# dependencies again without the test targets' features.
 if [ -z "${TRAINYARD_BIN:-}" ]; then
-  cargo build -q --bin trainyard
+  cargo test -q --no-run --test it
   TARGET_DIR=$(cargo metadata -q --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   TRAINYARD_BIN="$TARGET_DIR/debug/trainyard"
