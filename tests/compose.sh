@@ -7,26 +7,34 @@
 #      when they are missing, as tests/run.sh does for PostgreSQL;
 #   2. the base images: pulled; where no registry answers, local stand-ins built by
 #      docker/standins/make.sh under the same names (said loudly below);
-#   3. builds with the datasets in the build context (offline: the build downloads nothing);
-#   4. up; submit; follow the curve to its end; predict PNGs; download a checkpoint;
+#   3. a new user's first build, offline, before the datasets are in place: it fails
+#      within a minute, naming the folder of the checkout to fill; then builds with the
+#      datasets in the build context (offline: the build downloads nothing);
+#   4. up; a minute later the admin key is still among the last 20 log lines; the image's
+#      own `trainyard` as the client (exec, with the key file and with the key; run);
+#      submit; follow the curve to its end; predict PNGs; download a checkpoint;
 #   5. down, then up: the experiment, its metrics and checkpoint are still there;
 #   6. stop during training: the job is handed back, and up finishes it in a second attempt;
 #   7. the logs carry no terminal colour codes; the GPU profile's image builds.
 # Then it prints what it measured: build times, up to ready, image sizes, memory.
 #
-# Usage: tests/compose.sh [--measure] [--no-gpu]
-#   --measure  also times a clean build (--no-cache) and a rebuild after a source change
-#   --no-gpu   skips building the GPU image
+# Usage: tests/compose.sh [--measure] [--no-gpu] [--build-only]
+#   --measure     also times a clean build (--no-cache) and a rebuild after a source change
+#   --no-gpu      skips building the GPU image
+#   --build-only  steps 1 to 3 and the GPU image's build, then stops: tests/run.sh runs
+#                 this in the background beside the cargo tests, and the whole script
+#                 last, when every build is in Docker's cache
 # Env: TRAINYARD_COMPOSE_PORT (default 18080), TRAINYARD_DATA_DIR (datasets to build with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-MEASURE=0 GPU=1
+MEASURE=0 GPU=1 BUILD_ONLY=0
 for a in "$@"; do
   case $a in
     --measure) MEASURE=1 ;;
     --no-gpu) GPU=0 ;;
-    *) echo "usage: tests/compose.sh [--measure] [--no-gpu]" >&2; exit 2 ;;
+    --build-only) BUILD_ONLY=1 ;;
+    *) echo "usage: tests/compose.sh [--measure] [--no-gpu] [--build-only]" >&2; exit 2 ;;
   esac
 done
 PORT=${TRAINYARD_COMPOSE_PORT:-18080}
@@ -95,17 +103,32 @@ cleanup() {
 }
 trap cleanup EXIT
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -c | tar -x -C "$CTX"
+
+# 3a. As a new user's first build goes when no dataset is in docker/data yet: offline, it
+# must stop before compiling anything, naming the folder in the checkout.
+t=$(now)
+if out=$(TRAINYARD_DATA_OFFLINE=true timeout 300 "${COMPOSE[@]}" -p "$PROJECT" -f "$CTX/docker-compose.yml" build trainyard 2>&1); then
+  log "an offline build without docker/data/mnist succeeded"; exit 1
+fi
+FIG[no_data_build_fails_s]=$(since "$t")
+grep -q "docker/data/mnist/" <<<"$out" || { log "the failed build did not name docker/data/mnist/:"; echo "$out" | tail -30 >&2; exit 1; }
+awk -v s="${FIG[no_data_build_fails_s]}" 'BEGIN { exit !(s < 60) }' ||
+  { log "the build without data took ${FIG[no_data_build_fails_s]} s to fail (limit 60)"; exit 1; }
+log "without docker/data/mnist the offline build failed in ${FIG[no_data_build_fails_s]} s, naming the folder"
+
 DATA=${TRAINYARD_DATA_DIR:-$ROOT/../shared/data}
 [ -d /usr/share/datasets/fashion-mnist ] || [ -d "$DATA/fashion-mnist" ] ||
   { command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || true
+# What docker/data/README.md tells a user to provide: MNIST (required) and Fashion-MNIST
+# (optional, here from Debian's package). Offline unless MNIST could not be found here.
 OFFLINE=true
 for set in mnist fashion-mnist; do
   mkdir -p "$CTX/docker/data/$set"
   for src in "$DATA/$set" "/usr/share/datasets/$set"; do
     [ -d "$src" ] && cp "$src"/*-ubyte* "$CTX/docker/data/$set/" 2>/dev/null && break
   done
-  [ "$(ls "$CTX/docker/data/$set" | wc -l)" -ge 4 ] || OFFLINE=false
 done
+[ "$(ls "$CTX/docker/data/mnist" | wc -l)" -ge 4 ] || OFFLINE=false
 export TRAINYARD_DATA_OFFLINE=$OFFLINE
 log "datasets in the build context: $(ls "$CTX"/docker/data/*/ | grep -c ubyte) files; offline build: $OFFLINE"
 export TRAINYARD_CHECK_MNIST=$CTX/docker/data/mnist
@@ -117,6 +140,15 @@ t=$(now); compose build trainyard >&2; FIG[build_s]=$(since "$t")
 if [ $MEASURE = 1 ]; then
   echo "// a source change (tests/compose.sh --measure)" >>"$CTX/src/main.rs"
   t=$(now); compose build trainyard >&2; FIG[rebuild_s]=$(since "$t")
+fi
+build_gpu() {
+  t=$(now); compose --profile gpu build trainyard-gpu >&2; FIG[gpu_build_s]=$(since "$t")
+  FIG[gpu_image]=$(docker image inspect -f '{{.Size}}' "trainyard-cuda:$TRAINYARD_TAG" | awk '{printf "%.0f MB", $1 / 1e6}')
+}
+if [ $BUILD_ONLY = 1 ]; then
+  [ $GPU = 1 ] && build_gpu
+  echo "compose.sh: images built (build_s ${FIG[build_s]}, gpu_build_s ${FIG[gpu_build_s]:-skipped})"
+  exit 0
 fi
 
 # 4. Up, and what a user does.
@@ -151,15 +183,29 @@ KEY=$(compose exec -T trainyard cat /var/lib/trainyard/admin-key)
 case $KEY in ty_*) ;; *) log "no admin key in /var/lib/trainyard/admin-key"; exit 1 ;; esac
 # Logs are read whole before grep: with pipefail, `grep -q` leaving early would fail the
 # pipe (SIGPIPE to compose logs) and turn a match into a miss.
-logs() { compose logs --no-color trainyard; }
+logs() { compose logs --no-color "$@" trainyard; }
 grep -qF "$KEY" <<<"$(logs)" || { log "the first start did not print its admin key"; exit 1; }
-sleep 2; FIG[memory_idle]=$(mem)
+FIG[memory_idle]=$(mem)
+# A minute after ready (30 healthchecks), the key is still on a user's screen.
+sleep 60
+grep -qF "$KEY" <<<"$(logs --tail 20)" ||
+  { log "a minute after ready, the admin key is not among the last 20 log lines:"; logs --tail 20 >&2; exit 1; }
+# The image's trainyard as the client: as the first admin key (the compose file points it
+# at the key file), with a key given, and in a fresh container.
+LS=$(compose exec -T trainyard trainyard ls) || { log "exec trainyard ls failed: $LS"; exit 1; }
+compose exec -T -e TRAINYARD_API_KEY="$KEY" trainyard trainyard ls >/dev/null
+compose exec -T -e TRAINYARD_API_KEY_FILE=/nonexistent trainyard trainyard ls >/dev/null 2>&1 &&
+  { log "exec trainyard ls without a key succeeded"; exit 1; }
+compose run --rm -T trainyard ls >/dev/null || { log "run --rm trainyard ls failed"; exit 1; }
 A=$(python3 tests/compose_check.py "$BASE" "$KEY" use)
 
 # 5. Down and up again: nothing lost.
 compose down >&2
 t=$(now); compose up -d >&2; FIG[up_again_to_ready_s]=$(wait_ready "$t")
 python3 tests/compose_check.py "$BASE" "$KEY" kept "$A"
+# A later start no longer prints the key, but says where it is.
+grep -qF "docker compose exec trainyard cat /var/lib/trainyard/admin-key" <<<"$(logs --tail 20)" ||
+  { log "a later start did not say where the admin key is"; exit 1; }
 
 # 6. Stop mid-run: handed back, and finished after up.
 B=$(python3 tests/compose_check.py "$BASE" "$KEY" long)
@@ -174,14 +220,11 @@ python3 tests/compose_check.py "$BASE" "$KEY" resumed "$B"
 if grep -q $'\x1b\[' <<<"$(logs)"; then
   log "the logs carry terminal colour codes although they go to no terminal"; exit 1
 fi
-if [ $GPU = 1 ]; then
-  t=$(now); compose --profile gpu build trainyard-gpu >&2; FIG[gpu_build_s]=$(since "$t")
-  FIG[gpu_image]=$(docker image inspect -f '{{.Size}}' "trainyard-cuda:$TRAINYARD_TAG" | awk '{printf "%.0f MB", $1 / 1e6}')
-fi
+[ $GPU = 1 ] && build_gpu
 FIG[image]=$(docker image inspect -f '{{.Size}}' "trainyard:$TRAINYARD_TAG" | awk '{printf "%.0f MB", $1 / 1e6}')
 FIG[postgres_image]=$(docker image inspect -f '{{.Size}}' postgres:16 | awk '{printf "%.0f MB", $1 / 1e6}')
 
 echo "compose.sh: passed (${COMPOSE[*]}, $(nproc) cores; stand-ins: ${STANDIN[*]:-none})"
-for k in clean_build_s build_s rebuild_s gpu_build_s up_to_ready_s up_again_to_ready_s image gpu_image postgres_image memory_idle memory_training; do
+for k in no_data_build_fails_s clean_build_s build_s rebuild_s gpu_build_s up_to_ready_s up_again_to_ready_s image gpu_image postgres_image memory_idle memory_training; do
   [ -n "${FIG[$k]:-}" ] && printf '  %-20s %s\n' "$k" "${FIG[$k]}"
 done
