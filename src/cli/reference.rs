@@ -280,16 +280,20 @@ fn inherited(a: &Arg, parent: &Command) -> bool {
 }
 
 fn table(out: &mut String, args: &[&Arg]) {
-    out.push_str("| argument | environment | default | meaning |\n| --- | --- | --- | --- |\n");
+    out.push_str("| argument | meaning |\n| --- | --- |\n");
     for a in args {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            name_of(a),
-            env_of(a),
-            default_of(a),
-            help_of(a)
-        );
+        let mut meaning = help_of(a);
+        if !meaning.is_empty() && !meaning.ends_with('.') {
+            meaning.push('.');
+        }
+        let (env, default) = (env_of(a), default_of(a));
+        if !env.is_empty() {
+            let _ = write!(meaning, " Environment: {env}.");
+        }
+        if !default.is_empty() {
+            let _ = write!(meaning, " Default: {default}.");
+        }
+        let _ = writeln!(out, "| {} | {} |", name_of(a), meaning.trim_start());
     }
     out.push('\n');
 }
@@ -454,12 +458,22 @@ fn configuration_page(root: &Command) -> String {
          (`docker-compose.yml` sets the compose stack's). Besides these, `RUST_LOG` filters \
          the logs (default `info`; health checks and metrics scrapes are logged at \
          `debug`) and `RAYON_NUM_THREADS` caps the CPU threads (default: all cores).\n\n\
-         | variable | flag | default | commands | meaning |\n| --- | --- | --- | --- | --- |\n",
+         | variable and flag | meaning |\n| --- | --- |\n",
     );
     for (env, flag, default, help, commands) in rows {
+        let default = if default.is_empty() {
+            String::new()
+        } else {
+            format!(" Default: {default}.")
+        };
+        let help = if help.is_empty() || help.ends_with('.') {
+            help
+        } else {
+            format!("{help}.")
+        };
         let _ = writeln!(
             out,
-            "| `{env}` | {flag} | {default} | {} | {help} |",
+            "| `{env}`<br>{flag} | {help}{default} Read by {}. |",
             commands.join(", ")
         );
     }
