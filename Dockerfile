@@ -10,13 +10,16 @@ ARG DATA_OFFLINE=false
 COPY docker/data /data
 RUN sh /data/check.sh /data "$DATA_OFFLINE"
 
-FROM rust:1.95-bookworm AS build
+# The dependencies: the manifest alone, with an empty crate, so that editing the code does
+# not rebuild Candle and the rest. The CUDA image can start from this stage's image
+# (docker/Dockerfile.cuda, DEPS_IMAGE) and compile again only what its feature changes.
+FROM rust:1.95-bookworm AS deps
 WORKDIR /src
-# Dependency layer: the manifest alone, with an empty crate, so that editing the code does
-# not rebuild Candle and the other dependencies.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked && rm -rf src
+
+FROM deps AS build
 COPY src src
 COPY migrations migrations
 # The font the PNG pictures embed (include_bytes!).

@@ -142,6 +142,11 @@ if [ $MEASURE = 1 ]; then
   t=$(now); compose build trainyard >&2; FIG[rebuild_s]=$(since "$t")
 fi
 build_gpu() {
+  # From the CPU image's dependency build (cached by the build above): only the crates
+  # the cuda feature changes compile again (docker/Dockerfile.cuda, DEPS_IMAGE).
+  docker build -q --target deps --build-arg DATA_OFFLINE="$TRAINYARD_DATA_OFFLINE" \
+    -t "trainyard-deps:$TRAINYARD_TAG" "$CTX" >/dev/null
+  export TRAINYARD_DEPS_IMAGE="trainyard-deps:$TRAINYARD_TAG"
   t=$(now); compose --profile gpu build trainyard-gpu >&2; FIG[gpu_build_s]=$(since "$t")
   FIG[gpu_image]=$(docker image inspect -f '{{.Size}}' "trainyard-cuda:$TRAINYARD_TAG" | awk '{printf "%.0f MB", $1 / 1e6}')
 }
