@@ -96,6 +96,13 @@ step "node test" node --test tests/web/
 # copies, scalar pooling), against Candle's graph: this machine would otherwise only ever
 # test the AVX-512 ones.
 step "cpu_path, no AVX-512" env TRAINYARD_NO_AVX512=1 cargo test --test it cpu_path::
+
+# `docker compose up`, proven: the stack runs as a user runs it, on the images built above
+# (it installs and starts a Docker engine when missing). In the background from here, on
+# its own PostgreSQL in a container: it waits a minute with the stack idle (the admin key
+# must still be on screen), and the steps below have the machine meanwhile.
+join images
+spawn compose bash tests/compose.sh
 join venvs
 # Generated requests from the OpenAPI document against a real `trainyard serve`
 # (schemathesis from PyPI, in a cached venv): no 5xx, nothing the document does not say.
@@ -135,10 +142,7 @@ step book bash tests/docs/book.sh
 
 # Stops and starts PostgreSQL, breaking every other connection on the machine: run alone,
 # after everything else that uses it (the test is #[ignore]d so that a plain `cargo test`
-# skips it). The image builds use no PostgreSQL.
+# skips it). The compose stack has its own PostgreSQL.
 step "pg restart" cargo test --test it pg_restart:: -- --ignored
 
-# `docker compose up`, proven: the stack runs as a user runs it, on the images built
-# above (it installs and starts a Docker engine when missing). Last, as the slowest step.
-join images
-step compose bash tests/compose.sh
+join compose
