@@ -124,8 +124,12 @@ pub async fn first_admin_key(
         key = %key.info.id,
         "no admin key existed: made one for account `admin`"
     );
-    if let Some(f) = file {
-        write_secret(f, &key.key)?;
+    // The key exists only hashed in the database from here on: a file that cannot be
+    // written must not lose it, so the start goes on and prints it as usual.
+    if let Some(f) = file
+        && let Err(e) = write_secret(f, &key.key)
+    {
+        tracing::error!(error = %e, "the admin key is printed below only");
     }
     Ok(Some(key.key))
 }

@@ -196,6 +196,31 @@ async fn the_first_start_prints_one_admin_key_and_later_starts_none(pool: PgPool
 }
 
 #[sqlx::test]
+async fn an_admin_key_file_that_cannot_be_written_does_not_lose_the_key(pool: PgPool) {
+    let h = Harness::new(&pool, Timing::default());
+    let (serve, base) = h.serve_with(
+        "unwritable",
+        0,
+        "127.0.0.1:0",
+        &["--admin-key-file", "/nonexistent/folder/admin-key"],
+    );
+    let printed: Vec<String> = serve
+        .text()
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed.len(), 1, "{}", serve.text());
+    assert!(is_key(&printed[0]), "{printed:?}");
+    assert_eq!(whoami(&base, &printed[0]).await.0, 200);
+    assert!(
+        serve.text().contains("/nonexistent/folder/admin-key"),
+        "{}",
+        serve.text()
+    );
+}
+
+#[sqlx::test]
 async fn keys_made_listed_and_revoked_on_the_command_line(pool: PgPool) {
     let url = database_url(&pool);
     let key = stdout_ok(trainyard(&[
