@@ -1,5 +1,11 @@
 use clap::Parser;
 
+/// The system allocator, except that a job process whose memory limit refuses an
+/// allocation exits with a status its supervisor reads (see `worker::limits`).
+#[global_allocator]
+static ALLOCATOR: trainyard::worker::limits::NotingAllocator =
+    trainyard::worker::limits::NotingAllocator;
+
 fn main() -> std::process::ExitCode {
     trainyard::engine::device::configure_threads();
     let cli = trainyard::cli::Cli::parse();

@@ -27,6 +27,7 @@ use crate::api::net::NetConfig;
 use crate::api::predict::BatchConfig;
 use crate::api::{self, AppState};
 use crate::data::mnist::Source;
+use crate::spec::footprint::JobLimits;
 use crate::store::Store;
 use crate::store::listen::Hub;
 use crate::worker::{self, WorkerConfig};
@@ -108,6 +109,10 @@ pub struct HttpConfig {
     pub admin_key_hint: Option<String>,
     /// Time limits and CORS origins.
     pub net: NetConfig,
+    /// The most training FLOPs one experiment may ask for.
+    pub max_job_flops: f64,
+    /// Test only: no memory check at submission.
+    pub skip_memory_admission: bool,
 }
 
 /// On a first start with keys required and no admin key: makes one for the `admin`
@@ -225,13 +230,18 @@ pub async fn serve(
             data_dir: workers.data_dir.clone(),
             mirrors: Vec::new(),
             download: workers.download,
+        })
+        .with_job_limits(JobLimits {
+            memory_bytes: (!http.skip_memory_admission).then_some(workers.job_memory_bytes),
+            max_flops: Some(http.max_job_flops),
+            max_time_limit_secs: workers.max_time_limit_secs,
         });
     let app = api::app(state);
     let worker_task = (workers.workers > 0)
         .then(|| tokio::spawn(worker::run(store, hub, workers, shutdown.clone())));
     self::http::serve(listener, app, http.net.header_timeout, shutdown).await;
     if let Some(t) = worker_task {
-        t.await?;
+        t.await??;
     }
     Ok(())
 }
@@ -244,6 +254,5 @@ pub async fn work(
 ) -> anyhow::Result<()> {
     let hub = Hub::start(store.pool()).await?;
     tracing::info!(workers = cfg.workers, name = %cfg.name, "working");
-    worker::run(store, hub, cfg, shutdown).await;
-    Ok(())
+    worker::run(store, hub, cfg, shutdown).await
 }

@@ -68,6 +68,8 @@ pub struct AppState {
     /// Where the workers find the built-in datasets, when submissions should be checked
     /// against it (None: every built-in dataset is taken as present).
     pub builtin_data: Option<Arc<crate::data::mnist::Source>>,
+    /// The bounds job processes run within, checked at submission.
+    pub job_limits: crate::spec::footprint::JobLimits,
 }
 
 impl AppState {
@@ -85,7 +87,14 @@ impl AppState {
             )),
             net: Arc::default(),
             builtin_data: None,
+            job_limits: Default::default(),
         }
+    }
+
+    /// The same state admitting only what fits `limits`.
+    pub fn with_job_limits(mut self, limits: crate::spec::footprint::JobLimits) -> Self {
+        self.job_limits = limits;
+        self
     }
 
     /// The same state refusing specs that name a built-in dataset whose files are not

@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::input::{body_error, require_json};
 use super::{AppState, error::ApiError, labels};
-use crate::spec::{DataInfo, DataSource, ExperimentSpec, Summary};
+use crate::spec::footprint::{Footprint, JobLimits};
+use crate::spec::{DataInfo, DataSource, ExperimentSpec, FieldError, Summary};
 use crate::store::{Labels, StoreError};
 
 pub fn router() -> Router<AppState> {
@@ -36,6 +37,8 @@ pub struct Submitted {
     pub data: DataInfo,
     /// The uploaded dataset it trains on, if any.
     pub dataset_id: Option<Uuid>,
+    /// Its estimated peak memory.
+    pub footprint: Footprint,
 }
 
 impl Submitted {
@@ -75,13 +78,61 @@ pub async fn check(
     let mut spec = crate::spec::from_value(value)?;
     let (data, dataset_id) = data_of(state, caller, &spec).await?;
     let summary = crate::spec::validate_for(&spec, data.shape())?;
+    let footprint = admit(&state.job_limits, &spec, &summary, &data)?;
     resolve_warm_start(state, caller, &mut spec, &summary).await?;
     Ok(Submitted {
         spec,
         summary,
         data,
         dataset_id,
+        footprint,
     })
+}
+
+/// Refuses what a job process could not do within the service's bounds: more memory
+/// than its budget, more FLOPs than the cap, a longer time limit than the maximum.
+fn admit(
+    limits: &JobLimits,
+    spec: &ExperimentSpec,
+    summary: &Summary,
+    data: &DataInfo,
+) -> Result<Footprint, ApiError> {
+    let mut errors = Vec::new();
+    let footprint = crate::spec::footprint::estimate(spec, summary, data);
+    if let Some(budget) = limits.memory_bytes
+        && let Some((field, why)) = footprint.over(spec, budget)
+    {
+        errors.push(FieldError::new(field, why));
+    }
+    if let Some(t) = spec.time_limit {
+        let max = limits.max_time_limit_secs;
+        if !(t.is_finite() && t > 0.0 && t <= max) {
+            errors.push(FieldError::new(
+                "time_limit",
+                format!(
+                    "must be a number of seconds above 0 and at most {max} (this server's maximum)"
+                ),
+            ));
+        }
+    }
+    let flops = spec.training_flops(summary, data.train_len);
+    if let Some(max) = limits.max_flops
+        && flops > max
+    {
+        errors.push(FieldError::new(
+            "epochs",
+            format!(
+                "{} epochs of this model on its training images take {:.3e} FLOPs; a job may \
+                 use at most {max:.3e}",
+                spec.epochs, flops
+            ),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(footprint)
+    } else {
+        Err(crate::spec::SpecErrors(errors).into())
+    }
 }
 
 /// What a spec's data gives its model, looked up where it lives.
@@ -128,6 +179,7 @@ async fn data_of(
                     width: d.width as usize,
                     class_names,
                     train_len: d.train_samples as usize,
+                    test_len: d.test_samples as usize,
                     sha256: Some(d.sha256),
                 },
                 Some(*id),
@@ -243,6 +295,8 @@ struct Validated {
     /// Input shape, each layer's output shape, parameters and FLOPs, and the totals.
     #[schema(value_type = Object)]
     pub summary: Summary,
+    /// The memory its job process will need at the peak, by part (an estimate).
+    pub footprint: Footprint,
 }
 
 /// Check a spec: its resolved form and layer table, or every field at fault.
@@ -267,6 +321,7 @@ async fn validate(
     Ok(Json(Validated {
         spec: submitted.resolved()?,
         summary: submitted.summary,
+        footprint: submitted.footprint,
     }))
 }
 

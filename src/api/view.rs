@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::spec::footprint::Footprint;
 use crate::spec::{DataInfo, ExperimentSpec, LayerSpec, Summary};
 use crate::store::Experiment;
 
@@ -20,6 +21,10 @@ pub struct ExperimentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub summary: Option<Summary>,
+    /// The memory its job process needs at the peak, by part: the estimate admission
+    /// checked (with the layer table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<Footprint>,
     pub links: Links,
 }
 
@@ -58,6 +63,16 @@ impl ExperimentView {
             Some(d) => crate::spec::validate_for(s, d.shape()).ok(),
             None => crate::spec::validate(s).ok(),
         });
+        let footprint = match (&spec, &summary) {
+            (Some(s), Some(plan)) if with_summary => {
+                let data = data.clone().or_else(|| match s.dataset.source {
+                    crate::spec::DataSource::BuiltIn(n) => Some(n.info()),
+                    _ => None,
+                });
+                data.map(|d| crate::spec::footprint::estimate(s, plan, &d))
+            }
+            _ => None,
+        };
         ExperimentView {
             links: Links {
                 curve: format!("{base}/curve"),
@@ -75,6 +90,7 @@ impl ExperimentView {
                 parameters: summary.as_ref().map_or(0, |s| s.parameters),
             },
             summary: summary.filter(|_| with_summary),
+            footprint,
             experiment,
         }
     }

@@ -62,6 +62,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run the HTTP API and worker tasks in one process.
     Serve(service::ServeArgs),
+    /// Run one job for a supervisor (a worker slot), which starts it with the job on
+    /// stdin; never by hand.
+    #[command(hide = true)]
+    Job,
     /// Run worker tasks only (more training capacity against the same database).
     Worker {
         #[command(flatten)]
@@ -222,8 +226,9 @@ impl Cli {
             Command::Predict(a) => predict::run(a),
             Command::Plot(a) => plot::run(a),
             Command::Bench(a) => bench::run(a),
-            Command::Serve(a) => service::serve(a),
-            Command::Worker { db, worker } => service::worker(db, worker),
+            Command::Serve(a) => service::serve(a, self.log_json),
+            Command::Worker { db, worker } => service::worker(db, worker, self.log_json),
+            Command::Job => std::process::exit(crate::worker::child::main()),
             Command::Migrate { db } => service::migrate(db),
             Command::Housekeep(a) => housekeep::run(a),
             Command::Keys(a) => keys::run(a),

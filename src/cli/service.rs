@@ -1,6 +1,7 @@
 //! `trainyard serve`, `worker`, `migrate`: the service's processes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -73,6 +74,28 @@ pub struct WorkerArgs {
     #[arg(long, env = "TRAINYARD_PREPARED_CACHE_MIB",
         default_value_t = WorkerConfig::default().prepared_cache_bytes >> 20)]
     pub prepared_cache_mib: usize,
+    /// Folder of the prepared-data files (default: trainyard-prepared in the temporary
+    /// folder).
+    #[arg(long, env = "TRAINYARD_PREPARED_CACHE_DIR")]
+    pub prepared_cache_dir: Option<PathBuf>,
+    /// MiB of memory each job process may use; a spec whose estimate exceeds it is refused
+    /// at submission (default: the machine's memory shared by --workers jobs and one more
+    /// share, at least 256).
+    #[arg(long, env = "TRAINYARD_JOB_MEMORY_MIB", value_parser = clap::value_parser!(u64).range(64..))]
+    pub job_memory_mib: Option<u64>,
+    /// How the job memory budget is enforced: auto (RLIMIT_DATA, and a memory cgroup
+    /// where one can be made), rlimit, or cgroup.
+    #[arg(long, env = "TRAINYARD_JOB_MEMORY_LIMIT_BY", value_enum,
+        default_value_t = crate::worker::limits::LimitBy::Auto)]
+    pub job_memory_limit_by: crate::worker::limits::LimitBy,
+    /// The longest a job may train, in seconds; a spec's `time_limit` may ask for less.
+    #[arg(long, env = "TRAINYARD_MAX_TIME_LIMIT_SECS",
+        default_value_t = crate::worker::DEFAULT_MAX_TIME_LIMIT_SECS, value_parser = super::seconds)]
+    pub max_time_limit_secs: f64,
+    /// The program job processes run (default: this one). For tests that run workers
+    /// inside another binary.
+    #[arg(long, env = "TRAINYARD_JOB_PROGRAM", hide = true)]
+    pub job_program: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -81,6 +104,7 @@ impl WorkerArgs {
     /// The workers' configuration. Each flag's own range is clap's to check; what is left
     /// here is how flags relate.
     pub fn config(&self) -> anyhow::Result<WorkerConfig> {
+        let defaults = WorkerConfig::default();
         anyhow::ensure!(
             self.heartbeat_secs < self.lease_secs,
             "--heartbeat-secs ({}) must be below --lease-secs ({})",
@@ -96,6 +120,17 @@ impl WorkerArgs {
             data_dir: self.data.data_dir.clone(),
             download: !self.data.no_download,
             prepared_cache_bytes: self.prepared_cache_mib.saturating_mul(1 << 20),
+            prepared_cache_dir: self
+                .prepared_cache_dir
+                .clone()
+                .unwrap_or(defaults.prepared_cache_dir),
+            job_program: self.job_program.clone().unwrap_or(defaults.job_program),
+            job_memory_bytes: self
+                .job_memory_mib
+                .unwrap_or_else(|| crate::worker::limits::default_job_memory_mib(self.workers))
+                << 20,
+            limit_by: self.job_memory_limit_by,
+            max_time_limit_secs: self.max_time_limit_secs,
             housekeeping_secs: self.housekeeping_secs,
             housekeeping: Housekeeping {
                 retention: retention(self.retention_days),
@@ -167,6 +202,14 @@ pub struct ServeArgs {
     /// compose file: `docker compose exec trainyard cat /var/lib/trainyard/admin-key`).
     #[arg(long, env = "TRAINYARD_ADMIN_KEY_HINT")]
     pub admin_key_hint: Option<String>,
+    /// The most training FLOPs (forward and backward over every epoch) one experiment may
+    /// ask for; more is refused at submission.
+    #[arg(long, env = "TRAINYARD_MAX_JOB_FLOPS", default_value_t = crate::spec::footprint::DEFAULT_MAX_JOB_FLOPS)]
+    pub max_job_flops: f64,
+    /// Test only: admit specs whose memory estimate exceeds --job-memory-mib, to test how
+    /// the budget is enforced.
+    #[arg(long, env = "TRAINYARD_SKIP_MEMORY_ADMISSION", hide = true)]
+    pub skip_memory_admission: bool,
     /// `POST /experiments` per minute and key; bursts of as many (0: unlimited).
     #[arg(long, env = "TRAINYARD_RATE_LIMIT_EXPERIMENTS", default_value_t = RateLimits::default().experiments_per_minute)]
     pub rate_limit_experiments: u32,
@@ -220,6 +263,8 @@ impl ServeArgs {
             admin_key_file: self.admin_key_file.clone(),
             admin_key_hint: self.admin_key_hint.clone(),
             net: self.net()?,
+            max_job_flops: self.max_job_flops,
+            skip_memory_admission: self.skip_memory_admission,
         })
     }
 
@@ -255,8 +300,9 @@ impl WorkerArgs {
     }
 }
 
-pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let cfg = a.worker.config()?;
+pub fn serve(a: ServeArgs, log_json: bool) -> anyhow::Result<()> {
+    let mut cfg = a.worker.config()?;
+    cfg.log_json = log_json;
     let http = a.http()?;
     runtime()?.block_on(async {
         let shutdown = crate::server::shutdown_on_signals(a.worker.grace());
@@ -270,8 +316,9 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-pub fn worker(db: DbArgs, w: WorkerArgs) -> anyhow::Result<()> {
-    let cfg = w.config()?;
+pub fn worker(db: DbArgs, w: WorkerArgs, log_json: bool) -> anyhow::Result<()> {
+    let mut cfg = w.config()?;
+    cfg.log_json = log_json;
     anyhow::ensure!(
         cfg.workers > 0,
         "--workers must be at least 1 for `trainyard worker`"

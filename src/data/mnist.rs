@@ -283,6 +283,7 @@ impl Dataset {
             width: self.train.cols,
             class_names: self.class_names.clone(),
             train_len: self.train.len,
+            test_len: self.test.len,
             sha256: self.sha256.clone(),
         }
     }

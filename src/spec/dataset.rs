@@ -45,6 +45,12 @@ impl DatasetName {
         }
     }
 
+    pub fn test_len(self) -> usize {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => 10_000,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DatasetName::Mnist => "mnist",
@@ -64,6 +70,7 @@ impl DatasetName {
             width: 28,
             class_names,
             train_len: self.train_len(),
+            test_len: self.test_len(),
             sha256: None,
         }
     }
@@ -92,6 +99,9 @@ pub struct DataInfo {
     /// By label: `class_names[label]`.
     pub class_names: Vec<String>,
     pub train_len: usize,
+    /// How many test images it has.
+    #[serde(default)]
+    pub test_len: usize,
     /// The content address of an uploaded dataset's tensors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,

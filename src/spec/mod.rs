@@ -12,6 +12,7 @@
 
 pub mod dataset;
 pub mod diff;
+pub mod footprint;
 pub mod plan;
 pub mod presets;
 pub mod schedule;
@@ -75,6 +76,11 @@ pub struct ExperimentSpec {
     /// Start from another experiment's weights instead of the initialisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_start: Option<WarmStart>,
+    /// Seconds of training after which the run stops at an epoch boundary and keeps its
+    /// checkpoints (`stop_reason: "time_limit"`); the server's maximum when absent, and
+    /// at most that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<f64>,
 }
 
 fn default_true() -> bool {
@@ -423,6 +429,15 @@ impl<'de> Deserialize<'de> for DeviceSpec {
 pub struct FieldError {
     pub field: String,
     pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl std::fmt::Display for FieldError {

@@ -67,7 +67,8 @@ pub struct Experiment {
     pub epochs_done: i32,
     pub best_epoch: Option<i32>,
     /// Why it ended before its last epoch: `early_stopping` (the spec's
-    /// `early_stopping`); `null` otherwise.
+    /// `early_stopping`) or `time_limit` (the spec's `time_limit`, or the server's
+    /// longest); `null` otherwise.
     pub stop_reason: Option<String>,
     /// The epoch early stopping ended it at.
     pub stopped_epoch: Option<i32>,

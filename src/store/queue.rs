@@ -11,7 +11,7 @@
 //! change of the engine's types never reaches the tables.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -37,11 +37,13 @@ pub struct Beat {
 }
 
 /// How a run ended, from the worker's side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Ending {
     Succeeded,
     /// Succeeded before its last epoch: the spec's early stopping ended it.
     EarlyStopped,
+    /// Succeeded before its last epoch: its time limit ended it.
+    TimeLimit,
     Cancelled,
     Failed(String),
 }
@@ -52,6 +54,7 @@ impl std::fmt::Display for Ending {
         match self {
             Ending::Succeeded => f.write_str("succeeded"),
             Ending::EarlyStopped => f.write_str("succeeded (early stopping)"),
+            Ending::TimeLimit => f.write_str("succeeded (time limit)"),
             Ending::Cancelled => f.write_str("cancelled"),
             Ending::Failed(why) => write!(f, "failed: {why}"),
         }
@@ -337,7 +340,9 @@ impl Store {
     /// Ends the run of `(id, attempt)`.
     pub async fn finish(&self, id: Uuid, attempt: i32, ending: &Ending) -> Result<()> {
         let (status, error) = match ending {
-            Ending::Succeeded | Ending::EarlyStopped => (Status::Succeeded, None),
+            Ending::Succeeded | Ending::EarlyStopped | Ending::TimeLimit => {
+                (Status::Succeeded, None)
+            }
             Ending::Cancelled => (Status::Cancelled, None),
             Ending::Failed(e) => (Status::Failed, Some(e.as_str())),
         };
@@ -351,7 +356,11 @@ impl Store {
         .bind(attempt)
         .bind(status.as_str())
         .bind(error)
-        .bind(matches!(ending, Ending::EarlyStopped).then_some("early_stopping"))
+        .bind(match ending {
+            Ending::EarlyStopped => Some("early_stopping"),
+            Ending::TimeLimit => Some("time_limit"),
+            _ => None,
+        })
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -394,8 +403,34 @@ impl Store {
     /// once they have been rescued `max_rescues` times, and ends them `cancelled` when a
     /// cancel was requested meanwhile. Returns how many it touched.
     pub async fn rescue_expired(&self) -> Result<u64> {
+        self.rescue(
+            "SELECT id FROM experiments WHERE status = 'running' AND lease_expires_at < now()
+             FOR UPDATE SKIP LOCKED",
+            None,
+        )
+        .await
+    }
+
+    /// Rescues one attempt now, as the lease rescue would once its lease expired: its
+    /// worker saw its job process die of something that was not the job's doing.
+    pub async fn release_lost(&self, id: Uuid, attempt: i32) -> Result<()> {
+        let n = self
+            .rescue(
+                "SELECT id FROM experiments WHERE id = $1 AND attempt = $2
+                 AND status = 'running' FOR UPDATE",
+                Some((id, attempt)),
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok(())
+    }
+
+    /// Rescues the experiments `which` selects (bound to `one` when given).
+    async fn rescue(&self, which: &str, one: Option<(Uuid, i32)>) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, String, i32)> = sqlx::query_as(
+        let sql = format!(
             "UPDATE experiments SET
                 rescues = rescues + 1,
                 status = CASE WHEN cancel_requested THEN 'cancelled'
@@ -406,13 +441,14 @@ impl Store {
                 finished_at = CASE WHEN cancel_requested OR rescues + 1 > max_rescues
                               THEN now() END,
                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE id IN (SELECT id FROM experiments
-                          WHERE status = 'running' AND lease_expires_at < now()
-                          FOR UPDATE SKIP LOCKED)
-             RETURNING id, status, attempt",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+             WHERE id IN ({which})
+             RETURNING id, status, attempt"
+        );
+        let mut q = sqlx::query_as::<_, (Uuid, String, i32)>(&sql);
+        if let Some((id, attempt)) = one {
+            q = q.bind(id).bind(attempt);
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
         for (id, status, attempt) in &rows {
             release_claim(&mut tx, *id, *attempt, "rescued").await?;
             requeued_or_ended(
@@ -456,7 +492,7 @@ impl Store {
 // calling it `EpochMetrics` (and the doc comment below is its description there).
 /// One epoch's figures. A metric that does not apply (no validation split) is `None`
 /// (`null` in JSON). Losses are means over samples; accuracies are fractions in [0, 1].
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = EpochMetrics)]
 pub struct EpochRecord {
     pub epoch: u32,

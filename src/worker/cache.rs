@@ -1,312 +1,330 @@
-//! What a worker process keeps between jobs so that the next one starts training at once.
+//! Prepared samples kept between jobs, as files, so that the next job on the same data
+//! starts training at once.
 //!
 //! Loading a dataset (decompressing and checksumming its files) takes a few hundred
 //! milliseconds and preparing it for a spec (resizing 70,000 images, converting them to
 //! floats) about as long again, while a queued experiment should start within tens of
-//! milliseconds of its submission. So each process keeps every dataset it has loaded, and
-//! the prepared samples of the dataset specs it trained most recently, within a memory
-//! budget: a sweep over models and optimizers on the same data prepares it once.
+//! milliseconds of its submission. Each job runs in a process of its own that lives only
+//! as long as the job, so what it prepared would die with it; instead the first job on a
+//! dataset spec writes the prepared floats to a file, and every later job on the same
+//! spec reads them back, which is a copy from the page cache. The files are shared by
+//! every process of the machine and survive restarts; the oldest are deleted beyond the
+//! budget.
 //!
-//! Each entry is computed once even when several workers ask for it together: the first
-//! computes it while the others wait for its result instead of repeating the work.
+//! A file is written under a temporary name and renamed into place, so a reader sees a
+//! whole file or none; two jobs that miss together both prepare, and the second rename
+//! wins with identical bytes.
 
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use crate::data::mnist::{self, Dataset, Source};
-use crate::data::prepare::{Prepared, prepare};
-use uuid::Uuid;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::spec::{DataSource, DatasetSpec};
+use crate::data::prepare::{Prepared, Samples};
+use crate::spec::{DataInfo, DatasetSpec};
 
-use super::WorkerConfig;
+/// Changes whenever the layout below does: old files are then simply not found.
+const FORMAT: &str = "trainyard-prepared-1";
 
-/// An entry, computed by whoever locks it first; the others wait on its lock.
-type Slot<V> = Arc<Mutex<Option<Arc<V>>>>;
-
-struct Entry<V> {
-    slot: Slot<V>,
-    last_used: u64,
-    /// Bytes held, once computed.
-    bytes: usize,
+/// The header of a cache file; the samples follow it.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    shape: [usize; 3],
+    info: DataInfo,
+    train: usize,
+    val: Option<usize>,
+    test: usize,
 }
 
-/// A memo of values by key: each computed once, the least recently used evicted beyond
-/// `budget` bytes (a value larger than the whole budget is returned but not kept).
-struct Memo<K, V> {
-    entries: Mutex<(u64, HashMap<K, Entry<V>>)>,
-    budget: usize,
+/// The prepared samples of dataset specs, as files in one folder.
+#[derive(Debug, Clone)]
+pub struct PreparedCache {
+    dir: PathBuf,
+    budget: u64,
 }
 
-impl<K: Eq + Hash + Clone, V> Memo<K, V> {
-    fn new(budget: usize) -> Self {
-        Memo {
-            entries: Mutex::new((0, HashMap::new())),
+impl PreparedCache {
+    /// Keeps up to `budget` bytes of files in `dir` (0: none).
+    pub fn new(dir: impl Into<PathBuf>, budget: u64) -> Self {
+        PreparedCache {
+            dir: dir.into(),
             budget,
         }
     }
 
-    /// The value of `key`, computing it with `make` if no one has; `hit` tells which.
-    fn get_or_try<E>(
-        &self,
-        key: &K,
-        size: impl Fn(&V) -> usize,
-        make: impl FnOnce() -> Result<V, E>,
-    ) -> Result<(Arc<V>, bool), E> {
-        let slot = {
-            let mut guard = self.entries.lock().unwrap();
-            let (clock, map) = &mut *guard;
-            *clock += 1;
-            let e = map.entry(key.clone()).or_insert_with(|| Entry {
-                slot: Slot::default(),
-                last_used: 0,
-                bytes: 0,
-            });
-            e.last_used = *clock;
-            e.slot.clone()
-        };
-        let mut value = slot.lock().unwrap();
-        if let Some(v) = &*value {
-            return Ok((v.clone(), true));
+    /// The file of a dataset spec: a hash of its JSON, which names its source (a built-in
+    /// name or an uploaded dataset's id, and ids are never reused) and everything that
+    /// changes the samples.
+    pub fn path(&self, spec: &DatasetSpec) -> PathBuf {
+        let json = serde_json::to_vec(spec).expect("a dataset spec serialises");
+        let mut h = Sha256::new();
+        h.update(FORMAT.as_bytes());
+        h.update(&json);
+        self.dir.join(format!("{}.bin", hex::encode(h.finalize())))
+    }
+
+    /// Whether a dataset spec's samples are cached.
+    pub fn contains(&self, spec: &DatasetSpec) -> bool {
+        self.budget > 0 && self.path(spec).is_file()
+    }
+
+    /// The cached samples of `spec`, if any (a damaged file counts as none, and goes).
+    pub fn get(&self, spec: &DatasetSpec) -> Option<Prepared> {
+        if self.budget == 0 {
+            return None;
         }
-        let v = match make() {
-            Ok(v) => Arc::new(v),
-            Err(e) => {
-                drop(value);
-                self.forget(key, &slot);
-                return Err(e);
+        let path = self.path(spec);
+        let file = File::open(&path).ok()?;
+        match read(file) {
+            Ok(p) => {
+                // Most recently used: the last to be evicted.
+                if let Ok(f) = File::options().append(true).open(&path) {
+                    let _ = f.set_modified(SystemTime::now());
+                }
+                Some(p)
             }
-        };
-        *value = Some(v.clone());
-        drop(value);
-        self.admit(key, &slot, size(&v));
-        Ok((v, false))
-    }
-
-    /// Drops `key` if it still names `slot` (a failed computation is not remembered).
-    fn forget(&self, key: &K, slot: &Slot<V>) {
-        let mut guard = self.entries.lock().unwrap();
-        if guard.1.get(key).is_some_and(|e| Arc::ptr_eq(&e.slot, slot)) {
-            guard.1.remove(key);
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "dropping a damaged cache file");
+                let _ = fs::remove_file(&path);
+                None
+            }
         }
     }
 
-    /// Records the size of a computed entry, then evicts down to the budget.
-    fn admit(&self, key: &K, slot: &Slot<V>, bytes: usize) {
-        let mut guard = self.entries.lock().unwrap();
-        let map = &mut guard.1;
-        match map.get_mut(key) {
-            Some(e) if Arc::ptr_eq(&e.slot, slot) => e.bytes = bytes,
-            _ => return,
-        }
-        if bytes > self.budget {
-            // Keeping it would flush everything else and still not fit.
-            map.remove(key);
+    /// Keeps `p` as the samples of `spec` when it fits the budget, then evicts the least
+    /// recently used files beyond it. Failures are logged, never the job's.
+    pub fn put(&self, spec: &DatasetSpec, p: &Prepared) {
+        let bytes = prepared_bytes(p);
+        if self.budget == 0 || bytes > self.budget {
             return;
         }
-        // The new entry is the most recently used, so it is never the one evicted.
-        loop {
-            let total: usize = map.values().map(|e| e.bytes).sum();
-            if total <= self.budget {
-                return;
-            }
-            // The least recently used computed entry; entries still being computed
-            // (0 bytes so far) stay.
-            let Some(victim) = map
-                .iter()
-                .filter(|(_, e)| e.bytes > 0)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone())
-            else {
-                return;
-            };
-            map.remove(&victim);
+        if let Err(e) = self.write(spec, p) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not cache the prepared data");
+            return;
+        }
+        if let Err(e) = self.evict() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not trim the data cache");
         }
     }
 
-    #[cfg(test)]
-    fn keys(&self) -> Vec<K> {
-        self.entries.lock().unwrap().1.keys().cloned().collect()
-    }
-}
-
-/// Datasets and prepared samples, shared by the workers of a process.
-pub(crate) struct DataCache {
-    /// By source: a built-in name, or an uploaded dataset's id (ids are never reused,
-    /// and an uploaded dataset never changes).
-    datasets: Memo<DataSource, Dataset>,
-    /// By the dataset spec's JSON (its floats have no `Hash`).
-    prepared: Memo<String, Prepared>,
-}
-
-/// Blocking: an uploaded dataset's tensors, by id (the worker reads them from the store).
-pub(crate) type LoadUploaded<'a> = &'a dyn Fn(Uuid) -> Result<Dataset, String>;
-
-impl DataCache {
-    /// Keeps prepared samples up to `prepared_budget` bytes (0: none).
-    pub(crate) fn new(prepared_budget: usize) -> Self {
-        DataCache {
-            datasets: Memo::new(usize::MAX),
-            prepared: Memo::new(prepared_budget),
-        }
-    }
-
-    /// Blocking: a dataset, loaded (and verified) the first time it is asked for.
-    pub(crate) fn dataset(
-        &self,
-        source: &DataSource,
-        cfg: &WorkerConfig,
-        uploaded: LoadUploaded<'_>,
-    ) -> Result<Arc<Dataset>, String> {
-        let load = || match source {
-            DataSource::BuiltIn(name) => {
-                let mut s = Source::for_dataset(*name, cfg.data_dir.clone());
-                s.download = cfg.download;
-                mnist::load(*name, &s).map_err(|e| e.to_string())
-            }
-            DataSource::Uploaded(id) => uploaded(*id),
-            DataSource::Path(p) => Err(format!(
-                "a worker does not read local files ({p}): upload the data and name it by id"
-            )),
+    fn write(&self, spec: &DatasetSpec, p: &Prepared) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.path(spec);
+        let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let header = Header {
+            format: FORMAT.into(),
+            shape: p.shape,
+            info: p.info.clone(),
+            train: p.train.len,
+            val: p.val.as_ref().map(|v| v.len),
+            test: p.test.len,
         };
-        let size = |d: &Dataset| d.train.images.len() + d.test.images.len();
-        Ok(self.datasets.get_or_try(source, size, load)?.0)
+        let json = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+        w.write_all(&(json.len() as u32).to_le_bytes())?;
+        w.write_all(&json)?;
+        for s in [Some(&p.train), p.val.as_ref(), Some(&p.test)]
+            .into_iter()
+            .flatten()
+        {
+            for chunk in s.x.chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+                w.write_all(&bytes)?;
+            }
+            w.write_all(&s.y)?;
+        }
+        w.flush()?;
+        drop(w);
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(())
     }
 
-    /// Blocking: the samples of a dataset spec, prepared the first time it is asked for
-    /// while they stay within the budget. `true` when they were already prepared.
-    pub(crate) fn prepared(
-        &self,
-        spec: &DatasetSpec,
-        cfg: &WorkerConfig,
-        uploaded: LoadUploaded<'_>,
-    ) -> Result<(Arc<Prepared>, bool), String> {
-        let key = serde_json::to_string(spec).map_err(|e| e.to_string())?;
-        self.prepared.get_or_try(&key, prepared_bytes, || {
-            Ok(prepare(&*self.dataset(&spec.source, cfg, uploaded)?, spec))
-        })
+    /// Deletes the least recently used files until the rest fit the budget.
+    fn evict(&self) -> std::io::Result<()> {
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        files.sort();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        for (_, len, path) in files {
+            if total <= self.budget {
+                break;
+            }
+            fs::remove_file(&path)?;
+            total -= len;
+        }
+        Ok(())
     }
 }
 
-fn prepared_bytes(p: &Prepared) -> usize {
-    let samples = |s: &crate::data::prepare::Samples| s.x.len() * 4 + s.y.len();
+fn read(file: File) -> std::io::Result<Prepared> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let expected = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let n = u32::from_le_bytes(len) as usize;
+    if n > 1 << 20 {
+        return Err(bad("header too long"));
+    }
+    let mut json = vec![0u8; n];
+    r.read_exact(&mut json)?;
+    let h: Header = serde_json::from_slice(&json).map_err(std::io::Error::other)?;
+    if h.format != FORMAT {
+        return Err(bad("another format"));
+    }
+    let per = h.shape.iter().product::<usize>();
+    let total = h.train + h.val.unwrap_or(0) + h.test;
+    if (4 + n + total * (per * 4 + 1)) as u64 != expected {
+        return Err(bad("the file's length does not match its header"));
+    }
+    let mut samples = |len: usize| -> std::io::Result<Samples> {
+        let mut x = vec![0f32; len * per];
+        let mut buf = vec![0u8; 1 << 18];
+        for chunk in x.chunks_mut(1 << 16) {
+            let b = &mut buf[..chunk.len() * 4];
+            r.read_exact(b)?;
+            for (v, q) in chunk.iter_mut().zip(b.chunks_exact(4)) {
+                *v = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+            }
+        }
+        let mut y = vec![0u8; len];
+        r.read_exact(&mut y)?;
+        Ok(Samples { x, y, len })
+    };
+    let train = samples(h.train)?;
+    let val = h.val.map(&mut samples).transpose()?;
+    let test = samples(h.test)?;
+    Ok(Prepared {
+        train,
+        val,
+        test,
+        shape: h.shape,
+        info: h.info,
+    })
+}
+
+/// Bytes of a cache file's samples.
+pub fn prepared_bytes(p: &Prepared) -> u64 {
+    let samples = |s: &Samples| (s.x.len() * 4 + s.y.len()) as u64;
     samples(&p.train) + p.val.as_ref().map_or(0, samples) + samples(&p.test)
+}
+
+/// The default folder: beside the other temporary files of this user.
+pub fn default_dir() -> PathBuf {
+    std::env::temp_dir().join("trainyard-prepared")
+}
+
+/// Whether `dir` is one this process can create files in.
+pub fn usable(dir: &Path) -> bool {
+    fs::create_dir_all(dir).is_ok() && tempfile::NamedTempFile::new_in(dir).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
 
-    /// A memo of byte vectors whose size is their length.
-    fn memo(budget: usize) -> Memo<&'static str, Vec<u8>> {
-        Memo::new(budget)
-    }
-
-    fn get(
-        m: &Memo<&'static str, Vec<u8>>,
-        key: &'static str,
-        len: usize,
-        made: &AtomicUsize,
-    ) -> (Arc<Vec<u8>>, bool) {
-        m.get_or_try(&key, Vec::len, || {
-            made.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(vec![0; len])
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn a_value_is_computed_once_and_then_shared() {
-        let (m, made) = (memo(100), AtomicUsize::new(0));
-        let (a, hit_a) = get(&m, "a", 10, &made);
-        let (b, hit_b) = get(&m, "a", 10, &made);
-        assert_eq!((hit_a, hit_b), (false, true));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(made.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn the_least_recently_used_goes_first_beyond_the_budget() {
-        let (m, made) = (memo(25), AtomicUsize::new(0));
-        get(&m, "a", 10, &made);
-        get(&m, "b", 10, &made);
-        get(&m, "a", 10, &made); // a is now the most recent
-        get(&m, "c", 10, &made); // 30 bytes: b goes
-        let mut keys = m.keys();
-        keys.sort();
-        assert_eq!(keys, ["a", "c"]);
-        // Larger than the whole budget: returned, not kept, and nothing evicted for it.
-        let (big, _) = get(&m, "big", 100, &made);
-        assert_eq!(big.len(), 100);
-        let (_, hit) = get(&m, "big", 100, &made);
-        assert!(!hit, "an entry over the budget is not kept");
-        let mut keys = m.keys();
-        keys.sort();
-        assert_eq!(keys, ["a", "c"]);
-    }
-
-    #[test]
-    fn a_zero_budget_keeps_nothing_and_failures_are_not_remembered() {
-        let (m, made) = (memo(0), AtomicUsize::new(0));
-        get(&m, "a", 1, &made);
-        assert!(!get(&m, "a", 1, &made).1);
-        assert_eq!(made.load(Ordering::SeqCst), 2);
-        let failed = m.get_or_try(&"x", Vec::len, || Err::<Vec<u8>, _>("no"));
-        assert_eq!(failed.unwrap_err(), "no");
-        assert!(m.keys().is_empty());
-    }
-
-    #[test]
-    fn concurrent_askers_wait_for_one_computation() {
-        let (m, made) = (memo(100), AtomicUsize::new(0));
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    m.get_or_try(&"slow", Vec::len, || {
-                        made.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                        Ok::<_, ()>(vec![1; 3])
-                    })
-                    .unwrap()
-                });
-            }
-        });
-        assert_eq!(made.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn the_second_job_on_the_same_data_skips_loading_and_preparing() {
-        let cfg = WorkerConfig {
-            data_dir: std::env::var_os("TRAINYARD_DATA_DIR")
-                .map(Into::into)
-                .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data").into()),
-            download: false,
-            ..WorkerConfig::default()
+    fn prepared(seed: f32, val: bool) -> Prepared {
+        let s = |n: usize, k: f32| Samples {
+            x: (0..n * 12).map(|i| i as f32 * k - 0.5).collect(),
+            y: (0..n).map(|i| (i % 10) as u8).collect(),
+            len: n,
         };
-        let cache = DataCache::new(64 << 20);
-        let spec: crate::spec::ExperimentSpec =
-            crate::spec::from_value(serde_json::json!({"preset": "torch-cnn"})).unwrap();
-        let mut small = spec.dataset.clone();
-        small.train_limit = Some(300);
-        small.test_limit = Some(100);
-        let none = |_| Err("no uploads here".to_string());
-        let (a, hit_a) = cache.prepared(&small, &cfg, &none).unwrap();
-        let (b, hit_b) = cache.prepared(&small, &cfg, &none).unwrap();
-        assert_eq!((hit_a, hit_b), (false, true));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(a.train.len, 300);
-        // Another spec of the same dataset is prepared anew, from the loaded dataset.
-        let mut other = small.clone();
-        other.resize = None;
-        let (c, hit_c) = cache.prepared(&other, &cfg, &none).unwrap();
-        assert!(!hit_c);
-        assert_eq!(c.shape, [1, 28, 28]);
-        assert_eq!(c.train.x.len(), 300 * 28 * 28);
-        let d1 = cache.dataset(&small.source, &cfg, &none).unwrap();
-        let d2 = cache.dataset(&small.source, &cfg, &none).unwrap();
-        assert!(Arc::ptr_eq(&d1, &d2));
+        Prepared {
+            train: s(5, seed),
+            val: val.then(|| s(2, seed * 2.0)),
+            test: s(3, seed * 3.0),
+            shape: [3, 2, 2],
+            info: DataInfo {
+                channels: 3,
+                height: 4,
+                width: 4,
+                class_names: (0..10).map(|i| i.to_string()).collect(),
+                train_len: 7,
+                test_len: 3,
+                sha256: None,
+            },
+        }
+    }
+
+    fn spec(limit: usize) -> DatasetSpec {
+        let mut s = crate::spec::from_value(serde_json::json!({"preset": "torch-cnn"}))
+            .unwrap()
+            .dataset;
+        s.train_limit = Some(limit);
+        s
+    }
+
+    fn same(a: &Prepared, b: &Prepared) -> bool {
+        let eq = |x: &Samples, y: &Samples| {
+            x.len == y.len
+                && x.y == y.y
+                && x.x
+                    .iter()
+                    .zip(&y.x)
+                    .all(|(p, q)| p.to_bits() == q.to_bits())
+        };
+        eq(&a.train, &b.train)
+            && eq(&a.test, &b.test)
+            && a.val.is_some() == b.val.is_some()
+            && a.val.iter().zip(&b.val).all(|(x, y)| eq(x, y))
+            && a.shape == b.shape
+            && a.info == b.info
+    }
+
+    #[test]
+    fn samples_come_back_bit_for_bit_and_another_spec_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PreparedCache::new(dir.path(), 1 << 20);
+        for val in [true, false] {
+            let p = prepared(0.25, val);
+            cache.put(&spec(100), &p);
+            assert!(cache.contains(&spec(100)));
+            assert!(same(&cache.get(&spec(100)).unwrap(), &p));
+        }
+        assert!(cache.get(&spec(101)).is_none());
+    }
+
+    #[test]
+    fn the_least_recently_used_file_goes_beyond_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = PreparedCache::new(dir.path(), 1 << 20);
+        probe.put(&spec(1), &prepared(1.0, true));
+        let one = fs::metadata(probe.path(&spec(1))).unwrap().len();
+        // Room for two files and a half.
+        let cache = PreparedCache::new(dir.path(), 2 * one + one / 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.put(&spec(2), &prepared(2.0, true));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.get(&spec(1)).unwrap(); // 1 is now the most recent
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.put(&spec(3), &prepared(3.0, true));
+        assert!(cache.contains(&spec(1)));
+        assert!(!cache.contains(&spec(2)));
+        assert!(cache.contains(&spec(3)));
+    }
+
+    #[test]
+    fn a_damaged_file_is_a_miss_and_is_removed_and_a_zero_budget_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PreparedCache::new(dir.path(), 1 << 20);
+        cache.put(&spec(1), &prepared(1.0, false));
+        let path = cache.path(&spec(1));
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(cache.get(&spec(1)).is_none());
+        assert!(!path.exists());
+        let none = PreparedCache::new(dir.path(), 0);
+        none.put(&spec(2), &prepared(1.0, false));
+        assert!(!none.contains(&spec(2)) && none.get(&spec(2)).is_none());
     }
 }

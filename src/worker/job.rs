@@ -1,42 +1,57 @@
-//! One worker's loop and one job's life.
+//! One worker slot's loop and one job's life, on the supervisor's side.
 //!
-//! Everything a job does runs inside one `job` span (experiment id, attempt, account):
-//! its async part, the tasks it spawns and the blocking training thread all enter it, so
-//! every line logged for the job names it, whichever thread wrote it, and the fields are
-//! not repeated on each line.
+//! A slot claims an experiment, starts a job process for it ([`super::supervise`]) and
+//! keeps, for as long as that process runs, everything that needs the database: the
+//! heartbeat that renews the lease (its answer carries the cancel flag, and a cancel
+//! NOTIFY short-cuts the wait), progress NOTIFYs, and every fenced write. When the
+//! process has ended, the slot decides what its attempt comes to ([`decide`]) and writes
+//! that.
+//!
+//! Everything a job does runs inside one `job` span (experiment id, attempt, account),
+//! and so do the job process's own log lines, so every line logged for the job names it
+//! and the fields are not repeated on each line.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::WorkerConfig;
-use super::cache::DataCache;
-use crate::data::mnist::{Dataset, Split};
-use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
+use super::supervise::{Control, Death, Report};
+use super::wire::{JobOutcome, StopWhy};
 use crate::shutdown::stopped;
 use crate::store::listen::{Hub, Signal};
 use crate::store::queue::{Claim, Ending};
 use crate::store::{Store, StoreError};
 
 /// Why training should stop between batches.
-const GO: u8 = 0;
-const CANCEL: u8 = 1;
-const SHUTDOWN: u8 = 2;
-const LOST: u8 = 3;
+pub(super) const GO: u8 = 0;
+pub(super) const CANCEL: u8 = 1;
+pub(super) const SHUTDOWN: u8 = 2;
+pub(super) const LOST: u8 = 3;
 
 pub(super) struct Worker {
     pub store: Store,
     pub hub: Hub,
     pub cfg: Arc<WorkerConfig>,
-    pub data: Arc<DataCache>,
     pub owner: String,
     /// Whether to claim experiments that ask for CUDA.
     pub cuda: bool,
+}
+
+/// What an attempt comes to once its process has ended.
+#[derive(Debug, PartialEq)]
+pub(super) enum Next {
+    Finish(Ending),
+    /// Back to the queue, unspent (a shutdown).
+    HandBack,
+    /// Nothing more to write: another worker holds the experiment now.
+    Drop,
+    /// Back to the queue as a rescue (counted against `max_rescues`): the process died
+    /// of something that was not the job's doing.
+    Rescue(String),
 }
 
 impl Worker {
@@ -94,15 +109,13 @@ impl Worker {
     async fn job(&self, claim: Claim, mut shutdown: watch::Receiver<bool>) {
         let (id, attempt) = (claim.id, claim.attempt);
         tracing::info!(owner = %self.owner, "claimed experiment");
-        let stop = Arc::new(AtomicU8::new(GO));
-        let set = |s: &AtomicU8, why: u8| {
-            let _ = s.compare_exchange(GO, why, Ordering::SeqCst, Ordering::SeqCst);
-        };
+        let (control, outgoing) = Control::new();
+        let control = Arc::new(control);
 
         // Heartbeat, cancel notifications and shutdown, until the job ends.
         let (done_tx, mut done_rx) = watch::channel(false);
         let watcher = {
-            let (store, stop, cfg) = (self.store.clone(), stop.clone(), self.cfg.clone());
+            let (store, control, cfg) = (self.store.clone(), control.clone(), self.cfg.clone());
             let mut signals = self.hub.subscribe();
             tokio::spawn(async move {
                 let mut beat = tokio::time::interval(Duration::from_secs_f64(cfg.heartbeat_secs));
@@ -113,17 +126,17 @@ impl Worker {
                 loop {
                     tokio::select! {
                         _ = beat.tick() => match store.heartbeat(id, attempt, cfg.lease_secs).await {
-                            Ok(b) if b.cancel_requested => set(&stop, CANCEL),
+                            Ok(b) if b.cancel_requested => control.set(CANCEL),
                             Ok(_) => {}
-                            Err(StoreError::LeaseLost) => set(&stop, LOST),
+                            Err(StoreError::LeaseLost) => control.set(LOST),
                             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                         },
                         s = signals.recv() => if let Ok(Signal::Cancel(c)) = s && c == id {
-                            set(&stop, CANCEL);
+                            control.set(CANCEL);
                         },
                         _ = stopped(&mut shutdown), if !shutting_down => {
                             shutting_down = true;
-                            set(&stop, SHUTDOWN);
+                            control.set(SHUTDOWN);
                         }
                         _ = done_rx.changed() => return,
                     }
@@ -131,36 +144,14 @@ impl Worker {
             }.in_current_span())
         };
 
-        // Progress goes out as NOTIFYs, at most ten a second.
-        let (progress_tx, progress_rx) = mpsc::channel::<(BatchProgress, DateTime<Utc>)>(16);
-        let progress = tokio::spawn(
-            forward_progress(self.store.clone(), id, attempt, stop.clone(), progress_rx)
-                .in_current_span(),
-        );
-
-        let result = self.train(&claim, stop.clone(), progress_tx).await;
+        let report = self.supervise(&claim, control.clone(), outgoing).await;
         let _ = done_tx.send(true);
         let _ = watcher.await;
-        let _ = progress.await;
 
-        let why = stop.load(Ordering::SeqCst);
-        let ending = match (result, why) {
-            (_, LOST) => None,
-            (Err(JobError::LeaseLost), _) => None,
-            (Ok(Outcome::Completed { .. }), _) => Some(Ending::Succeeded),
-            (Ok(Outcome::EarlyStopped { .. }), _) => Some(Ending::EarlyStopped),
-            (Ok(Outcome::Stopped { .. }), CANCEL) => Some(Ending::Cancelled),
-            (Ok(Outcome::Stopped { .. }) | Err(JobError::Interrupted), _) => {
-                match self.retry(|| self.store.hand_back(id, attempt)).await {
-                    Ok(()) => tracing::info!("handed back on shutdown"),
-                    Err(e) => tracing::warn!(error = %e, "hand back failed"),
-                }
-                None
-            }
-            (Err(JobError::Failed(msg)), _) => Some(Ending::Failed(msg)),
-        };
-        match ending {
-            Some(e) => match self.retry(|| self.store.finish(id, attempt, &e)).await {
+        let why = control.why();
+        let next = decide(&report, why, self.cfg.job_memory_bytes);
+        match next {
+            Next::Finish(e) => match self.retry(|| self.store.finish(id, attempt, &e)).await {
                 Ok(()) => {
                     if let Ending::Failed(_) = e {
                         crate::telemetry::job_failed();
@@ -169,15 +160,26 @@ impl Worker {
                 }
                 Err(err) => tracing::warn!(error = %err, "could not record the ending"),
             },
-            None if why == LOST => tracing::warn!("lease lost; dropped the job"),
-            None => {}
+            Next::HandBack => match self.retry(|| self.store.hand_back(id, attempt)).await {
+                Ok(()) => tracing::info!("handed back on shutdown"),
+                Err(e) => tracing::warn!(error = %e, "hand back failed"),
+            },
+            Next::Rescue(why) => match self.retry(|| self.store.release_lost(id, attempt)).await {
+                Ok(()) => {
+                    crate::telemetry::jobs_rescued(1);
+                    tracing::warn!(cause = %why, "the job process died; the experiment goes back to the queue")
+                }
+                Err(e) => tracing::warn!(error = %e, cause = %why, "could not requeue a lost job"),
+            },
+            Next::Drop if why == LOST => tracing::warn!("lease lost; dropped the job"),
+            Next::Drop => tracing::warn!("lease lost while storing; dropped the job"),
         }
     }
 
     /// Runs a fenced write, retrying with backoff while the database is unreachable
     /// (restarting, failing over) for as long as the lease could still hold; a write
     /// that never lands leaves the experiment to the lease rescue.
-    async fn retry<F, Fut>(&self, write: F) -> Result<(), StoreError>
+    pub(super) async fn retry<F, Fut>(&self, write: F) -> Result<(), StoreError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<(), StoreError>>,
@@ -195,298 +197,162 @@ impl Worker {
             }
         }
     }
+}
 
-    /// Prepares and trains on a blocking thread.
-    /// The checkpoint a warm start names (resolved to an epoch when it was submitted).
-    async fn warm_start_weights(
-        &self,
-        ws: &crate::spec::WarmStart,
-    ) -> Result<Checkpoint, JobError> {
-        let crate::spec::CheckpointRef::Epoch(epoch) = ws.checkpoint else {
-            return Err(JobError::Failed(
-                "warm start: the checkpoint was not resolved to an epoch at submission".into(),
-            ));
-        };
-        let w = self
-            .store
-            .checkpoint_weights(ws.experiment, epoch as i32)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound => JobError::Failed(format!(
-                    "warm start: experiment {} no longer has the checkpoint of epoch {epoch}",
-                    ws.experiment
-                )),
-                e => JobError::Failed(format!("warm start: {e}")),
-            })?;
-        Checkpoint::from_bytes(&w, None).map_err(|e| JobError::Failed(format!("warm start: {e}")))
+impl Control {
+    /// The stop reason, as last set.
+    pub(super) fn why(&self) -> u8 {
+        self.stop.load(Ordering::SeqCst)
     }
 
-    async fn train(
-        &self,
-        claim: &Claim,
-        stop: Arc<AtomicU8>,
-        progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
-    ) -> Result<Outcome, JobError> {
-        let (id, attempt) = (claim.id, claim.attempt);
-        let mut spec = crate::spec::from_value(claim.spec.clone())
-            .map_err(|e| JobError::Failed(format!("invalid spec: {e}")))?;
-        if let Some(d) = self.cfg.device {
-            spec.device = d;
-        }
-        let resume = if claim.epochs_done > 0 {
-            let (w, o) = self
-                .store
-                .resume_point(id)
-                .await
-                .map_err(|e| JobError::Failed(e.to_string()))?
-                .ok_or_else(|| JobError::Failed("no checkpoint to resume from".into()))?;
-            Some(
-                Checkpoint::from_bytes(&w, Some(&o))
-                    .map_err(|e| JobError::Failed(e.to_string()))?,
-            )
-        } else {
-            None
-        };
-        // A warm start's weights, unless resuming (the checkpoint has weights of its own).
-        let warm = match (&spec.warm_start, &resume) {
-            (Some(ws), None) => Some(self.warm_start_weights(ws).await?),
-            _ => None,
-        };
-        let (store, cfg, data) = (self.store.clone(), self.cfg.clone(), self.data.clone());
-        let handle = Handle::current();
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || -> Result<Outcome, JobError> {
-            let _job = span.entered();
-            let failed = |e: EngineError| JobError::Failed(e.to_string());
-            let t0 = Instant::now();
-            let uploaded = |id| load_uploaded(&store, &handle, id);
-            let (prepared, cached) = data
-                .prepared(&spec.dataset, &cfg, &uploaded)
-                .map_err(JobError::Failed)?;
-            let t_data = t0.elapsed();
-            // Planned against the data as loaded: an uploaded dataset's shape and classes
-            // are its own.
-            let summary = crate::spec::validate_for(&spec, prepared.info.shape())
-                .map_err(|e| JobError::Failed(format!("invalid spec: {e}")))?;
-            let device = device::select(spec.device).map_err(failed)?;
-            let mut trainer = Trainer::new(&spec, &summary, &prepared, &device).map_err(failed)?;
-            drop(prepared);
-            if let Some(ck) = &resume {
-                trainer.resume(ck).map_err(failed)?;
-            }
-            if let Some(w) = &warm {
-                trainer
-                    .load_weights(&w.weight_map())
-                    .map_err(|e| JobError::Failed(format!("warm start: {e}")))?;
-            }
-            // Which code trains it, and why when it is not the fused CPU kernels: the
-            // first thing to know when an experiment trains slower than expected.
-            let path = trainer.path();
-            tracing::info!(
-                engine = path.name(),
-                engine_reason = path.reason(),
-                data_cached = cached,
-                data_ms = ms(t_data),
-                model_ms = ms(t0.elapsed() - t_data),
-                "set up"
-            );
-            let mut obs = JobObserver {
-                store,
-                handle,
-                id,
-                attempt,
-                keep_all: spec.keep_all_checkpoints,
-                stop,
-                progress,
-                started: None,
+    /// Sets the stop reason if none is set yet, and tells the job process.
+    pub(super) fn set(&self, why: u8) {
+        if self
+            .stop
+            .compare_exchange(GO, why, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let why = match why {
+                CANCEL => StopWhy::Cancel,
+                SHUTDOWN => StopWhy::Shutdown,
+                _ => StopWhy::Lost,
             };
-            let outcome = trainer.run(&mut obs);
-            // The start is stored before the ending, whose fenced write would refuse it.
-            if let Some(started) = obs.started.take() {
-                let _ = obs.handle.block_on(started);
-            }
-            match outcome {
-                Err(EngineError::Observer(e)) => Err(match e.downcast::<NotStored>() {
-                    Ok(n) => match *n {
-                        NotStored::LeaseLost => JobError::LeaseLost,
-                        NotStored::ShuttingDown(_) => JobError::Interrupted,
-                        n @ NotStored::Failed(_) => JobError::Failed(n.to_string()),
-                    },
-                    Err(e) => JobError::Failed(e.to_string()),
-                }),
-                r => r.map_err(failed),
-            }
-        });
-        match task.await {
-            Ok(r) => r,
-            Err(e) => Err(JobError::Failed(format!(
-                "internal error while training: {e}"
-            ))),
+            self.send(super::wire::ToJob::Stop { why }, Vec::new());
         }
     }
 }
 
-/// Blocking: an uploaded dataset's tensors from the store, as a dataset.
-fn load_uploaded(store: &Store, handle: &Handle, id: uuid::Uuid) -> Result<Dataset, String> {
-    let t = handle
-        .block_on(store.dataset_tensors(id))
-        .map_err(|e| format!("loading dataset {id}: {e}"))?;
-    let class_names = serde_json::from_value(t.class_names.clone())
-        .map_err(|e| format!("dataset {id}: class names: {e}"))?;
-    let (channels, rows, cols) = (t.channels as usize, t.height as usize, t.width as usize);
-    let split = |images, labels, len: i32| Split {
-        images,
-        labels,
-        len: len as usize,
-        channels,
-        rows,
-        cols,
-    };
-    Ok(Dataset {
-        train: split(t.train_images, t.train_labels, t.train_len),
-        test: split(t.test_images, t.test_labels, t.test_len),
-        class_names,
-        sha256: Some(t.sha256),
-    })
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
-}
-
-enum JobError {
-    LeaseLost,
-    /// Shutting down while an epoch could not be stored (the database is unreachable):
-    /// not the experiment's fault, so it goes back to the queue rather than failing.
-    Interrupted,
-    Failed(String),
-}
-
-/// Why an epoch was not stored: the observer's error, which stops the run and comes back
-/// through the engine as [`EngineError::Observer`].
-#[derive(Debug, thiserror::Error)]
-enum NotStored {
-    #[error("the lease was lost")]
-    LeaseLost,
-    /// Shutting down while the database is unreachable.
-    #[error("storing the epoch failed while shutting down: {0}")]
-    ShuttingDown(StoreError),
-    #[error("storing the epoch failed: {0}")]
-    Failed(StoreError),
-}
-
-impl From<NotStored> for EngineError {
-    fn from(n: NotStored) -> Self {
-        EngineError::Observer(Box::new(n))
+/// What an attempt comes to, from what its process reported and how it ended.
+pub(super) fn decide(r: &Report, why: u8, budget: u64) -> Next {
+    use super::supervise::NotStored;
+    if why == LOST || matches!(r.not_stored, Some(NotStored::LeaseLost)) {
+        return Next::Drop;
+    }
+    match &r.outcome {
+        Some(JobOutcome::Completed) => Next::Finish(Ending::Succeeded),
+        Some(JobOutcome::EarlyStopped) => Next::Finish(Ending::EarlyStopped),
+        Some(JobOutcome::TimeLimit { epochs }) if *epochs > 0 => Next::Finish(Ending::TimeLimit),
+        Some(JobOutcome::TimeLimit { .. }) => Next::Finish(Ending::Failed(format!(
+            "it reached its time limit of {} before an epoch ended",
+            seconds(r.time_limit_secs.unwrap_or(0.0))
+        ))),
+        Some(JobOutcome::Failed { message }) => Next::Finish(Ending::Failed(message.clone())),
+        Some(JobOutcome::Stopped) => match &r.not_stored {
+            Some(NotStored::Failed(e)) => {
+                Next::Finish(Ending::Failed(format!("storing the epoch failed: {e}")))
+            }
+            Some(NotStored::ShuttingDown) => Next::HandBack,
+            _ if why == CANCEL => Next::Finish(Ending::Cancelled),
+            _ => Next::HandBack,
+        },
+        None => match &r.death {
+            Death::MemoryLimit => Next::Finish(Ending::Failed(format!(
+                "its process exceeded its {} MiB memory limit while {}",
+                thousands(budget >> 20),
+                r.phase
+            ))),
+            Death::Other(_) if why == CANCEL => Next::Finish(Ending::Cancelled),
+            Death::Other(d) => Next::Rescue(d.clone()),
+        },
     }
 }
 
-/// The engine's observer inside a worker.
-struct JobObserver {
-    store: Store,
-    handle: Handle,
-    id: uuid::Uuid,
-    attempt: i32,
-    keep_all: bool,
-    stop: Arc<AtomicU8>,
-    progress: mpsc::Sender<(BatchProgress, DateTime<Utc>)>,
-    /// Storing `training_started_at`, once the first batch begins.
-    started: Option<tokio::task::JoinHandle<()>>,
+/// `1024` as `1,024`.
+pub(super) fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
-impl JobObserver {
-    /// Stores when training began, off the training thread so the batch need not wait.
-    fn training_started(&mut self) {
-        let (store, id, attempt, at) = (self.store.clone(), self.id, self.attempt, Utc::now());
-        self.started = Some(
-            self.handle.spawn(
-                async move {
-                    if let Err(e) = store.mark_training_started(id, attempt, at).await {
-                        tracing::warn!(error = %e, "could not record the training start");
-                    }
-                }
-                .in_current_span(),
-            ),
+fn seconds(s: f64) -> String {
+    if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{} min", s / 60.0)
+    } else {
+        format!("{s} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::supervise::NotStored;
+    use super::super::wire::Phase;
+    use super::*;
+
+    fn report(outcome: Option<JobOutcome>, death: Death) -> Report {
+        Report {
+            outcome,
+            not_stored: None,
+            phase: Phase::PreparingData,
+            death,
+            time_limit_secs: Some(120.0),
+        }
+    }
+
+    #[test]
+    fn a_death_by_its_own_limit_is_final_and_says_where() {
+        let r = report(None, Death::MemoryLimit);
+        assert_eq!(
+            decide(&r, GO, 1024 << 20),
+            Next::Finish(Ending::Failed(
+                "its process exceeded its 1,024 MiB memory limit while preparing the data".into()
+            ))
         );
     }
-}
 
-impl Observer for JobObserver {
-    fn on_batch(&mut self, p: &BatchProgress) {
-        // Dropped when the forwarder is behind: progress is a hint, epochs are durable.
-        let _ = self.progress.try_send((p.clone(), Utc::now()));
+    #[test]
+    fn any_other_death_is_a_rescue_unless_cancelled_or_lost() {
+        let r = report(None, Death::Other("killed by signal 9".into()));
+        assert_eq!(
+            decide(&r, GO, 1 << 30),
+            Next::Rescue("killed by signal 9".into())
+        );
+        assert_eq!(
+            decide(&r, SHUTDOWN, 1 << 30),
+            Next::Rescue("killed by signal 9".into())
+        );
+        assert_eq!(decide(&r, CANCEL, 1 << 30), Next::Finish(Ending::Cancelled));
+        assert_eq!(decide(&r, LOST, 1 << 30), Next::Drop);
     }
 
-    fn on_epoch(&mut self, ckpt: &Checkpoint) -> Result<(), EngineError> {
-        if let Some(m) = ckpt.history.last() {
-            crate::telemetry::epoch_trained(m.train_seconds, m.images_per_second);
-        }
-        // A database outage (a restart, a failover) must not cost the run: retry with
-        // backoff until the epoch is stored or the lease is known to be lost (recording
-        // an epoch twice is harmless: the second is a no-op). A shutdown meanwhile gives
-        // up and leaves the experiment to be handed back or rescued.
-        let epoch = super::record::new_epoch(ckpt)?;
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let r = self.handle.block_on(self.store.record_epoch(
-                self.id,
-                self.attempt,
-                &epoch,
-                self.keep_all,
-            ));
-            let stop = self.stop.load(Ordering::SeqCst);
-            match r {
-                Ok(()) => return Ok(()),
-                Err(StoreError::LeaseLost) => return Err(NotStored::LeaseLost.into()),
-                Err(_) if stop == LOST => return Err(NotStored::LeaseLost.into()),
-                Err(e) if e.is_transient() && stop == SHUTDOWN => {
-                    return Err(NotStored::ShuttingDown(e).into());
-                }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "storing the epoch failed; retrying");
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(NotStored::Failed(e).into()),
-            }
-        }
+    #[test]
+    fn a_stopped_job_ends_as_its_stop_reason_says() {
+        let r = report(Some(JobOutcome::Stopped), Death::Other("exit 0".into()));
+        assert_eq!(decide(&r, CANCEL, 1), Next::Finish(Ending::Cancelled));
+        assert_eq!(decide(&r, SHUTDOWN, 1), Next::HandBack);
+        let mut lost = report(Some(JobOutcome::Stopped), Death::Other("exit 0".into()));
+        lost.not_stored = Some(NotStored::LeaseLost);
+        assert_eq!(decide(&lost, GO, 1), Next::Drop);
     }
 
-    /// The engine asks before every batch, so the first call is the moment the first
-    /// batch of this attempt begins: data prepared, model built, checkpoint loaded.
-    fn should_stop(&mut self) -> bool {
-        if self.started.is_none() {
-            self.training_started();
-        }
-        self.stop.load(Ordering::SeqCst) != GO
+    #[test]
+    fn a_time_limit_keeps_the_epochs_or_fails_without_one() {
+        let r = report(
+            Some(JobOutcome::TimeLimit { epochs: 2 }),
+            Death::Other("exit 0".into()),
+        );
+        assert_eq!(decide(&r, GO, 1), Next::Finish(Ending::TimeLimit));
+        let none = report(
+            Some(JobOutcome::TimeLimit { epochs: 0 }),
+            Death::Other("exit 0".into()),
+        );
+        assert_eq!(
+            decide(&none, GO, 1),
+            Next::Finish(Ending::Failed(
+                "it reached its time limit of 2 min before an epoch ended".into()
+            ))
+        );
     }
-}
 
-/// Sends progress NOTIFYs (fenced: nothing goes out once the attempt lost its lease,
-/// which also tells the job to stop).
-async fn forward_progress(
-    store: Store,
-    id: uuid::Uuid,
-    attempt: i32,
-    stop: Arc<AtomicU8>,
-    mut rx: mpsc::Receiver<(BatchProgress, DateTime<Utc>)>,
-) {
-    let mut last = Instant::now() - Duration::from_secs(1);
-    while let Some((p, at)) = rx.recv().await {
-        if p.batch != p.batches && last.elapsed() < Duration::from_millis(100) {
-            continue;
-        }
-        last = Instant::now();
-        let payload = serde_json::json!({
-            "experiment_id": id, "epoch": p.epoch, "epochs": p.epochs,
-            "batch": p.batch, "batches": p.batches, "loss": p.loss,
-            "at": at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        });
-        if let Err(StoreError::LeaseLost) = store
-            .notify_progress(id, attempt, &payload.to_string())
-            .await
-        {
-            let _ = stop.compare_exchange(GO, LOST, Ordering::SeqCst, Ordering::SeqCst);
-        }
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(1024), "1,024");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

@@ -1,19 +1,31 @@
-//! Worker tasks: claim an experiment, train it on a blocking thread, record each epoch.
+//! Workers: a supervisor with slots, each slot running one experiment at a time in a
+//! job process of its own.
 //!
-//! A worker is an async task that owns at most one experiment at a time. The training
-//! itself is synchronous engine code and runs on `spawn_blocking`, never on the runtime's
-//! threads; the engine's observer reaches back into the runtime (`Handle::block_on`) only
-//! to store an epoch, which is a short transaction of its own.
+//! Why processes: a spec validation accepts can still ask for more memory than the
+//! machine has, and in one process that aborts the API and every other account's run
+//! with it. A job process ([`child`]) runs within a memory budget the kernel enforces
+//! ([`limits`], [`cgroup`]); when it dies, it dies alone, and its slot says why.
 //!
-//! Beside the training, a heartbeat renews the lease. Its answer carries the cancel flag,
-//! and a cancel NOTIFY short-cuts the wait. A lost lease, a cancel, or the process's
-//! shutdown each set the stop reason the training loop checks between batches; what
-//! happens next depends on it: a lost lease writes nothing more, a cancel ends the
+//! The supervisor (this module and [`job`], [`supervise`]) keeps everything that needs
+//! the database: the lease and its heartbeat (whose answer carries the cancel flag; a
+//! cancel NOTIFY short-cuts the wait), progress NOTIFYs, fencing and every write. A lost
+//! lease, a cancel, or the supervisor's shutdown each become a stop the job process sees
+//! before its next batch; then a lost lease writes nothing more, a cancel ends the
 //! experiment `cancelled`, a shutdown hands it back to the queue for another worker.
+//!
+//! A slot is a number, `0..workers`, in the supervisor's name (`lease_owner`): what a
+//! slot runs on (a GPU of its own, another host) is the job process's business, so the
+//! slots can later be pinned to devices without changing this side.
 
-mod cache;
+pub mod cache;
+mod cgroup;
+pub mod child;
 mod job;
+pub mod limits;
+mod process;
 pub mod record;
+mod supervise;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,9 +54,22 @@ pub struct WorkerConfig {
     pub device: Option<DeviceSpec>,
     pub data_dir: PathBuf,
     pub download: bool,
-    /// Bytes of prepared samples kept between jobs (0: none), shared by the process's
-    /// workers: the next job on the same dataset spec skips their preparation.
+    /// Bytes of prepared samples kept between jobs (0: none), as files in
+    /// `prepared_cache_dir`: the next job on the same dataset spec skips their preparation.
     pub prepared_cache_bytes: usize,
+    pub prepared_cache_dir: PathBuf,
+    /// The program a job process runs (`trainyard job`): this binary.
+    pub job_program: PathBuf,
+    /// Each job process's memory budget, bytes.
+    pub job_memory_bytes: u64,
+    /// How the budget is enforced.
+    pub limit_by: limits::LimitBy,
+    /// Where job cgroups are made, when they can be (decided at start, see [`run`]).
+    pub cgroup_base: Option<PathBuf>,
+    /// Job processes log JSON lines, as their supervisor does.
+    pub log_json: bool,
+    /// The longest a job may train, seconds (a spec's `time_limit` may ask for less).
+    pub max_time_limit_secs: f64,
     /// Identifies this process in `lease_owner`.
     pub name: String,
     /// Seconds between housekeeping rounds of ended experiments (0: never).
@@ -64,6 +89,13 @@ impl Default for WorkerConfig {
             data_dir: PathBuf::from("data"),
             download: true,
             prepared_cache_bytes: 512 << 20,
+            prepared_cache_dir: cache::default_dir(),
+            job_program: std::env::current_exe().unwrap_or_else(|_| "trainyard".into()),
+            job_memory_bytes: limits::default_job_memory_mib(1) << 20,
+            limit_by: limits::LimitBy::Auto,
+            cgroup_base: None,
+            log_json: false,
+            max_time_limit_secs: DEFAULT_MAX_TIME_LIMIT_SECS,
             name: format!("{}-{}", hostname(), std::process::id()),
             housekeeping_secs: 300.0,
             housekeeping: Housekeeping::default(),
@@ -77,16 +109,20 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "worker".into())
 }
 
-/// Nice value of the training threads (see [`crate::engine::device::lower_compute_priority`]).
+/// Nice value of job processes (see [`crate::engine::device::lower_compute_priority`]).
 const COMPUTE_NICE: i32 = 10;
+pub use crate::spec::footprint::DEFAULT_MAX_TIME_LIMIT_SECS;
 
 /// Runs `cfg.workers` workers and a lease rescuer until `shutdown` turns true; returns
 /// when every worker has stopped (a running job is handed back first).
-pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Receiver<bool>) {
-    // Training yields the CPU to the API, the SSE streams and PostgreSQL.
-    crate::engine::device::lower_compute_priority(COMPUTE_NICE);
+pub async fn run(
+    store: Store,
+    hub: Hub,
+    mut cfg: WorkerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    enforce(&mut cfg)?;
     let cfg = Arc::new(cfg);
-    let data = Arc::new(cache::DataCache::new(cfg.prepared_cache_bytes));
     // Which experiments this process can run: those asking for CUDA only with a GPU, or
     // when the operator overrides every spec's device (`--device`).
     let cuda = cfg.device.is_some() || crate::engine::device::gpu_present();
@@ -97,7 +133,6 @@ pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Rec
             store: store.clone(),
             hub: hub.clone(),
             cfg: cfg.clone(),
-            data: data.clone(),
             owner: format!("{}/{i}", cfg.name),
             cuda,
         };
@@ -108,6 +143,37 @@ pub async fn run(store: Store, hub: Hub, cfg: WorkerConfig, shutdown: watch::Rec
     }
     tasks.spawn(rescuer(store, cfg.clone(), shutdown));
     while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Decides how job budgets are enforced here, and says so in the log: the operator
+/// must know whether a job can take the machine down.
+fn enforce(cfg: &mut WorkerConfig) -> anyhow::Result<()> {
+    use limits::LimitBy;
+    let mib = cfg.job_memory_bytes >> 20;
+    cfg.cgroup_base = match (cfg.limit_by, cgroup::base()) {
+        (LimitBy::Rlimit, _) => None,
+        (_, Ok(base)) => Some(base),
+        (LimitBy::Cgroup, Err(why)) => {
+            anyhow::bail!("--job-memory-limit-by cgroup: no memory cgroup can be made: {why}")
+        }
+        (LimitBy::Auto, Err(why)) => {
+            tracing::info!(reason = %why, "job memory cgroups: none ({why})");
+            None
+        }
+    };
+    let by = match (cfg.limit_by, &cfg.cgroup_base) {
+        (LimitBy::Cgroup, _) => "a memory cgroup",
+        (_, Some(_)) => "RLIMIT_DATA and a memory cgroup",
+        (_, None) => "RLIMIT_DATA",
+    };
+    tracing::info!(
+        job_memory_mib = mib,
+        by,
+        slots = cfg.workers,
+        "each job runs in its own process, within {mib} MiB enforced by {by}"
+    );
+    Ok(())
 }
 
 /// Periodically requeues experiments whose lease expired.

@@ -69,8 +69,14 @@ async fn submitting_torch_cnn_from_the_form_draws_a_point_per_epoch_as_it_trains
             .send_keys("from the form")
             .await
             .unwrap();
-        // The debounced validation shows the layer table before anything is submitted.
+        // The debounced validation shows the layer table before anything is submitted,
+        // and the job's memory estimate above it.
         testid(&c, "valid").await;
+        let memory = testid(&c, "footprint").await.text().await.unwrap();
+        assert!(
+            memory.starts_with("Memory: about ") && memory.contains(" at the peak"),
+            "{memory}"
+        );
         c.find(Locator::Id("submit"))
             .await
             .unwrap()

@@ -190,8 +190,14 @@ async fn a_worker_killed_mid_epoch_is_rescued_and_the_run_resumes_exactly(pool: 
     let id = submit(&reqwest::Client::new(), &base, &slow(3)).await;
 
     wait_mid_epoch(&mut progress, id, 2).await;
+    let job = a.job_pid();
     a.signal(libc::SIGKILL);
     assert!(a.wait_exit(Duration::from_secs(5)).is_some());
+    // Its job process died with it: nothing trains on for a supervisor that is gone.
+    assert!(
+        procs::wait_gone(job, Duration::from_secs(2)),
+        "job process {job} outlived its supervisor"
+    );
     // Killed in the middle of epoch 2: epoch 1 stored, the lease still A's.
     assert_eq!(state(&pool, id).await, ("running".into(), 1, 0, 1));
 
@@ -216,6 +222,49 @@ async fn a_worker_killed_mid_epoch_is_rescued_and_the_run_resumes_exactly(pool: 
 }
 
 #[sqlx::test]
+async fn a_job_process_killed_from_outside_is_rescued_at_once_and_resumes_exactly(pool: PgPool) {
+    let h = Harness::new(&pool, Timing::default());
+    let (_api, base) = h.serve("api", 0);
+    let mut w = h.worker("w", 1, &[]);
+    let mut progress = progress_listener(&pool).await;
+    let id = submit(&reqwest::Client::new(), &base, &slow(3)).await;
+
+    wait_mid_epoch(&mut progress, id, 2).await;
+    let job = w.job_pid();
+    // SAFETY: kill(2) on a pid this test read from the worker's log.
+    assert_eq!(unsafe { libc::kill(job, libc::SIGKILL) }, 0);
+    // Not the job's doing: the same worker requeues it as a rescue, and trains it again
+    // from epoch 1's checkpoint without waiting for the lease to expire.
+    wait_status(&pool, id, "succeeded", 120, &[&w]).await;
+    assert_eq!(state(&pool, id).await, ("succeeded".into(), 2, 1, 3));
+    assert_eq!(epoch_writers(&pool, id).await, [(1, 1), (2, 2), (3, 2)]);
+    assert_eq!(
+        claims(&pool, id, w.pid).await,
+        [
+            (1, Some("rescued".to_string()), true),
+            (2, Some("succeeded".to_string()), true)
+        ]
+    );
+    assert_eq!(stored_metrics(&pool, id).await, uninterrupted_slow3().await);
+    let lost = w.wait_log(
+        |l| procs::message(l) == "the job process died; the experiment goes back to the queue",
+        Duration::from_secs(1),
+    );
+    assert!(
+        lost["fields"]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL"),
+        "{lost}"
+    );
+    assert!(
+        w.wait_exit(Duration::from_millis(1)).is_none(),
+        "the worker exited"
+    );
+    assert_eq!(procs::check_lease_history(&pool).await, 1);
+}
+
+#[sqlx::test]
 async fn sigterm_stops_claiming_hands_the_job_back_unspent_and_exits_in_bound(pool: PgPool) {
     let timing = Timing {
         grace_secs: 5.0,
@@ -232,9 +281,14 @@ async fn sigterm_stops_claiming_hands_the_job_back_unspent_and_exits_in_bound(po
     let y = submit(&client, &base, &tiny(1)).await;
     wait_mid_epoch(&mut progress, x, 2).await;
 
+    let job = w.job_pid();
     let t0 = Instant::now();
     w.signal(libc::SIGTERM);
     let exit = w.wait_exit(Duration::from_secs(15));
+    assert!(
+        procs::gone(job),
+        "job process {job} outlived its supervisor"
+    );
     let took = t0.elapsed();
     let exit = exit.expect("the worker did not exit");
     // Exited on its own (status 0), well within the grace period that would cut it off.

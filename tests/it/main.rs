@@ -28,6 +28,7 @@ mod faults;
 mod hostile_images;
 mod housekeeping;
 mod inits;
+mod job_bounds;
 mod keys_cli;
 mod limits;
 mod metrics;

@@ -269,10 +269,14 @@ async fn every_job_log_line_names_its_job_and_the_start_names_the_engine_path(po
     .unwrap();
 
     let lines = p.log_lines();
-    // Whatever a job logs, on the runtime or on its training thread, is inside its span.
+    // Whatever a job logs, in its supervisor or in its job process, is inside its span.
     let job_lines: Vec<&Value> = lines
         .iter()
-        .filter(|l| l["target"] == "trainyard::worker::job")
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("trainyard::worker::") && t != "trainyard::worker")
+        })
         .collect();
     for l in &job_lines {
         let span = job_span(l).unwrap_or_else(|| panic!("outside a job span: {l}"));
@@ -292,10 +296,17 @@ async fn every_job_log_line_names_its_job_and_the_start_names_the_engine_path(po
         let messages: Vec<&str> = lines.iter().map(|l| procs::message(l)).collect();
         assert_eq!(
             messages,
-            ["claimed experiment", "set up", "experiment ended"],
+            [
+                "claimed experiment",
+                "job process started",
+                "set up",
+                "training started",
+                "job process ended",
+                "experiment ended"
+            ],
             "{id}"
         );
-        lines[1]["fields"].clone()
+        lines[2]["fields"].clone()
     };
 
     let fast = start(kernels);

@@ -18,7 +18,7 @@ use crate::spec::ExperimentSpec;
 use crate::spec::plan::Plan;
 
 /// Batch size used for evaluation on the graph (it does not change the figures).
-const EVAL_BATCH: usize = 1000;
+use crate::spec::footprint::EVAL_BATCH;
 
 /// Samples uploaded to the training device once.
 pub(super) struct DeviceSamples {

@@ -175,6 +175,29 @@ impl Harness {
     }
 }
 
+/// Whether process `pid` is gone (or a zombie no one has reaped yet).
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Waits up to `timeout` for process `pid` to be gone.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if gone(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    gone(pid)
+}
+
 /// The `message` field of a JSON log line.
 pub fn message(line: &Value) -> &str {
     line["fields"]["message"].as_str().unwrap_or("")
@@ -218,6 +241,16 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The pid of the job process this process started last (from its log).
+    pub fn job_pid(&self) -> i32 {
+        let l = self.wait_log(
+            |l| message(l) == "job process started",
+            Duration::from_secs(30),
+        );
+        let last = self.logged("job process started").pop().unwrap_or(l);
+        last["fields"]["pid"].as_i64().unwrap() as i32
     }
 
     /// Every JSON log line so far.

@@ -72,6 +72,8 @@ pub fn worker_config(name: &str) -> WorkerConfig {
         name: name.to_string(),
         // Tests run housekeeping themselves unless they ask for it.
         housekeeping_secs: 0.0,
+        // Job processes run the binary the tests built (this test binary is not one).
+        job_program: env!("CARGO_BIN_EXE_trainyard").into(),
         ..WorkerConfig::default()
     }
 }
@@ -110,7 +112,8 @@ impl TestServer {
         rx: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let hub = Hub::start(store.pool()).await.unwrap();
-        tokio::spawn(worker::run(store.clone(), hub, cfg, rx))
+        let store = store.clone();
+        tokio::spawn(async move { worker::run(store, hub, cfg, rx).await.unwrap() })
     }
 
     pub fn shutdown_receiver(&self) -> watch::Receiver<bool> {

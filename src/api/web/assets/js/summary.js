@@ -19,3 +19,21 @@ export function summaryTable(s) {
       h('th', { class: 'num', dataset: { testid: 'parameters' } }, count(s.parameters)),
       h('th', { class: 'num', dataset: { testid: 'flops' } }, count(s.flops_per_sample))))));
 }
+
+// Bytes as people read them: 512 MiB, 1.4 GiB.
+export function bytes(n) {
+  const gib = n / 2 ** 30;
+  if (gib >= 1) return `${gib.toFixed(gib >= 10 ? 0 : 1)} GiB`;
+  return `${Math.ceil(n / 2 ** 20)} MiB`;
+}
+
+// The estimate of a job's peak memory, by part (the footprint of /specs/validate and of an
+// experiment), in one line.
+export function footprintLine(f) {
+  if (!f) return null;
+  const step = f.peak_step === 'preparing_data' ? 'while preparing the data' : 'while training';
+  return h('p', { class: 'muted', dataset: { testid: 'footprint' } },
+    `Memory: about ${bytes(f.peak_bytes)} at the peak, ${step} `
+    + `(data ${bytes(f.prepared_bytes)} prepared from ${bytes(f.dataset_bytes)}, `
+    + `model ${bytes(f.model_bytes)}, batch ${bytes(f.batch_bytes)}).`);
+}

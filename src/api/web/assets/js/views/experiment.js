@@ -8,7 +8,7 @@ import {
 import { api, links } from '../api.js';
 import { loadUPlot, LineChart, SPLITS } from '../chart.js';
 import { navigate } from '../app.js';
-import { summaryTable } from '../summary.js';
+import { summaryTable, footprintLine } from '../summary.js';
 
 export async function mount(main, ctx) {
   const id = ctx.params[0];
@@ -345,7 +345,7 @@ export async function mount(main, ctx) {
   }
 
   spec.textContent = JSON.stringify(exp.spec, null, 2);
-  replace(summaryBox, summaryTable(exp.summary));
+  replace(summaryBox, footprintLine(exp.footprint), summaryTable(exp.summary));
   renderAll();
   loadCheckpoints();
 

@@ -6,7 +6,7 @@ import { h, replace, append, count, errorBox, displayName } from '../dom.js';
 import { api, links, randomKey } from '../api.js';
 import { navigate } from '../app.js';
 import { session } from '../session.js';
-import { summaryTable } from '../summary.js';
+import { summaryTable, footprintLine } from '../summary.js';
 import { spans, locate, lineCol, syntaxError } from '../specpos.js';
 
 const DEFAULT = { preset: 'torch-cnn', epochs: 3 };
@@ -165,6 +165,7 @@ export async function mount(main, ctx) {
         s ? `${count(s.parameters)} parameters, ${count(s.flops_per_sample)} FLOPs per sample.` : ''),
       res.spec ? h('p', { class: 'muted' },
         `${res.spec.dataset && res.spec.dataset.name}, ${res.spec.epochs} epochs, batch ${res.spec.batch_size}, ${res.spec.optimizer && res.spec.optimizer.type}`) : null,
+      footprintLine(res.footprint),
       summaryTable(s));
   }
 
