@@ -103,9 +103,50 @@ pub enum Outcome {
 
 fn upload(s: &Samples, shape: [usize; 3], device: &Device) -> Result<DeviceSamples, EngineError> {
     let x = Tensor::from_slice(&s.x, (s.len, shape[0], shape[1], shape[2]), device)?;
-    let y: Vec<u32> = s.y.iter().map(|&v| v as u32).collect();
-    let y = Tensor::from_vec(y, s.len, device)?;
-    Ok(DeviceSamples { x, y, len: s.len })
+    labels(x, &s.y, s.len, device)
+}
+
+/// As [`upload`], taking the samples: on the CPU the tensor is their buffer, not a copy.
+fn upload_owned(
+    s: Samples,
+    shape: [usize; 3],
+    device: &Device,
+) -> Result<DeviceSamples, EngineError> {
+    let x = Tensor::from_vec(s.x, (s.len, shape[0], shape[1], shape[2]), device)?;
+    labels(x, &s.y, s.len, device)
+}
+
+fn labels(x: Tensor, y: &[u8], len: usize, device: &Device) -> Result<DeviceSamples, EngineError> {
+    let y: Vec<u32> = y.iter().map(|&v| v as u32).collect();
+    let y = Tensor::from_vec(y, len, device)?;
+    Ok(DeviceSamples { x, y, len })
+}
+
+/// What the data must be for the plan: some training samples, the plan's input shape,
+/// and no label past the model's outputs (it would index outside them).
+fn check_data(plan: &Plan, data: &Prepared) -> Result<(), EngineError> {
+    if data.train.len == 0 {
+        return Err(EngineError::NoTrainingSamples);
+    }
+    if data.shape != plan.input {
+        return Err(EngineError::InputShape {
+            data: data.shape,
+            model: plan.input,
+        });
+    }
+    let splits = [Some(&data.train), data.val.as_ref(), Some(&data.test)];
+    if let Some(&label) = splits
+        .into_iter()
+        .flatten()
+        .flat_map(|s| &s.y)
+        .find(|&&l| l as usize >= plan.classes())
+    {
+        return Err(EngineError::Label {
+            label,
+            classes: plan.classes(),
+        });
+    }
+    Ok(())
 }
 
 /// Which backend trains `plan` on `device`, and when it is Candle's graph, why.
@@ -145,28 +186,58 @@ impl Trainer {
         data: &Prepared,
         device: &Device,
     ) -> Result<Self, EngineError> {
-        if data.train.len == 0 {
-            return Err(EngineError::NoTrainingSamples);
-        }
-        if data.shape != plan.input {
-            return Err(EngineError::InputShape {
-                data: data.shape,
-                model: plan.input,
-            });
-        }
-        // A label past the model's outputs would index outside them.
-        let splits = [Some(&data.train), data.val.as_ref(), Some(&data.test)];
-        if let Some(&label) = splits
-            .into_iter()
-            .flatten()
-            .flat_map(|s| &s.y)
-            .find(|&&l| l as usize >= plan.classes())
-        {
-            return Err(EngineError::Label {
-                label,
-                classes: plan.classes(),
-            });
-        }
+        check_data(plan, data)?;
+        let val = match &data.val {
+            Some(v) if v.len > 0 => Some(upload(v, data.shape, device)?),
+            _ => None,
+        };
+        Self::build(
+            spec,
+            plan,
+            data.info.clone(),
+            device,
+            [
+                Some(upload(&data.train, data.shape, device)?),
+                val,
+                Some(upload(&data.test, data.shape, device)?),
+            ],
+        )
+    }
+
+    /// As [`Trainer::new`], taking the samples: on the CPU the training tensors are their
+    /// buffers, so the data is held once, not twice (a job process's peak).
+    pub fn from_prepared(
+        spec: &ExperimentSpec,
+        plan: &Plan,
+        data: Prepared,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        check_data(plan, &data)?;
+        let Prepared {
+            train,
+            val,
+            test,
+            shape,
+            info,
+        } = data;
+        let val = match val {
+            Some(v) if v.len > 0 => Some(upload_owned(v, shape, device)?),
+            _ => None,
+        };
+        let train = upload_owned(train, shape, device)?;
+        let test = upload_owned(test, shape, device)?;
+        Self::build(spec, plan, info, device, [Some(train), val, Some(test)])
+    }
+
+    /// The model, its optimizer and backend around samples already on `device`
+    /// (`[train, val, test]`; train and test always present).
+    fn build(
+        spec: &ExperimentSpec,
+        plan: &Plan,
+        info: crate::spec::DataInfo,
+        device: &Device,
+        samples: [Option<DeviceSamples>; 3],
+    ) -> Result<Self, EngineError> {
         let model = Model::new(spec, plan, device)?;
         // Frozen tensors are not the optimizer's (as PyTorch's `requires_grad = False`
         // parameters left out of it): no update, no state.
@@ -183,16 +254,14 @@ impl Trainer {
             TrainingPath::CpuKernels => Box::new(Kernels::new(spec, plan, &state)?),
             TrainingPath::CandleGraph(why) => Box::new(Graph::new(device, why)),
         };
+        let [train, val, test] = samples;
         Ok(Trainer {
             spec: spec.clone(),
-            data: data.info.clone(),
+            data: info,
             state,
-            train: upload(&data.train, data.shape, device)?,
-            val: match &data.val {
-                Some(v) if v.len > 0 => Some(upload(v, data.shape, device)?),
-                _ => None,
-            },
-            test: upload(&data.test, data.shape, device)?,
+            train: train.expect("training samples"),
+            val,
+            test: test.expect("test samples"),
             history: Vec::new(),
             schedule: LrScheduler::new(spec.lr_schedule.as_ref(), spec.optimizer.learning_rate()),
             device: device.clone(),

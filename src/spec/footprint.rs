@@ -7,9 +7,9 @@
 //! job process holds at each step (`worker::child`):
 //! - **preparing the data**: the loaded dataset (u8 images) and the prepared samples
 //!   (f32, after resize) at once;
-//! - **training**: the prepared samples and their copy as the engine's tensors, the
+//! - **training**: the prepared samples (the engine's tensors take their buffers), the
 //!   model's state (weights, gradients, the optimizer's moments), a training batch's
-//!   activations with their gradients, an evaluation batch's activations, and a
+//!   activations with their gradients or an evaluation batch's activations, and a
 //!   checkpoint being serialised (weights and optimizer state, twice: the bytes and the
 //!   frame that carries them);
 //!
@@ -119,7 +119,7 @@ pub fn estimate(spec: &ExperimentSpec, plan: &Plan, data: &DataInfo) -> Footprin
     let checkpoint_bytes = params * 4 * (1 + moments) * 2;
     let process_bytes = PROCESS_BYTES;
     let preparing = dataset_bytes + prepared_bytes;
-    let training = 2 * prepared_bytes + model_bytes + batch_bytes + checkpoint_bytes;
+    let training = prepared_bytes + model_bytes + batch_bytes + checkpoint_bytes;
     let (peak, peak_step) = if preparing > training {
         (preparing, "preparing_data")
     } else {
@@ -146,7 +146,7 @@ impl Footprint {
         }
         let limit = format!("a job may use at most {}", gib(budget));
         let parts = [
-            (self.prepared_bytes * 2, "prepared"),
+            (self.prepared_bytes, "prepared"),
             (self.dataset_bytes, "dataset"),
             (self.batch_bytes, "batch"),
             (self.model_bytes + self.checkpoint_bytes, "model"),
@@ -263,7 +263,7 @@ mod tests {
             plan.parameters * 4 * 4,
             "Adam: two moments"
         );
-        assert!(f.peak_bytes > f.prepared_bytes * 2);
+        assert!(f.peak_bytes > f.prepared_bytes + f.model_bytes);
     }
 
     #[test]

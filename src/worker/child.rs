@@ -26,7 +26,7 @@ use super::cache::PreparedCache;
 use super::limits;
 use super::wire::{self, Frame, FromJob, JobInput, JobOutcome, Phase, StopWhy, ToJob};
 use crate::data::mnist::{self, Dataset, Source, Split};
-use crate::data::prepare::{Prepared, prepare};
+use crate::data::prepare::prepare;
 use crate::engine::{BatchProgress, Checkpoint, EngineError, Observer, Outcome, Trainer, device};
 use crate::spec::DataSource;
 
@@ -229,9 +229,9 @@ fn train(
     let summary = crate::spec::validate_for(&spec, prepared.info.shape())
         .map_err(|e| format!("invalid spec: {e}"))?;
     let device = device::select(spec.device).map_err(|e| e.to_string())?;
+    // The trainer takes the samples: on the CPU its tensors are their buffers.
     let mut trainer =
-        Trainer::new(&spec, &summary, &prepared, &device).map_err(|e| e.to_string())?;
-    drop::<Prepared>(prepared);
+        Trainer::from_prepared(&spec, &summary, prepared, &device).map_err(|e| e.to_string())?;
     if let Some(ck) = &resume {
         trainer.resume(ck).map_err(|e| e.to_string())?;
     }
