@@ -78,7 +78,8 @@ pub struct ExperimentSpec {
     pub warm_start: Option<WarmStart>,
     /// Seconds of training after which the run stops at an epoch boundary and keeps its
     /// checkpoints (`stop_reason: "time_limit"`); the server's maximum when absent, and
-    /// at most that.
+    /// at most that. Counted per attempt: a run resumed after a lost worker starts its
+    /// clock again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<f64>,
 }
