@@ -375,14 +375,14 @@ impl Observer for JobObserver<'_> {
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(50));
         if p.batch == p.batches || due {
             self.last_progress = Some(Instant::now());
-            let msg = FromJob::Progress {
+            let msg = FromJob::Progress(wire::Progress {
                 epoch: p.epoch,
                 epochs: p.epochs,
                 batch: p.batch,
                 batches: p.batches,
                 loss: p.loss,
                 at: Utc::now(),
-            };
+            });
             let _ = self.out.send(&msg, &[]);
         }
     }

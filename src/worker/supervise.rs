@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -18,7 +18,9 @@ use super::cgroup::JobCgroup;
 use super::job::{GO, LOST, SHUTDOWN, Worker};
 use super::limits::{EXIT_MEMORY_LIMIT, LimitBy};
 use super::process::{self, Ended, Launch};
-use super::wire::{self, Frame, FromJob, JobInput, JobOutcome, Phase, ToJob, UploadedData};
+use super::wire::{
+    self, Frame, FromJob, JobInput, JobOutcome, Phase, Progress, ToJob, UploadedData,
+};
 use crate::store::queue::{Claim, NewEpoch};
 use crate::store::{Store, StoreError};
 
@@ -207,22 +209,7 @@ impl Worker {
                         tracing::warn!(error = %e, "could not record the training start");
                     }
                 }
-                FromJob::Progress {
-                    epoch,
-                    epochs,
-                    batch,
-                    batches,
-                    loss,
-                    at,
-                } => {
-                    let p = Progress {
-                        epoch,
-                        epochs,
-                        batch,
-                        batches,
-                        loss,
-                        at,
-                    };
+                FromJob::Progress(p) => {
                     // Dropped when the forwarder is behind: progress is a hint.
                     let _ = progress_tx.try_send(p);
                 }
@@ -446,16 +433,6 @@ fn death(ended: &std::io::Result<Ended>, cgroup: Option<&JobCgroup>) -> Death {
         return Death::MemoryLimit;
     }
     Death::Other(format!("its process ended with {status}"))
-}
-
-/// Progress within an epoch, as the job process reported it.
-struct Progress {
-    epoch: u32,
-    epochs: u32,
-    batch: usize,
-    batches: usize,
-    loss: f64,
-    at: DateTime<Utc>,
 }
 
 /// Sends progress NOTIFYs, at most ten a second (fenced: nothing goes out once the

@@ -83,23 +83,20 @@ pub struct UploadedData {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromJob {
     /// What the job is doing now; a death by its memory limit is reported with the last.
-    Phase { phase: Phase },
+    Phase {
+        phase: Phase,
+    },
     /// The prepared samples are not cached and the dataset is an uploaded one: send it.
-    NeedDataset { id: Uuid },
+    NeedDataset {
+        id: Uuid,
+    },
     /// Data prepared, model built: the first batch begins.
     TrainingStarted {
         at: chrono::DateTime<chrono::Utc>,
         engine: String,
         data_cached: bool,
     },
-    Progress {
-        epoch: u32,
-        epochs: u32,
-        batch: usize,
-        batches: usize,
-        loss: f64,
-        at: chrono::DateTime<chrono::Utc>,
-    },
+    Progress(Progress),
     /// An epoch ended. Attachments: its weights, its optimizer state (safetensors).
     /// The job waits for [`ToJob::Stored`].
     Epoch {
@@ -107,7 +104,20 @@ pub enum FromJob {
         best_epoch: u32,
     },
     /// The run ended (the job exits next).
-    Ended { outcome: JobOutcome },
+    Ended {
+        outcome: JobOutcome,
+    },
+}
+
+/// Progress within an epoch, when it was made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub batch: usize,
+    pub batches: usize,
+    pub loss: f64,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What a job is doing, for the reason of a death by its memory limit.

@@ -152,20 +152,54 @@ async fn an_uploaded_dataset_resized_past_the_budget_is_refused(pool: PgPool) {
     s.stop().await;
 }
 
-/// `trainyard serve` with two worker slots, keys on, and `extra` flags; returns the
-/// harness, the server and its URL, and a key for each of two accounts.
-async fn serve(
+/// `trainyard serve` with two worker slots, keys on, the memory admission skipped and
+/// `flags`; once its log says the budget is enforced `by`, queues `big` for one account and
+/// a small run for another, and checks that `big` fails alone with `reason`, its process
+/// having ended with an `exit` that contains `exit`.
+async fn fails_alone(
     pool: &PgPool,
-    extra: &[&str],
-) -> (Harness, crate::common::procs::Proc, String, [String; 2]) {
+    flags: &[&str],
+    by: &str,
+    big: Value,
+    reason: &str,
+    exit: &str,
+) {
     let h = Harness::new(pool, Timing::default());
-    let mut flags = vec!["--auth", "on", "--skip-memory-admission"];
-    flags.extend(extra);
-    let (p, base) = h.serve_with("api", 2, "127.0.0.1:0", &flags);
+    let mut all = vec!["--auth", "on", "--skip-memory-admission"];
+    all.extend(flags);
+    let (mut server, base) = h.serve_with("api", 2, "127.0.0.1:0", &all);
+    server.wait_log(|l| l["fields"]["by"] == by, Duration::from_secs(5));
     let store = Store::from_pool(pool.clone());
     let bob = store.create_key("bob", false).await.unwrap().key;
     let alice = store.create_key("alice", false).await.unwrap().key;
-    (h, p, base, [bob, alice])
+    let tiny = json!({"preset": "torch-cnn", "epochs": 1,
+        "dataset": {"train_limit": 256, "test_limit": 64}});
+    let big = submit(&base, &bob, &big).await;
+    let other = submit(&base, &alice, &tiny).await;
+
+    let (status, error, rescues, attempt) = ended(pool, &big, 180).await;
+    assert_eq!(status, "failed");
+    assert_eq!(error.as_deref(), Some(reason));
+    assert_eq!((rescues, attempt), (0, 1));
+    assert_eq!(ended(pool, &other, 120).await.0, "succeeded");
+    // The server answered throughout and still does, in the same process.
+    assert!(
+        server.wait_exit(Duration::from_millis(10)).is_none(),
+        "the server exited"
+    );
+    let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.wait_log(
+        |l| {
+            crate::common::procs::message(l) == "job process ended"
+                && l["fields"]["exit"].as_str().unwrap_or("").contains(exit)
+        },
+        Duration::from_secs(5),
+    );
+    // Not rescued later either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, _, rescues, attempt) = ended(pool, &big, 1).await;
+    assert_eq!((status.as_str(), rescues, attempt), ("failed", 0, 1));
 }
 
 async fn submit(base: &str, key: &str, spec: &Value) -> String {
@@ -183,7 +217,7 @@ async fn submit(base: &str, key: &str, spec: &Value) -> String {
         .to_string()
 }
 
-/// `(status, error, rescues, attempt)`.
+/// `(status, error, rescues, attempt)` once the experiment has ended.
 async fn ended(pool: &PgPool, id: &str, secs: u64) -> (String, Option<String>, i32, i32) {
     let id: uuid::Uuid = id.parse().unwrap();
     eventually(secs, "the experiment to end", || async {
@@ -200,36 +234,13 @@ async fn ended(pool: &PgPool, id: &str, secs: u64) -> (String, Option<String>, i
     .await
 }
 
-/// Checks that the failure is final and everyone else went on.
-async fn fails_alone(
-    pool: &PgPool,
-    base: &str,
-    server: &mut crate::common::procs::Proc,
-    big: &str,
-    other: &str,
-    reason: &str,
-) {
-    let (status, error, rescues, attempt) = ended(pool, big, 180).await;
-    assert_eq!(status, "failed");
-    assert_eq!(error.as_deref(), Some(reason));
-    assert_eq!((rescues, attempt), (0, 1));
-    assert_eq!(ended(pool, other, 120).await.0, "succeeded");
-    // The server answered throughout and still does, in the same process.
-    assert!(
-        server.wait_exit(Duration::from_millis(10)).is_none(),
-        "the server exited"
-    );
-    let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
-    assert_eq!(r.status(), 200);
-    // Not rescued later either.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, _, rescues, attempt) = ended(pool, big, 1).await;
-    assert_eq!((status.as_str(), rescues, attempt), ("failed", 0, 1));
-}
-
 #[sqlx::test]
 async fn a_job_over_its_rlimit_fails_alone_with_the_reason_and_is_not_rescued(pool: PgPool) {
-    let (_h, mut server, base, [bob, alice]) = serve(
+    // 70,000 images resized to 104x104: about 3 GiB of floats. The allocation is refused
+    // and the job exits with status 86.
+    let big = json!({"preset": "torch-cnn", "epochs": 1, "batch_size": 32,
+        "dataset": {"resize": [104, 104]}});
+    fails_alone(
         &pool,
         &[
             "--job-memory-mib",
@@ -237,36 +248,12 @@ async fn a_job_over_its_rlimit_fails_alone_with_the_reason_and_is_not_rescued(po
             "--job-memory-limit-by",
             "rlimit",
         ],
-    )
-    .await;
-    server.wait_log(
-        |l| l["fields"]["by"] == "RLIMIT_DATA",
-        Duration::from_secs(5),
-    );
-    // 70,000 images resized to 104x104: about 3 GiB of floats.
-    let big = json!({"preset": "torch-cnn", "epochs": 1, "batch_size": 32,
-        "dataset": {"resize": [104, 104]}});
-    let tiny = json!({"preset": "torch-cnn", "epochs": 1,
-        "dataset": {"train_limit": 256, "test_limit": 64}});
-    let big = submit(&base, &bob, &big).await;
-    let other = submit(&base, &alice, &tiny).await;
-    fails_alone(
-        &pool,
-        &base,
-        &mut server,
-        &big,
-        &other,
+        "RLIMIT_DATA",
+        big,
         "its process exceeded its 1,024 MiB memory limit while preparing the data",
+        "86",
     )
     .await;
-    let end = server.wait_log(
-        |l| {
-            crate::common::procs::message(l) == "job process ended"
-                && l["fields"]["exit"].as_str().unwrap_or("").contains("86")
-        },
-        Duration::from_secs(5),
-    );
-    eprintln!("{end}");
 }
 
 /// Whether this process may make memory cgroups (as root, with the v1 controller).
@@ -295,40 +282,17 @@ async fn a_job_killed_by_its_memory_cgroup_fails_alone_with_the_reason(pool: PgP
         eprintln!("SKIPPED: no memory cgroup can be made here (needs root and cgroup v1)");
         return;
     }
-    let (_h, mut server, base, [bob, alice]) = serve(
-        &pool,
-        &["--job-memory-mib", "128", "--job-memory-limit-by", "cgroup"],
-    )
-    .await;
-    server.wait_log(
-        |l| l["fields"]["by"] == "a memory cgroup",
-        Duration::from_secs(5),
-    );
-    // All of MNIST at 28x28: 220 MB of floats beside 55 MB of pixels, past 128 MiB.
-    let big = json!({"preset": "keras-cnn", "epochs": 1});
-    let tiny = json!({"preset": "torch-cnn", "epochs": 1,
-        "dataset": {"train_limit": 256, "test_limit": 64}});
-    let big = submit(&base, &bob, &big).await;
-    let other = submit(&base, &alice, &tiny).await;
+    // All of MNIST at 28x28: 220 MB of floats beside 55 MB of pixels, past 128 MiB. The
+    // cgroup's OOM killer ends the job.
     fails_alone(
         &pool,
-        &base,
-        &mut server,
-        &big,
-        &other,
+        &["--job-memory-mib", "128", "--job-memory-limit-by", "cgroup"],
+        "a memory cgroup",
+        json!({"preset": "keras-cnn", "epochs": 1}),
         "its process exceeded its 128 MiB memory limit while preparing the data",
+        "SIGKILL",
     )
     .await;
-    server.wait_log(
-        |l| {
-            crate::common::procs::message(l) == "job process ended"
-                && l["fields"]["exit"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("SIGKILL")
-        },
-        Duration::from_secs(5),
-    );
 }
 
 #[sqlx::test]
