@@ -193,13 +193,14 @@ def follow(port, exp_id, timeout, on_progress=None):
         conn.close()
 
 
-def start_api(procs, exe, port, env):
-    """Starts `trainyard serve --workers 0` on `port`; returns (process, Api) once ready.
+def start_api(procs, exe, port, env, workers=0, extra=()):
+    """Starts `trainyard serve --workers N` (0 by default) on `port`, with `extra` flags;
+    returns (process, Api) once ready.
 
     Without keys (`--auth off`, allowed on loopback): the benchmarks measure the queue, not
     authentication."""
-    server, _ = procs.start("serve", [exe, "serve", "--workers", "0", "--bind", f"127.0.0.1:{port}",
-                                      "--auth", "off"], env)
+    server, _ = procs.start("serve", [exe, "serve", "--workers", str(workers), "--bind",
+                                      f"127.0.0.1:{port}", "--auth", "off", *extra], env)
     api = Api(port)
 
     def ready():
