@@ -17,7 +17,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -222,11 +222,6 @@ pub fn prepared_bytes(p: &Prepared) -> u64 {
 /// The default folder: beside the other temporary files of this user.
 pub fn default_dir() -> PathBuf {
     std::env::temp_dir().join("trainyard-prepared")
-}
-
-/// Whether `dir` is one this process can create files in.
-pub fn usable(dir: &Path) -> bool {
-    fs::create_dir_all(dir).is_ok() && tempfile::NamedTempFile::new_in(dir).is_ok()
 }
 
 #[cfg(test)]

@@ -172,19 +172,6 @@ pub struct Frame<T> {
     pub blobs: Vec<Vec<u8>>,
 }
 
-impl<T> Frame<T> {
-    pub fn new(msg: T) -> Self {
-        Frame {
-            msg,
-            blobs: Vec::new(),
-        }
-    }
-
-    pub fn with(msg: T, blobs: Vec<Vec<u8>>) -> Self {
-        Frame { msg, blobs }
-    }
-}
-
 /// Writes one frame and flushes it.
 pub fn write<T: Serialize>(w: &mut impl Write, msg: &T, blobs: &[&[u8]]) -> io::Result<()> {
     let json = serde_json::to_vec(msg).map_err(io::Error::other)?;
